@@ -1,0 +1,123 @@
+"""`collapse-ray`: validate and run sweep specs, and read their results back.
+
+    collapse-ray validate sweeps/quickstart.yaml
+    collapse-ray run sweeps/quickstart.yaml [--set chain.n_iterations=5 ...] [--resume]
+    collapse-ray results quickstart --out results/quickstart.csv
+
+Bad input exits with status 2 and one line on stderr naming the field, before any
+Ray or MLflow work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .spec import SweepSpec, load_spec
+from .validation import SpecError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collapse-ray", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def spec_args(p):
+        p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a dotted key, e.g. --set chain.n_iterations=5 (repeatable)")
+
+    p = sub.add_parser("validate", help="validate a spec and print what it would run")
+    spec_args(p)
+
+    p = sub.add_parser("run", help="run a spec with Ray Tune, logging to MLflow")
+    spec_args(p)
+    p.add_argument("--out", default="results", help="results folder (default: ./results)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under --out)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="SWEEP_DIR",
+                   help="finish the newest unfinished sweep of this spec (or the one in SWEEP_DIR)")
+
+    p = sub.add_parser("results", help="write one long table (CSV or Parquet) of a sweep's results")
+    p.add_argument("experiment", help="experiment (sweep) name, e.g. quickstart")
+    p.add_argument("--out", required=True, help="output file, .csv or .parquet")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under --results-dir)")
+    p.add_argument("--results-dir", default="results", help="where `run --out` wrote (default: ./results)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--sweep-run-id", default=None, help="a particular sweep (parent run); default: the newest")
+    group.add_argument("--all-sweeps", action="store_true", help="every sweep of the experiment")
+    return parser
+
+
+def _describe(spec: SweepSpec) -> str:
+    jobs = spec.jobs()
+    return (
+        f"{spec.name}: {len(spec.points)} grid points x {len(spec.seeds)} seeds -> "
+        f"{len(jobs)} trials, {sum(len(j.seeds) for j in jobs)} chains of "
+        f"{max(p.chain.n_iterations for p in spec.points)} iterations at most"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            spec = load_spec(args.spec, args.overrides)
+            print(f"ok: {_describe(spec)}")
+            return 0
+        if args.command == "run":
+            return _run(args)
+        if args.command == "results":
+            return _results(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return 1  # pragma: no cover
+
+
+def _run(args) -> int:
+    spec = load_spec(args.spec, args.overrides)  # validate everything before Ray starts
+    from .sweep import run_sweep
+    from .tracking import resolve_tracking_uri
+
+    if not args.resume:
+        resolve_tracking_uri(args.tracking_uri, args.out)  # a bad URI fails here, before Ray
+    print(f"running {_describe(spec)}", flush=True)
+    outcome = run_sweep(spec, out_root=args.out, tracking_uri=args.tracking_uri, address=args.address,
+                        resume=args.resume)
+    ui_uri = outcome.tracking_uri
+    print(f"\n{'finished' if outcome.n_failed == 0 else 'FAILED'}: {outcome.n_trials - outcome.n_failed}/"
+          f"{outcome.n_trials} trials in {outcome.seconds:.1f}s")
+    print(f"  sweep folder : {outcome.sweep_dir}")
+    print(f"  MLflow store : {ui_uri} (experiment {outcome.experiment!r}, sweep run {outcome.sweep_run_id})")
+    if ui_uri.startswith("sqlite:"):
+        print(f"  MLflow UI    : mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
+    print(f"  results table: collapse-ray results {outcome.experiment} --out {Path(args.out) / (outcome.experiment + '.csv')}"
+          + ("" if args.out == "results" else f" --results-dir {args.out}"))
+    if outcome.n_failed:
+        print(f"  {outcome.n_failed} trials failed; fix the cause and rerun with --resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _results(args) -> int:
+    from .tracking import resolve_tracking_uri, results_table, write_table
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise SpecError(f"no MLflow store at {uri}; pass --tracking-uri or --results-dir")
+    table = results_table(uri, args.experiment, sweep_run_id=args.sweep_run_id, all_sweeps=args.all_sweeps)
+    out = write_table(table, args.out)
+    print(f"wrote {len(table)} rows ({table['run_key'].nunique()} runs x seeds x iterations) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

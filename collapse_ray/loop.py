@@ -1,0 +1,182 @@
+"""The chain loop: the one place where a task, a workflow and the pool meet.
+
+Runs without Ray, so it can be debugged in a plain process:
+
+    python -c "from collapse_ray.loop import run_chain; from collapse_ray.tasks import GaussianTask;
+    from collapse_ray.spec import ChainConfig;
+    print(run_chain(GaussianTask(dim=2), ChainConfig(workflow='replace', n_iterations=5).resolved(), seeds=[0, 1]).table)"
+
+Per iteration t = 1..T: the workflow selects the training set, the task fits and is
+evaluated on held-out real data (metrics recorded with step = t), then n_synthetic rows
+are sampled from the fit into the pool with iteration of origin t.
+
+Resuming: with a `checkpoint_dir`, the loop checkpoints every `chain.checkpoint_every`
+iterations (pool shards first, then the state file, each written atomically) and starts
+from the newest checkpoint it finds. Metrics reach the sink just before each checkpoint;
+on resume the sink is asked which iteration it already holds, so an iteration logged
+before a crash but after the last checkpoint is recomputed (identically: the random
+state is restored) yet not logged again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .pool import ArrayPool
+from .spec import ChainConfig
+from .tasks import AdditiveStatisticsTask, Metrics, Task
+from .workflows import WORKFLOWS, AccumulateSubsample, Workflow
+
+CHECKPOINT_FILE = "checkpoint.pkl"
+
+
+class MetricSink(Protocol):
+    """Where per-iteration metrics go (MLflow in sweeps)."""
+
+    def last_logged_iteration(self) -> int:
+        """Highest iteration already stored (0 if none)."""
+        ...
+
+    def log_iterations(self, seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> None: ...
+
+
+@dataclass
+class ChainResult:
+    table: pd.DataFrame  # one row per (seed, iteration), a column per metric
+    iteration_seconds: list[float] = field(default_factory=list)  # this process's iterations only
+    resumed_from: int = 0  # iteration of the checkpoint it started from
+
+
+def make_workflow(chain: ChainConfig) -> Workflow:
+    if chain.workflow == "accumulate_subsample":
+        return AccumulateSubsample(n_train=chain.n_train)
+    return WORKFLOWS[chain.workflow]()
+
+
+def chain_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent streams for a seed: real data (redrawn identically on resume), and
+    everything the chain samples afterwards (saved in checkpoints)."""
+    data, chain = np.random.SeedSequence(seed).spawn(2)
+    return np.random.Generator(np.random.SFC64(data)), np.random.Generator(np.random.SFC64(chain))
+
+
+@dataclass
+class _State:
+    iteration: int  # last finished iteration
+    rngs: list[np.random.Generator]
+    stats: Any  # running statistics for the incremental path, else None
+    records: list[tuple[int, Metrics]]
+
+
+def run_chain(
+    task: Task,
+    chain: ChainConfig,
+    seeds: Sequence[int],
+    checkpoint_dir: str | Path | None = None,
+    sink: MetricSink | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChainResult:
+    """Run one chain per seed (batched when the task allows) for chain.n_iterations."""
+    chain = chain.resolved()
+    seeds = list(seeds)
+    if not task.batched and len(seeds) != 1:
+        raise ValueError(f"task {task.name!r} runs one chain at a time; got {len(seeds)} seeds")
+    workflow = make_workflow(chain)
+    incremental = workflow.grows and isinstance(task, AdditiveStatisticsTask)
+    keep_history = workflow.needs_history and not incremental
+    capacity = chain.n_real + chain.n_synthetic * (chain.n_iterations - 1)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    pool_dir = ckpt / "pool" if ckpt is not None else None
+    if chain.persist_pool and pool_dir is None:
+        raise ValueError("chain.persist_pool needs a checkpoint_dir to write the pool into")
+
+    generators = [chain_generators(s) for s in seeds]
+    real = task.real_data(chain.n_real, [g[0] for g in generators])
+
+    state = _load_state(ckpt)
+    if state is None:
+        state = _State(0, [g[1] for g in generators], None, [])
+        pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
+        pool.add(dict(real.train), iteration=0, source="real")
+    else:
+        pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity)
+    resumed_from = state.iteration
+    logged = sink.last_logged_iteration() if sink is not None else 0
+    if pool_dir is not None and chain.persist_pool:
+        pool.write_shards(pool_dir)
+
+    seconds = []
+    for t in range(state.iteration + 1, chain.n_iterations + 1):
+        start = time.perf_counter()
+        if incremental:
+            newest = task.statistics(pool.rows_of(t - 1))
+            state.stats = newest if state.stats is None else task.merge(state.stats, newest)
+            model = task.fit_statistics(state.stats)
+        else:
+            model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)))
+        state.records.append((t, task.evaluate(model, real.test)))
+        if t < chain.n_iterations:  # the last fit's samples would train nothing
+            pool.add(task.sample(model, chain.n_synthetic, state.rngs), iteration=t, source="synthetic")
+            if chain.persist_pool:
+                pool.write_shards(pool_dir)
+        state.iteration = t
+        seconds.append(time.perf_counter() - start)
+
+        if chain.checkpoints_at(t):
+            if sink is not None:
+                new = [(i, m) for i, m in state.records if i > logged]
+                if new:
+                    sink.log_iterations(seeds, new)
+                    logged = new[-1][0]
+            if ckpt is not None:
+                pool.write_shards(pool_dir)
+                _save_state(ckpt, state)
+        if progress is not None:
+            progress(t, chain.n_iterations)
+
+    return ChainResult(chain_table(seeds, state.records), seconds, resumed_from)
+
+
+def chain_table(seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> pd.DataFrame:
+    """Long table of per-seed metrics: columns seed, iteration, <metric>..."""
+    if not records:
+        return pd.DataFrame({"seed": [], "iteration": []})
+    n = len(seeds)
+    frame = {
+        "seed": np.tile(np.asarray(seeds, dtype=np.int64), len(records)),
+        "iteration": np.repeat([t for t, _ in records], n).astype(np.int64),
+    }
+    for name in records[0][1]:
+        frame[name] = np.concatenate([np.asarray(m[name], dtype=np.float64) for _, m in records])
+    return pd.DataFrame(frame)
+
+
+def is_finished(checkpoint_dir: str | Path, n_iterations: int) -> bool:
+    state = _load_state(Path(checkpoint_dir))
+    return state is not None and state.iteration >= n_iterations
+
+
+def _load_state(ckpt: Path | None) -> _State | None:
+    if ckpt is None or not (ckpt / CHECKPOINT_FILE).exists():
+        return None
+    with open(ckpt / CHECKPOINT_FILE, "rb") as f:
+        return pickle.load(f)
+
+
+def _save_state(ckpt: Path, state: _State) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt / CHECKPOINT_FILE)

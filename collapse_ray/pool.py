@@ -1,0 +1,240 @@
+"""The data pool: real and synthetic rows of a batch of chains, with each row's
+iteration of origin (0 for real rows) and source ("real" / "synthetic").
+
+In memory the pool is column arrays of shape (chains, rows, ...). Every chain adds the
+same number of rows per iteration, so the row layout (and thus `iteration` and
+`source`) is shared by all chains and rows of one iteration are contiguous.
+
+On disk the pool is hive-partitioned Parquet, one folder per iteration and source:
+    ROOT/iteration=T/source=S/part-0.parquet   (columns: chain, row, <data columns>)
+written to a hidden temporary name and renamed, so readers never see a partial shard.
+`as_ray_dataset(ROOT)` reads it as a Ray Dataset. Cheap tasks keep the pool in memory
+and write it only when checkpointing or when asked to persist it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .workflows import PoolIndex, Selection
+
+SOURCES = ("real", "synthetic")
+
+
+class ArrayPool:
+    def __init__(self, chain_ids: Sequence[int], keep_history: bool = True, capacity: int = 0):
+        self.chain_ids = np.asarray(chain_ids, dtype=np.int64)
+        self.keep_history = keep_history  # False: only the newest iteration's rows are held
+        self._capacity = capacity
+        self._columns: dict[str, np.ndarray] = {}
+        self._n = 0
+        self._iteration = np.empty(0, dtype=np.int64)
+        self._source = np.empty(0, dtype=np.int8)
+        self._written: set[tuple[int, str]] = set()
+
+    # -- reading --------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def index(self) -> PoolIndex:
+        return PoolIndex(iteration=self._iteration[: self._n])
+
+    @property
+    def source(self) -> np.ndarray:
+        return np.asarray(SOURCES)[self._source[: self._n]]
+
+    def take(self, selection: Selection) -> dict[str, np.ndarray]:
+        if isinstance(selection, slice):
+            return {k: v[:, : self._n][:, selection] for k, v in self._columns.items()}
+        chains = np.arange(selection.shape[0])[:, None]
+        return {k: v[chains, selection] for k, v in self._columns.items()}
+
+    def rows_of(self, iteration: int) -> dict[str, np.ndarray]:
+        rows = np.flatnonzero(self._iteration[: self._n] == iteration)
+        if len(rows) == 0:
+            raise KeyError(f"the pool holds no rows of iteration {iteration}")
+        return self.take(slice(int(rows[0]), int(rows[-1]) + 1))
+
+    @property
+    def latest_iteration(self) -> int:
+        return int(self._iteration[self._n - 1]) if self._n else -1
+
+    # -- writing --------------------------------------------------------------
+    def add(self, rows: dict[str, np.ndarray], iteration: int, source: str) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
+        if self._n and iteration < self.latest_iteration:
+            raise ValueError(f"rows of iteration {iteration} added after iteration {self.latest_iteration}")
+        if not self.keep_history and self._n and iteration > self.latest_iteration:
+            self._drop_before(iteration)
+        k = _n_rows(rows, len(self.chain_ids))
+        if self._columns and set(rows) != set(self._columns):
+            raise ValueError(f"pool columns are {sorted(self._columns)}; got {sorted(rows)}")
+        self._reserve(rows, self._n + k)
+        for name, values in rows.items():
+            self._columns[name][:, self._n : self._n + k] = values
+        self._iteration = _grow(self._iteration, self._n + k)
+        self._source = _grow(self._source, self._n + k)
+        self._iteration[self._n : self._n + k] = iteration
+        self._source[self._n : self._n + k] = SOURCES.index(source)
+        self._n += k
+
+    def _drop_before(self, iteration: int) -> None:
+        keep = int(np.searchsorted(self._iteration[: self._n], iteration))
+        for name, col in self._columns.items():
+            col[:, : self._n - keep] = col[:, keep : self._n].copy()
+        self._iteration[: self._n - keep] = self._iteration[keep : self._n].copy()
+        self._source[: self._n - keep] = self._source[keep : self._n].copy()
+        self._n -= keep
+
+    def _reserve(self, rows: dict[str, np.ndarray], needed: int) -> None:
+        current = next(iter(self._columns.values())).shape[1] if self._columns else 0
+        if needed <= current:
+            return
+        # amortised doubling, or the capacity the caller announced
+        new = max(needed, 2 * current, self._capacity if self.keep_history else 0)
+        for name, values in rows.items():
+            grown = np.empty((values.shape[0], new, *values.shape[2:]), dtype=values.dtype)
+            if name in self._columns:
+                grown[:, : self._n] = self._columns[name][:, : self._n]
+            self._columns[name] = grown
+
+    # -- Parquet --------------------------------------------------------------
+    def write_shards(self, root: str | Path) -> list[Path]:
+        """Write every held (iteration, source) block not yet on disk; returns new files."""
+        root = Path(root)
+        written = []
+        held = self._iteration[: self._n]
+        for it in np.unique(held):
+            for code, source in enumerate(SOURCES):
+                if (int(it), source) in self._written:
+                    continue
+                rows = np.flatnonzero((held == it) & (self._source[: self._n] == code))
+                if len(rows) == 0:
+                    continue
+                block_start = int(np.flatnonzero(held == it)[0])
+                table = self._block_table(rows, block_start)
+                path = root / f"iteration={int(it)}" / f"source={source}" / "part-0.parquet"
+                write_table_atomic(table, path)
+                self._written.add((int(it), source))
+                written.append(path)
+        return written
+
+    def _block_table(self, rows: np.ndarray, block_start: int) -> pa.Table:
+        n_chains, k = len(self.chain_ids), len(rows)
+        arrays = {
+            "chain": pa.array(np.repeat(self.chain_ids, k)),
+            "row": pa.array(np.tile(rows - block_start, n_chains).astype(np.int64)),
+        }
+        shapes = {}
+        for name, col in self._columns.items():
+            values = col[:, rows[0] : rows[-1] + 1]
+            shapes[name] = list(values.shape[2:])
+            arrays[name] = _to_arrow(values.reshape(n_chains * k, -1) if values.ndim > 2 else values.reshape(-1))
+        return pa.table(arrays).replace_schema_metadata({"collapse_ray.shapes": json.dumps(shapes)})
+
+    @classmethod
+    def load(
+        cls,
+        root: str | Path,
+        chain_ids: Sequence[int],
+        up_to_iteration: int,
+        keep_history: bool = True,
+        capacity: int = 0,
+    ) -> "ArrayPool":
+        """Rebuild the in-memory pool from shards of iterations <= `up_to_iteration`.
+
+        Later shards (written by a run that crashed before its checkpoint) are ignored.
+        """
+        root = Path(root)
+        pool = cls(chain_ids, keep_history=keep_history, capacity=capacity)
+        iterations = sorted(
+            int(p.name.split("=", 1)[1]) for p in root.glob("iteration=*") if p.is_dir()
+        )
+        iterations = [i for i in iterations if i <= up_to_iteration]
+        if not keep_history:
+            iterations = iterations[-1:]
+        for it in iterations:
+            for source in SOURCES:
+                path = root / f"iteration={it}" / f"source={source}" / "part-0.parquet"
+                if path.exists():
+                    pool.add(_read_block(path, pool.chain_ids), it, source)
+                    pool._written.add((it, source))
+        return pool
+
+
+def _read_block(path: Path, chain_ids: np.ndarray) -> dict[str, np.ndarray]:
+    table = pq.read_table(path)
+    shapes = json.loads(table.schema.metadata[b"collapse_ray.shapes"])
+    order = np.lexsort((table["row"].to_numpy(), table["chain"].to_numpy()))
+    chains_in_file = np.unique(table["chain"].to_numpy())
+    if not np.array_equal(chains_in_file, np.sort(chain_ids)):
+        raise ValueError(f"{path} holds chains {chains_in_file.tolist()}, expected {sorted(chain_ids.tolist())}")
+    # rows are sorted by chain id; restore the pool's chain order
+    rank = np.argsort(np.argsort(chain_ids))
+    out = {}
+    k = table.num_rows // len(chain_ids)
+    for name, shape in shapes.items():
+        col = table[name].combine_chunks()
+        values = _from_arrow(col)[order].reshape(len(chain_ids), k, *shape)
+        out[name] = values[rank]
+    return out
+
+
+def _to_arrow(values: np.ndarray) -> pa.Array:
+    if values.ndim == 1:
+        return pa.array(values)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def _from_arrow(col: pa.Array) -> np.ndarray:
+    if pa.types.is_fixed_size_list(col.type):
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a hidden temporary file then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _n_rows(rows: dict[str, np.ndarray], n_chains: int) -> int:
+    lengths = {v.shape[1] for v in rows.values()}
+    if len(lengths) != 1 or any(v.shape[0] != n_chains for v in rows.values()):
+        raise ValueError(f"rows must be arrays of shape ({n_chains}, k, ...) with one k for all columns")
+    return lengths.pop()
+
+
+def _grow(arr: np.ndarray, needed: int) -> np.ndarray:
+    if needed <= len(arr):
+        return arr
+    grown = np.empty(max(needed, 2 * len(arr)), dtype=arr.dtype)
+    grown[: len(arr)] = arr
+    return grown
+
+
+def iterations_on_disk(root: str | Path) -> Iterable[int]:
+    return sorted(int(p.name.split("=", 1)[1]) for p in Path(root).glob("iteration=*"))
+
+
+def as_ray_dataset(root: str | Path):
+    """The pool on disk as a Ray Dataset with int `iteration` and str `source` columns."""
+    import ray.data
+    from ray.data.datasource import Partitioning
+
+    return ray.data.read_parquet(
+        str(root),
+        partitioning=Partitioning("hive", field_types={"iteration": int}),
+        file_extensions=["parquet"],
+    )

@@ -1,0 +1,335 @@
+"""Sweep specs: YAML in, validated frozen dataclasses out, before anything runs.
+
+A spec (see sweeps/quickstart.yaml):
+    name: quickstart            # MLflow experiment; default: the file's stem
+    task:  {name: gaussian, dim: 2}
+    chain: {workflow: replace, n_real: 100, n_iterations: 20}
+    seeds: 10                   # 10 -> seeds 0..9, or an explicit list
+    grid:                       # Cartesian product over dotted keys
+      chain.workflow: [replace, accumulate, accumulate_subsample]
+    run:  {seeds_per_trial: auto}
+
+`--set dotted.key=value` overrides use the same dotted keys; values are parsed as YAML.
+Every grid point is validated up front, so a bad value anywhere fails before Ray starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .tasks import TASKS, Task
+from .validation import SpecError, as_flat_dict, check_min, describe, fail, from_mapping, require
+from .workflows import WORKFLOW_NAMES
+
+WorkflowName = Literal["replace", "accumulate", "accumulate_subsample"]
+assert set(WorkflowName.__args__) == set(WORKFLOW_NAMES)  # one spelling everywhere
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """One model-fitting chain: how much data, which workflow, how long."""
+
+    workflow: WorkflowName = "replace"
+    """Training-workflow: replace, accumulate or accumulate_subsample."""
+    n_real: int = 100
+    """Real training rows; iteration 1 fits these alone."""
+    n_synthetic: int | None = None
+    """Synthetic rows sampled after each fit; null means n_real, as in (A)."""
+    n_train: int | None = None
+    """accumulate_subsample's training-set size; null means n_real, as in (A)."""
+    n_iterations: int = 10
+    """Model-fitting iterations, counting iteration 1 on real data."""
+    checkpoint_every: int = 1
+    """Checkpoint (and log to MLflow) every this many iterations; 0 = only at the end.
+    A crashed chain resumes from its last checkpoint."""
+    persist_pool: bool = False
+    """Write every iteration's rows to Parquet (else only what a resume needs)."""
+
+    def validate(self, where: str) -> None:
+        check_min(self.n_real, 1, f"{where}.n_real")
+        check_min(self.n_iterations, 1, f"{where}.n_iterations")
+        check_min(self.checkpoint_every, 0, f"{where}.checkpoint_every")
+        for name in ("n_synthetic", "n_train"):
+            value = getattr(self, name)
+            if value is not None:
+                check_min(value, 1, f"{where}.{name}")
+        if self.n_train is not None and self.workflow != "accumulate_subsample":
+            fail(f"{where}.n_train", "null unless workflow is accumulate_subsample", self.n_train)
+
+    def resolved(self) -> "ChainConfig":
+        """Defaults that depend on other fields made explicit (this is what gets logged)."""
+        return dataclasses.replace(
+            self,
+            n_synthetic=self.n_synthetic if self.n_synthetic is not None else self.n_real,
+            n_train=(self.n_train if self.n_train is not None else self.n_real)
+            if self.workflow == "accumulate_subsample"
+            else None,
+        )
+
+    def checkpoints_at(self, iteration: int) -> bool:
+        if iteration == self.n_iterations:
+            return True
+        return self.checkpoint_every > 0 and iteration % self.checkpoint_every == 0
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the sweep runs on Ray (the `run:` block). Does not change results."""
+
+    seeds_per_trial: int | Literal["auto"] = "auto"
+    """Seeds (chains) carried by one Ray Tune trial. auto: as many as fit in
+    memory_per_trial_gb for tasks that batch chains, one for those that don't."""
+    memory_per_trial_gb: float = 1.0
+    """Pool memory budget of one trial, used by seeds_per_trial: auto."""
+    cpus_per_trial: float = 1.0
+    """CPUs Ray reserves for each trial."""
+    max_concurrent_trials: int = 0
+    """0 = as many as the cluster's CPUs allow."""
+    max_failures: int = 2
+    """Times a failed trial is retried (it resumes from its last checkpoint)."""
+
+    def validate(self, where: str) -> None:
+        if self.seeds_per_trial != "auto":
+            check_min(self.seeds_per_trial, 1, f"{where}.seeds_per_trial")
+        require(
+            math.isfinite(self.memory_per_trial_gb) and self.memory_per_trial_gb > 0,
+            f"{where}.memory_per_trial_gb", "a number in (0, inf)", self.memory_per_trial_gb,
+        )
+        require(
+            math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0,
+            f"{where}.cpus_per_trial", "a number in (0, inf)", self.cpus_per_trial,
+        )
+        check_min(self.max_concurrent_trials, 0, f"{where}.max_concurrent_trials")
+        check_min(self.max_failures, 0, f"{where}.max_failures")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One cell of the grid: a fully validated task and chain."""
+
+    key: str  # e.g. gaussian__replace__dim10__n_real100
+    swept: tuple[tuple[str, Any], ...]  # the grid's (dotted key, value) at this cell
+    task: Task
+    chain: ChainConfig
+
+
+@dataclass(frozen=True)
+class ChainJob:
+    """What one Ray Tune trial runs: a grid point for a block of seeds."""
+
+    key: str
+    point: GridPoint
+    seeds: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "point_key": self.point.key,
+            "swept": [list(kv) for kv in self.point.swept],
+            "task": task_to_dict(self.point.task),
+            "chain": as_flat_dict(self.point.chain),
+            "seeds": list(self.seeds),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ChainJob":
+        point = GridPoint(
+            key=data["point_key"],
+            swept=tuple((k, v) for k, v in data["swept"]),
+            task=build_task(data["task"], "task"),
+            chain=from_mapping(ChainConfig, data["chain"], "chain"),
+        )
+        return cls(key=data["key"], point=point, seeds=tuple(data["seeds"]))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    task: Task
+    chain: ChainConfig
+    seeds: tuple[int, ...]
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]
+    run: ExecutionConfig
+    raw: Mapping[str, Any]  # the spec after overrides, as the user wrote it
+    points: tuple[GridPoint, ...]
+
+    def jobs(self) -> list[ChainJob]:
+        jobs = []
+        for point in self.points:
+            for block in _seed_blocks(self.seeds, self._seeds_per_trial(point)):
+                jobs.append(ChainJob(f"{point.key}__seeds{block[0]}-{block[-1]}", point, block))
+        return jobs
+
+    def _seeds_per_trial(self, point: GridPoint) -> int:
+        if self.run.seeds_per_trial != "auto":
+            return self.run.seeds_per_trial
+        if not point.task.batched:
+            return 1
+        chain = point.chain
+        held = chain.n_real + chain.n_synthetic * (chain.n_iterations - 1)
+        per_chain = max(1, held * point.task.row_nbytes()) * 2  # pool + a training-set copy
+        return max(1, int(self.run.memory_per_trial_gb * 2**30 // per_chain))
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The spec with defaults filled in, for logging next to the results."""
+        return {
+            "name": self.name,
+            "task": task_to_dict(self.task),
+            "chain": as_flat_dict(self.chain),
+            "seeds": list(self.seeds),
+            "grid": {k: list(v) for k, v in self.grid},
+            "run": as_flat_dict(self.run),
+        }
+
+
+TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "run")
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    return {"name": task.name, **as_flat_dict(task)}
+
+
+def build_task(data: Any, where: str) -> Task:
+    if not isinstance(data, Mapping):
+        fail(where, "a mapping with a 'name' key", data)
+    name = data.get("name")
+    if name not in TASKS:
+        fail(f"{where}.name", "one of {" + ", ".join(TASKS) + "}", name)
+    return from_mapping(TASKS[name], {k: v for k, v in data.items() if k != "name"}, where)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise SpecError(f"--set must look like dotted.key=value; got {describe(text)}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {key}: value is not valid YAML; got {describe(value)}") from None
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if parts[0] not in TOP_LEVEL_KEYS or not all(parts):
+        raise SpecError(f"{where}: unknown key {describe(key)}; keys start with one of: {', '.join(TOP_LEVEL_KEYS)}")
+    if parts[0] == "grid" and len(parts) > 1:  # grid keys are themselves dotted
+        if not isinstance(raw.get("grid") or {}, dict):
+            fail("grid", "a mapping", raw["grid"])
+        raw.setdefault("grid", {})
+        if raw["grid"] is None:
+            raw["grid"] = {}
+        raw["grid"][".".join(parts[1:])] = value
+        return
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            fail(".".join(parts[: i + 1]), "a mapping", child)
+        node = child
+    node[parts[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"spec file {str(path)!r} is not valid YAML{where}") from None
+    return parse_spec(raw, default_name=path.stem, overrides=overrides)
+
+
+def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] = ()) -> SweepSpec:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        fail("spec", "a mapping with keys " + ", ".join(TOP_LEVEL_KEYS), raw)
+    raw = copy.deepcopy(dict(raw))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, "--set")
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise SpecError(f"spec: unknown key {describe(unknown[0])}; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
+
+    name = raw.get("name", default_name)
+    require(isinstance(name, str) and name.strip() != "", "name", "a non-empty string", name)
+    seeds = _parse_seeds(raw.get("seeds", 1))
+    run = from_mapping(ExecutionConfig, raw.get("run"), "run")
+    grid = _parse_grid(raw.get("grid"))
+
+    task_raw = raw.get("task")
+    if task_raw is None:
+        raise SpecError("task is required: a mapping with 'name' (one of {" + ", ".join(TASKS) + "})")
+    points = []
+    for values in itertools.product(*(v for _, v in grid)):
+        cell = copy.deepcopy({"task": task_raw, "chain": raw.get("chain") or {}})
+        for (key, _), value in zip(grid, values):
+            _set_dotted(cell, key, value, "grid")
+        task = build_task(cell["task"], "task")
+        chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()
+        swept = tuple((key, value) for (key, _), value in zip(grid, values))
+        points.append(GridPoint(_point_key(task, chain, swept), swept, task, chain))
+    keys = [p.key for p in points]
+    if len(set(keys)) != len(keys):
+        raise SpecError("grid: two cells give the same run; remove duplicate values")
+    base_task = build_task(task_raw, "task")
+    base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
+    return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, run, raw, tuple(points))
+
+
+def _parse_seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        require(value >= 1, "seeds", "a count >= 1 or a list of distinct integers >= 0", value)
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        require(len(set(value)) == len(value), "seeds", "a list of distinct integers", value)
+        return tuple(value)
+    fail("seeds", "a count >= 1 or a list of distinct integers >= 0", value)
+
+
+def _parse_grid(value: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        fail("grid", "a mapping of dotted keys (task.x, chain.x) to lists of values", value)
+    grid = []
+    for key, values in value.items():
+        if not (isinstance(key, str) and key.split(".")[0] in ("task", "chain") and key.count(".") == 1):
+            fail("grid key", "task.<field> or chain.<field>", key)
+        if not isinstance(values, list) or not values:
+            fail(f"grid.{key}", "a non-empty list of values", values)
+        grid.append((key, tuple(values)))
+    return tuple(grid)
+
+
+def _point_key(task: Task, chain: ChainConfig, swept: tuple[tuple[str, Any], ...]) -> str:
+    parts = [task.name, chain.workflow]
+    for key, value in swept:
+        field = key.split(".", 1)[1]
+        if key in ("task.name", "chain.workflow"):
+            continue
+        parts.append(f"{field}{value}")
+    return "__".join(parts)
+
+
+def _seed_blocks(seeds: tuple[int, ...], per_trial: int) -> list[tuple[int, ...]]:
+    n_blocks = math.ceil(len(seeds) / per_trial)
+    size = math.ceil(len(seeds) / n_blocks)  # balanced blocks
+    return [seeds[i : i + size] for i in range(0, len(seeds), size)]

@@ -1,0 +1,209 @@
+"""Ray Tune fan-out of a validated sweep: one trial per (grid point, block of seeds).
+
+This layer only fans out and logs: each trial opens its MLflow child run, hands a sink
+and a checkpoint folder to `loop.run_chain`, and uploads the per-seed table at the end.
+
+Fault tolerance: a trial's checkpoint folder and MLflow run are keyed by its job key,
+so a retried trial (Tune's FailureConfig) or a re-run sweep (`--resume`) continues from
+the last checkpoint, and trials whose run already finished return at once.
+
+Output layout (`--out`, default ./results):
+    results/mlflow.db                       the default MLflow store
+    results/<sweep name>/<UTC time>/sweep.json, chains/<job key>/..., tune/...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback
+
+from .spec import ChainJob, SweepSpec
+from .validation import SpecError
+
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_dir: Path
+    tracking_uri: str
+    experiment: str
+    sweep_run_id: str
+    n_trials: int
+    n_failed: int
+    seconds: float
+
+
+def chain_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable for one ChainJob."""
+    from .loop import run_chain
+    from .tracking import MlflowChainSink, client_for, finish_chain_run, open_chain_run
+
+    job = ChainJob.from_dict(config["job"])
+    ctx = config["sweep"]
+    chain = job.point.chain
+    client = client_for(ctx["tracking_uri"])
+    run_id, finished = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job)
+    if finished:  # done before a resume: nothing to redo or relog
+        tune.report({"iteration": chain.n_iterations, "skipped": 1})
+        return
+
+    def progress(t: int, total: int) -> None:
+        if chain.checkpoints_at(t) and t < total:
+            tune.report({"iteration": t, "skipped": 0})
+
+    result = run_chain(
+        job.point.task,
+        chain,
+        job.seeds,
+        checkpoint_dir=Path(ctx["sweep_dir"]) / "chains" / job.key,
+        sink=MlflowChainSink(client, run_id),
+        progress=progress,
+    )
+    finish_chain_run(client, run_id, job, result.table)
+    tune.report({"iteration": chain.n_iterations, "skipped": 0, "resumed_from": result.resumed_from})
+
+
+def new_sweep_dir(out_root: Path, name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return (out_root / name / stamp).resolve()
+
+
+def find_resumable(out_root: Path, name: str) -> Path:
+    """The newest sweep folder of this name that did not finish."""
+    candidates = sorted((out_root / name).glob(f"*/{SWEEP_FILE}"), reverse=True)
+    for path in candidates:
+        if json.loads(path.read_text()).get("status") != "finished":
+            return path.parent.resolve()
+    raise SpecError(f"--resume: no unfinished sweep named {name!r} under {out_root}")
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_root: str | Path = "results",
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    resume: bool | str | Path = False,
+    log: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are."""
+    from .tracking import check_reachable, client_for, ensure_experiment, resolve_tracking_uri, start_sweep_run
+
+    started = time.perf_counter()
+    out_root = Path(out_root).resolve()
+    if resume:
+        sweep_dir = Path(resume).resolve() if not isinstance(resume, bool) else find_resumable(out_root, spec.name)
+        saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        if saved["spec"] != json.loads(json.dumps(spec.resolved_dict())):
+            raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with")
+        tracking_uri = saved["tracking_uri"]
+    else:
+        sweep_dir = new_sweep_dir(out_root, spec.name)
+        tracking_uri = resolve_tracking_uri(tracking_uri, out_root)
+    check_reachable(tracking_uri)
+    jobs = spec.jobs()
+
+    client = client_for(tracking_uri)
+    experiment_id = ensure_experiment(client, spec.name)
+    if resume:
+        sweep_run_id = saved["sweep_run_id"]
+        client.update_run(sweep_run_id, status="RUNNING")
+    else:
+        sweep_dir.mkdir(parents=True)
+        sweep_run_id = start_sweep_run(client, experiment_id, sweep_dir.name, sweep_dir, spec.resolved_dict())
+    state = {
+        "spec": spec.resolved_dict(),
+        "tracking_uri": tracking_uri,
+        "experiment": spec.name,
+        "sweep_run_id": sweep_run_id,
+        "status": "running",
+    }
+    _write_json(sweep_dir / SWEEP_FILE, state)
+    log(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            # An embedded local Ray; the dashboard is only needed for `ray job submit`.
+            ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    try:
+        trainable = tune.with_resources(chain_trial, {"cpu": spec.run.cpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "job": tune.grid_search([j.to_dict() for j in jobs]),
+                "sweep": {
+                    "tracking_uri": tracking_uri,
+                    "experiment_id": experiment_id,
+                    "sweep_run_id": sweep_run_id,
+                    "sweep_dir": str(sweep_dir),
+                },
+            },
+            tune_config=tune.TuneConfig(
+                reuse_actors=True,
+                max_concurrent_trials=spec.run.max_concurrent_trials or None,
+                trial_name_creator=lambda t: t.config["job"]["key"],
+                trial_dirname_creator=lambda t: t.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=f"tune-{int(time.time())}",
+                storage_path=str(sweep_dir / "tune"),
+                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+                callbacks=[ProgressCallback(len(jobs), log)],
+                verbose=0,
+            ),
+        )
+        grid = tuner.fit()
+        n_failed = sum(1 for r in grid if r.error is not None)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+    state["status"] = "finished" if n_failed == 0 else "failed"
+    _write_json(sweep_dir / SWEEP_FILE, state)
+    client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
+    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+class ProgressCallback(Callback):
+    """One line per finished trial (with an ETA), and per checkpoint of long chains."""
+
+    def __init__(self, n_trials: int, log: Callable[[str], None]):
+        self.n_trials = n_trials
+        self.log = log
+        self.done = 0
+        self.start = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        total = trial.config["job"]["chain"]["n_iterations"]
+        if result.get("iteration", total) < total:
+            self.log(f"  {trial.config['job']['key']}: iteration {result['iteration']}/{total}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        elapsed = time.time() - self.start
+        eta = elapsed / self.done * (self.n_trials - self.done)
+        self.log(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} done; elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self.log(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} FAILED: {trial.error_file}")

@@ -1,0 +1,15 @@
+"""Task settings, each one module behind the `Task` protocol, listed by registry key.
+
+Adding a task: write `tasks/<key>.py` with a frozen dataclass implementing
+`protocol.Task` (plus `validate(where)`), and list it here. The contract tests in
+tests/test_task_contract.py then cover it automatically.
+"""
+
+from .gaussian import GaussianTask
+from .protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
+
+TASKS: dict[str, type] = {
+    "gaussian": GaussianTask,
+}
+
+__all__ = ["TASKS", "AdditiveStatisticsTask", "GaussianTask", "Metrics", "RealData", "Rows", "Task"]

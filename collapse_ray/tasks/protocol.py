@@ -1,0 +1,69 @@
+"""The task protocol: what the chain loop needs from a task setting.
+
+A task is a frozen, validated config that also knows how to draw its real data, fit a
+model to a training set, sample synthetic rows from a fitted model and evaluate a fitted
+model on held-out real data.
+
+Everything is *batched over chains*: a training set is a mapping of column name to an
+array whose first axis is the chain (one chain per seed), so cheap numpy tasks run a
+hundred seeds in one vectorised call. Expensive tasks (language models) set
+`batched = False` and always see exactly one chain. Randomness comes in as one
+`numpy.random.Generator` per chain; a chain's results therefore do not depend on which
+other chains share its batch. Tasks never import Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+Rows = Mapping[str, np.ndarray]
+"""Column name -> array of shape (n_chains, n_rows, ...)."""
+
+Metrics = dict[str, np.ndarray]
+"""Metric name -> array of shape (n_chains,). Always contains 'test_loss'."""
+
+
+@dataclass(frozen=True)
+class RealData:
+    """A task's real data for a batch of chains."""
+
+    train: Rows  # (n_chains, n_real, ...): iteration 1 fits these
+    test: Any  # held-out real data, in whatever form `evaluate` wants
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: ClassVar[str]
+    batched: ClassVar[bool]  # may several chains share one call?
+
+    def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData: ...
+
+    def fit(self, train: Rows) -> Any: ...
+
+    def sample(self, model: Any, n: int, rngs: Sequence[np.random.Generator]) -> Rows: ...
+
+    def evaluate(self, model: Any, test: Any) -> Metrics: ...
+
+    def row_nbytes(self) -> int:
+        """Bytes one pool row takes in memory (sizes seed batches)."""
+        ...
+
+
+@runtime_checkable
+class AdditiveStatisticsTask(Task, Protocol):
+    """A task whose fit depends on the training set only through additive statistics.
+
+    When a workflow's training set only ever grows (accumulate), the loop merges the
+    statistics of the newest rows into the running ones instead of refitting the whole
+    pool: the same estimate, at a cost flat in the iteration index.
+    """
+
+    def statistics(self, rows: Rows) -> Any: ...
+
+    def merge(self, a: Any, b: Any) -> Any: ...
+
+    def fit_statistics(self, stats: Any) -> Any: ...

@@ -1,0 +1,260 @@
+"""MLflow: the store, runs for sweeps and chains, exactly-once metric logging, and the
+results table read back from it.
+
+Layout in MLflow: one experiment per sweep name; one parent run per `collapse-ray run`
+(the resolved spec is its artifact `spec.yaml`); one child run per Ray Tune trial (a
+grid point for a block of seeds). A child run's metric charts show, per iteration, the
+mean over its seeds (`test_loss`) and its standard error (`test_loss_se`); the per-seed
+rows are its Parquet artifact `chains.parquet`, which is what `results_table` reads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .spec import ChainJob
+from .tasks import Metrics
+from .validation import SpecError
+
+JOB_KEY_TAG = "collapse_ray.job_key"
+SWEEP_TAG = "collapse_ray.sweep_dir"
+PARENT_TAG = "mlflow.parentRunId"
+CHAIN_TABLE = "chains.parquet"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+
+
+def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
+    """An absolute tracking URI: the flag, else MLFLOW_TRACKING_URI, else SQLite under out_root.
+
+    Absolute because Tune trials and `ray job submit` run in other working directories,
+    where a relative sqlite path would silently create a fresh database each.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{(Path(out_root) / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if uri.startswith(("http://", "https://", "sqlite:////", "postgresql", "mysql", "databricks")):
+        return uri
+    raise SpecError(
+        "tracking URI must be sqlite:///PATH, http(s)://HOST:PORT or a database URL "
+        f"(MLflow 3 refuses plain file stores); got {uri!r}"
+    )
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail before any work starts when the tracking store cannot be used."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+        except OSError as err:
+            raise SpecError(f"tracking server {uri} is unreachable: {err}") from None
+
+
+def ensure_experiment(client, name: str) -> str:
+    """Create the experiment once, on the driver (concurrent SQLite schema creation races)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created meanwhile by another driver
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_sweep_run(client, experiment_id: str, run_name: str, sweep_dir: Path, resolved_spec: dict) -> str:
+    import yaml
+
+    run = client.create_run(experiment_id, run_name=run_name, tags={SWEEP_TAG: str(sweep_dir)})
+    grid = resolved_spec.get("grid", {})
+    params = {f"grid.{k}": str(v)[:500] for k, v in grid.items()}
+    params["n_seeds"] = str(len(resolved_spec["seeds"]))
+    _log_params(client, run.info.run_id, params)
+    client.log_text(run.info.run_id, yaml.safe_dump(resolved_spec, sort_keys=False), "spec.yaml")
+    return run.info.run_id
+
+
+def job_params(job: ChainJob) -> dict[str, Any]:
+    """Typed columns describing a job's chains; the same names in params and tables."""
+    point = job.point
+    chain = point.chain
+    cols: dict[str, Any] = {"run_key": point.key, "task": point.task.name}
+    from .validation import as_flat_dict
+
+    cols.update(as_flat_dict(point.task))
+    cols.update(
+        workflow=chain.workflow,
+        n_real=chain.n_real,
+        n_synthetic=chain.n_synthetic,
+        n_train=chain.n_train,
+        n_iterations=chain.n_iterations,
+    )
+    return cols
+
+
+def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob) -> tuple[str, bool]:
+    """The job's child run (reused when a retried or resumed trial comes back) and
+    whether it already finished."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{JOB_KEY_TAG}` = '{job.key}'",
+        max_results=2,
+    )
+    if found:
+        run = found[0]
+        return run.info.run_id, run.info.status == "FINISHED"
+    run = client.create_run(
+        experiment_id,
+        run_name=job.key,
+        tags={PARENT_TAG: parent_run_id, JOB_KEY_TAG: job.key, "workflow": job.point.chain.workflow},
+    )
+    params = {k: ("null" if v is None else str(v)) for k, v in job_params(job).items()}
+    params["seeds"] = _seed_range(job.seeds)
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id, False
+
+
+class MlflowChainSink:
+    """Per-iteration mean and standard error over a job's seeds, logged exactly once."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def last_logged_iteration(self) -> int:
+        history = self.client.get_metric_history(self.run_id, "test_loss")
+        return max((m.step for m in history), default=0)
+
+    def log_iterations(self, seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for iteration, values in records:
+            for name, per_seed in values.items():
+                mean, se = mean_and_se(per_seed)
+                metrics.append(Metric(name, mean, now, iteration))
+                if len(seeds) > 1:
+                    metrics.append(Metric(f"{name}_se", se, now, iteration))
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH]))
+
+
+def finish_chain_run(client, run_id: str, job: ChainJob, table: pd.DataFrame) -> None:
+    table = table.assign(**{k: v for k, v in job_params(job).items()}, run_id=run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CHAIN_TABLE
+        table.to_parquet(path, index=False)
+        _retry(lambda: client.log_artifact(run_id, str(path)))
+    client.set_terminated(run_id, "FINISHED")
+
+
+def mean_and_se(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = float(values.mean())
+        se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return mean, se
+
+
+def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None = None, all_sweeps: bool = False) -> pd.DataFrame:
+    """One row per (run, seed, iteration): swept parameters, workflow, seed, iteration, metrics.
+
+    Reads the newest sweep of the experiment unless `sweep_run_id` or `all_sweeps` says otherwise.
+    """
+    import mlflow.artifacts
+
+    client = client_for(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise SpecError(f"experiment must be one of {{{', '.join(names)}}}; got {experiment!r}")
+    sweeps = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` != ''", order_by=["attributes.start_time DESC"]
+    )
+    if sweep_run_id is not None:
+        chosen = [sweep_run_id]
+    elif all_sweeps:
+        chosen = [r.info.run_id for r in sweeps]
+    else:
+        chosen = [r.info.run_id for r in sweeps[:1]]
+    frames = []
+    for parent in chosen:
+        children = client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=50000
+        )
+        for run in children:
+            if run.info.status != "FINISHED":
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path=CHAIN_TABLE, dst_path=tmp, tracking_uri=tracking_uri
+                )
+                frames.append(pd.read_parquet(local).assign(sweep_run_id=parent))
+    if not frames:
+        raise SpecError(f"experiment {experiment!r} has no finished chain runs yet")
+    table = pd.concat(frames, ignore_index=True)
+    return table.sort_values(["run_key", "seed", "iteration"], ignore_index=True)
+
+
+def write_table(table: pd.DataFrame, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        table.to_csv(out, index=False)
+    elif out.suffix == ".parquet":
+        table.to_parquet(out, index=False)
+    else:
+        raise SpecError(f"--out must end in one of {{.csv, .parquet}}; got {str(out)!r}")
+    return out
+
+
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    seeds = list(seeds)
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))[:500]
+
+
+def _retry(call, attempts: int = 5, delay: float = 0.5):
+    """Retry a tracking call through brief store hiccups (locked SQLite, server restart)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2**attempt)
