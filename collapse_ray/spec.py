@@ -331,5 +331,10 @@ def _point_key(task: Task, chain: ChainConfig, swept: tuple[tuple[str, Any], ...
 
 def _seed_blocks(seeds: tuple[int, ...], per_trial: int) -> list[tuple[int, ...]]:
     n_blocks = math.ceil(len(seeds) / per_trial)
-    size = math.ceil(len(seeds) / n_blocks)  # balanced blocks
-    return [seeds[i : i + size] for i in range(0, len(seeds), size)]
+    base, extra = divmod(len(seeds), n_blocks)  # balanced: sizes differ by at most one
+    blocks, start = [], 0
+    for b in range(n_blocks):
+        size = base + (b < extra)
+        blocks.append(seeds[start : start + size])
+        start += size
+    return blocks

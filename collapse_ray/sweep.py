@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,7 +93,6 @@ def run_sweep(
     tracking_uri: str | None = None,
     address: str | None = None,
     resume: bool | str | Path = False,
-    log: Callable[[str], None] = print,
 ) -> SweepOutcome:
     """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are."""
     from .tracking import check_reachable, client_for, ensure_experiment, resolve_tracking_uri, start_sweep_run
@@ -129,7 +127,7 @@ def run_sweep(
         "status": "running",
     }
     _write_json(sweep_dir / SWEEP_FILE, state)
-    log(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
+    say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
 
     address = address or os.environ.get("RAY_ADDRESS")
     owns_ray = not ray.is_initialized()
@@ -162,7 +160,7 @@ def run_sweep(
                 name=f"tune-{int(time.time())}",
                 storage_path=str(sweep_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                callbacks=[ProgressCallback(len(jobs), log)],
+                callbacks=[ProgressCallback(len(jobs))],
                 verbose=0,
             ),
         )
@@ -178,6 +176,11 @@ def run_sweep(
     return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
 
 
+def say(message: str) -> None:
+    """Progress line on the driver's stdout (looked up at call time: Tune pickles callbacks)."""
+    print(message, flush=True)
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -187,23 +190,22 @@ def _write_json(path: Path, data: dict) -> None:
 class ProgressCallback(Callback):
     """One line per finished trial (with an ETA), and per checkpoint of long chains."""
 
-    def __init__(self, n_trials: int, log: Callable[[str], None]):
+    def __init__(self, n_trials: int):
         self.n_trials = n_trials
-        self.log = log
         self.done = 0
         self.start = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         total = trial.config["job"]["chain"]["n_iterations"]
         if result.get("iteration", total) < total:
-            self.log(f"  {trial.config['job']['key']}: iteration {result['iteration']}/{total}")
+            say(f"  {trial.config['job']['key']}: iteration {result['iteration']}/{total}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         elapsed = time.time() - self.start
         eta = elapsed / self.done * (self.n_trials - self.done)
-        self.log(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} done; elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+        say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} done; elapsed {elapsed:.0f}s, eta {eta:.0f}s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        self.log(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} FAILED: {trial.error_file}")
+        say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} FAILED: {trial.error_file}")

@@ -1,0 +1,140 @@
+"""The chain loop: batch invariance, the incremental path, and exactly-once resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapse_ray.loop import run_chain
+from collapse_ray.spec import ChainConfig
+from collapse_ray.tasks import GaussianTask
+
+WORKFLOWS = ["replace", "accumulate", "accumulate_subsample"]
+TASK = GaussianTask(dim=3, n_test=100)
+
+
+def chain(workflow, **kw):
+    return ChainConfig(workflow=workflow, n_real=8, n_iterations=10, **kw).resolved()
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_a_seed_gives_the_same_chain_alone_or_in_a_batch(workflow):
+    alone = run_chain(TASK, chain(workflow), [5]).table
+    batch = run_chain(TASK, chain(workflow), range(8)).table
+    pd.testing.assert_frame_equal(
+        alone.reset_index(drop=True), batch[batch.seed == 5].reset_index(drop=True), rtol=1e-10
+    )
+
+
+@dataclass(frozen=True)
+class RefitGaussian:
+    """The Gaussian task without its statistics methods: forces refitting the pool."""
+
+    name: ClassVar[str] = "gaussian"
+    batched: ClassVar[bool] = True
+    inner: GaussianTask
+
+    def real_data(self, n_real, rngs):
+        return self.inner.real_data(n_real, rngs)
+
+    def fit(self, train):
+        return self.inner.fit(train)
+
+    def sample(self, model, n, rngs):
+        return self.inner.sample(model, n, rngs)
+
+    def evaluate(self, model, test):
+        return self.inner.evaluate(model, test)
+
+    def row_nbytes(self):
+        return self.inner.row_nbytes()
+
+
+def test_accumulate_via_running_statistics_equals_refitting_the_whole_pool():
+    fast = run_chain(TASK, chain("accumulate"), range(6)).table
+    slow = run_chain(RefitGaussian(TASK), chain("accumulate"), range(6)).table
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-9)
+
+
+class ListSink:
+    """Records every logged iteration, like a tracking store would."""
+
+    def __init__(self, fail_on_call=None):
+        self.logged: list[int] = []
+        self.values: dict[int, float] = {}
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def last_logged_iteration(self):
+        return max(self.logged, default=0)
+
+    def log_iterations(self, seeds, records):
+        self.calls += 1
+        for t, metrics in records:
+            self.logged.append(t)
+            self.values[t] = float(np.mean(metrics["test_loss"]))
+        if self.calls == self.fail_on_call:
+            self.fail_on_call = None
+            raise RuntimeError("crash after logging, before the checkpoint")
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(iteration):
+    def progress(t, total):
+        if t == iteration:
+            raise Crash(f"killed after iteration {t}")
+
+    return progress
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path, workflow):
+    cfg = chain(workflow, checkpoint_every=3)
+    reference = run_chain(TASK, cfg, range(4)).table
+
+    sink = ListSink()
+    with pytest.raises(Crash):
+        run_chain(TASK, cfg, range(4), checkpoint_dir=tmp_path, sink=sink, progress=crash_at(5))
+    assert sink.logged == [1, 2, 3]
+    result = run_chain(TASK, cfg, range(4), checkpoint_dir=tmp_path, sink=sink)
+    assert result.resumed_from == 3
+    assert sink.logged == list(range(1, 11)), "every iteration logged exactly once"
+    pd.testing.assert_frame_equal(result.table, reference)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_crash_between_logging_and_checkpoint_is_not_logged_twice(tmp_path, workflow):
+    cfg = chain(workflow, checkpoint_every=3)
+    reference = run_chain(TASK, cfg, range(4)).table
+    sink = ListSink(fail_on_call=2)  # logs 4..6, then dies before checkpoint 6
+    with pytest.raises(RuntimeError):
+        run_chain(TASK, cfg, range(4), checkpoint_dir=tmp_path, sink=sink)
+    assert sink.logged == [1, 2, 3, 4, 5, 6]
+    result = run_chain(TASK, cfg, range(4), checkpoint_dir=tmp_path, sink=sink)
+    assert result.resumed_from == 3  # recomputes 4..6 from checkpoint 3 ...
+    assert sink.logged == list(range(1, 11))  # ... without logging them again
+    pd.testing.assert_frame_equal(result.table, reference)
+    expected = reference.groupby("iteration").test_loss.mean()
+    assert np.allclose([sink.values[t] for t in range(1, 11)], expected)
+
+
+def test_finished_chain_is_not_rerun(tmp_path):
+    cfg = chain("replace")
+    first = run_chain(TASK, cfg, [0], checkpoint_dir=tmp_path)
+    again = run_chain(TASK, cfg, [0], checkpoint_dir=tmp_path)
+    assert again.resumed_from == 10 and again.iteration_seconds == []
+    pd.testing.assert_frame_equal(first.table, again.table)
+
+
+def test_persist_pool_writes_every_iteration(tmp_path):
+    from collapse_ray.pool import iterations_on_disk
+
+    run_chain(TASK, chain("replace", persist_pool=True, checkpoint_every=0), range(2), checkpoint_dir=tmp_path)
+    assert list(iterations_on_disk(tmp_path / "pool")) == list(range(0, 10))  # real + samples of fits 1..9

@@ -1,0 +1,111 @@
+"""Sweeps for real: a local Ray cluster, Ray Tune trials, a SQLite MLflow store.
+
+Checks the results table against what was asked for, every iteration's metrics in
+MLflow exactly once, and that a sweep whose driver is killed mid-way finishes with
+`--resume` without redoing finished chains or duplicating metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from collapse_ray import cli
+from collapse_ray.tracking import client_for, results_table
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.ray
+
+
+def metric_steps(uri, experiment, key="test_loss"):
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
+    return {r.info.run_name: sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) for r in runs}
+
+
+def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
+    out = tmp_path / "results"
+    code = cli.main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), "--out", str(out),
+                     "--set", "chain.n_iterations=12", "--set", "seeds=40"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "MLflow UI" in printed and str(out) in printed
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+
+    assert cli.main(["results", "quickstart", "--out", str(tmp_path / "table.parquet"), "--results-dir", str(out)]) == 0
+    table = pd.read_parquet(tmp_path / "table.parquet")
+    assert len(table) == 6 * 40 * 12  # grid points x seeds x iterations
+    assert not table.duplicated(["run_key", "seed", "iteration"]).any()
+    assert set(table.workflow) == {"replace", "accumulate", "accumulate_subsample"}
+    assert {"seed", "iteration", "n_real", "dim", "test_loss", "cov_trace_ratio", "run_id"} <= set(table.columns)
+
+    steps = metric_steps(uri, "quickstart")
+    assert len(steps) == 6 and all(s == list(range(1, 13)) for s in steps.values())
+    # MLflow's chart value is the mean over the run's seeds
+    client = client_for(uri)
+    run_id = table.run_id.iloc[0]
+    hist = {m.step: m.value for m in client.get_metric_history(run_id, "cov_trace_ratio")}
+    per_iter = table[table.run_id == run_id].groupby("iteration").cov_trace_ratio.mean()
+    assert all(abs(hist[t] - per_iter[t]) < 1e-9 for t in per_iter.index)
+    assert "cov_trace_ratio_se" in client.get_run(run_id).data.metrics
+    # replace collapses, accumulate holds (E: 0.95^12 = 0.54 vs 0.93 at n = 20)
+    last = table[table.iteration == 12].groupby(["workflow", "n_real"]).cov_trace_ratio.mean()
+    assert last["replace", 20] < 0.8 < last["accumulate", 20]
+    # the parent run carries the resolved spec
+    parent = client.get_run(table.sweep_run_id.iloc[0])
+    spec_text = Path(client.download_artifacts(parent.info.run_id, "spec.yaml", str(tmp_path))).read_text()
+    assert yaml.safe_load(spec_text)["chain"]["n_iterations"] == 12
+
+
+def test_killed_driver_resumes_without_redoing_or_duplicating(tmp_path):
+    spec = tmp_path / "resume_me.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "resume_me",
+        "task": {"name": "gaussian", "dim": 10, "n_test": 200},
+        "chain": {"n_real": 200, "n_iterations": 40, "checkpoint_every": 5},
+        "seeds": 40,
+        "grid": {"chain.workflow": ["replace", "accumulate", "accumulate_subsample"], "chain.n_real": [100, 200, 400]},
+        "run": {"seeds_per_trial": 20},
+    }))
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "collapse_ray.cli", "run", str(spec), "--out", str(out)]
+    driver = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # kill the whole driver (and its local Ray) once a few trials have finished
+    deadline = time.time() + 240
+    lines = []
+    while time.time() < deadline:
+        line = driver.stdout.readline()
+        lines.append(line)
+        if line.startswith("[4/"):
+            break
+        assert driver.poll() is None or line, "".join(lines)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)
+    sweep_dir = next((out / "resume_me").iterdir())
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "running"
+    finished_before = {p.parent.name for p in sweep_dir.glob("chains/*/checkpoint.pkl")}
+
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "finished"
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    steps = metric_steps(uri, "resume_me")
+    assert len(steps) == 18, f"one run per trial, none opened twice: {sorted(steps)}"
+    assert all(s == list(range(1, 41)) for s in steps.values()), "each iteration logged exactly once"
+    table = results_table(uri, "resume_me")
+    assert len(table) == 9 * 40 * 40 and not table.duplicated(["run_key", "seed", "iteration"]).any()
+    print(f"\nfaults injected: 1 driver kill; trials with checkpoints before the kill: {len(finished_before)}; "
+          f"chains completed: {table.groupby(['run_key', 'seed']).ngroups}; metrics lost: 0; duplicated: 0")

@@ -1,0 +1,72 @@
+"""One contract for every registered task (scikit-learn's common-checks style):
+a task is covered the moment it is listed in collapse_ray.tasks.TASKS."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import numpy as np
+import pytest
+
+from collapse_ray.loop import chain_generators
+from collapse_ray.spec import build_task
+from collapse_ray.tasks import TASKS, Task
+from collapse_ray.validation import SpecError
+
+SMALL = {"gaussian": {"dim": 3, "n_test": 50}}
+
+
+def make(name: str) -> Task:
+    return build_task({"name": name, **SMALL.get(name, {})}, "task")
+
+
+def rngs(seeds, stream=0):
+    return [chain_generators(s)[stream] for s in seeds]
+
+
+@pytest.fixture(params=sorted(TASKS))
+def task(request) -> Task:
+    return make(request.param)
+
+
+def test_registered_under_its_own_name(task):
+    assert TASKS[task.name] is type(task) and isinstance(task, Task)
+    assert dataclasses.is_dataclass(task) and task.__dataclass_params__.frozen
+
+
+def test_real_data_is_deterministic_per_seed(task):
+    a = task.real_data(20, rngs([0, 1]))
+    b = task.real_data(20, rngs([0, 1]))
+    c = task.real_data(20, rngs([2, 1]))
+    for col in a.train:
+        assert a.train[col].shape[:2] == (2, 20)
+        assert np.array_equal(a.train[col], b.train[col])
+        assert not np.array_equal(a.train[col][0], c.train[col][0])
+        assert np.array_equal(a.train[col][1], c.train[col][1]), "a chain's data ignores its batch mates"
+
+
+def test_fit_sample_evaluate_shapes_and_finite_first_loss(task):
+    real = task.real_data(20, rngs([0, 1, 2]))
+    model = task.fit(real.train)
+    metrics = task.evaluate(model, real.test)
+    assert "test_loss" in metrics
+    assert all(np.asarray(v).shape == (3,) for v in metrics.values())
+    assert np.isfinite(metrics["test_loss"]).all()
+    rows = task.sample(model, 7, rngs([0, 1, 2], stream=1))
+    assert set(rows) == set(real.train)
+    for col in rows:
+        assert rows[col].shape[:2] == (3, 7) and rows[col].dtype == real.train[col].dtype
+        assert rows[col].shape[2:] == real.train[col].shape[2:]
+    assert task.row_nbytes() > 0
+
+
+def test_bad_parameters_are_refused_naming_the_field(task):
+    hints = typing.get_type_hints(type(task))
+    numeric = [f.name for f in dataclasses.fields(task) if hints[f.name] in (int, float)]
+    assert numeric, "every task has numeric parameters to check"
+    for name in numeric:
+        with pytest.raises(SpecError, match=rf"task\.{name} must be"):
+            build_task({"name": task.name, name: -1}, "task")
+    with pytest.raises(SpecError, match="unknown key"):
+        build_task({"name": task.name, "no_such_field": 1}, "task")
