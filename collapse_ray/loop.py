@@ -10,6 +10,11 @@ Per iteration t = 1..T: the workflow selects the training set, the task fits and
 evaluated on held-out real data (metrics recorded with step = t), then n_synthetic rows
 are sampled from the fit into the pool with iteration of origin t.
 
+Statistics path: when the task's fit depends only on additive statistics and the
+workflow's next training set is the new rows alone (replace) or the old set plus them
+(accumulate), the loop carries statistics instead of rows, and asks the task for the
+statistics of the new samples directly (unless chain.persist_pool wants the rows).
+
 Resuming: with a `checkpoint_dir`, the loop checkpoints every `chain.checkpoint_every`
 iterations (pool shards first, then the state file, each written atomically) and starts
 from the newest checkpoint it finds. Metrics reach the sink just before each checkpoint;
@@ -33,8 +38,9 @@ import pandas as pd
 
 from .pool import ArrayPool
 from .spec import ChainConfig
-from .tasks import AdditiveStatisticsTask, Metrics, Task
-from .workflows import WORKFLOWS, AccumulateSubsample, Workflow
+from .tasks import Metrics, Task
+from .workflows import by_statistics as uses_statistics
+from .workflows import make_workflow, max_rows_held
 
 CHECKPOINT_FILE = "checkpoint.pkl"
 
@@ -56,12 +62,6 @@ class ChainResult:
     resumed_from: int = 0  # iteration of the checkpoint it started from
 
 
-def make_workflow(chain: ChainConfig) -> Workflow:
-    if chain.workflow == "accumulate_subsample":
-        return AccumulateSubsample(n_train=chain.n_train)
-    return WORKFLOWS[chain.workflow]()
-
-
 def chain_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent streams for a seed: real data (redrawn identically on resume), and
     everything the chain samples afterwards (saved in checkpoints)."""
@@ -73,7 +73,7 @@ def chain_generators(seed: int) -> tuple[np.random.Generator, np.random.Generato
 class _State:
     iteration: int  # last finished iteration
     rngs: list[np.random.Generator]
-    stats: Any  # running statistics for the incremental path, else None
+    stats: Any  # statistics of the next training set on the statistics path, else None
     records: list[tuple[int, Metrics]]
 
 
@@ -90,10 +90,11 @@ def run_chain(
     seeds = list(seeds)
     if not task.batched and len(seeds) != 1:
         raise ValueError(f"task {task.name!r} runs one chain at a time; got {len(seeds)} seeds")
-    workflow = make_workflow(chain)
-    incremental = workflow.grows and isinstance(task, AdditiveStatisticsTask)
-    keep_history = workflow.needs_history and not incremental
-    capacity = chain.n_real + chain.n_synthetic * (chain.n_iterations - 1)
+    workflow = make_workflow(chain.workflow, chain.n_train)
+    # Statistics path: the training set is tracked by its additive statistics, not rows.
+    by_statistics = uses_statistics(workflow, task)
+    keep_history = workflow.needs_history and not by_statistics
+    capacity = max_rows_held(workflow, task, chain.n_real, chain.n_synthetic, chain.n_iterations)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     pool_dir = ckpt / "pool" if ckpt is not None else None
     if chain.persist_pool and pool_dir is None:
@@ -117,17 +118,24 @@ def run_chain(
     seconds = []
     for t in range(state.iteration + 1, chain.n_iterations + 1):
         start = time.perf_counter()
-        if incremental:
-            newest = task.statistics(pool.rows_of(t - 1))
-            state.stats = newest if state.stats is None else task.merge(state.stats, newest)
+        if by_statistics:
+            if state.stats is None:  # iteration 1: the real rows
+                state.stats = task.statistics(pool.rows_of(0))
             model = task.fit_statistics(state.stats)
         else:
             model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)))
         state.records.append((t, task.evaluate(model, real.test)))
         if t < chain.n_iterations:  # the last fit's samples would train nothing
-            pool.add(task.sample(model, chain.n_synthetic, state.rngs), iteration=t, source="synthetic")
-            if chain.persist_pool:
-                pool.write_shards(pool_dir)
+            if by_statistics and not chain.persist_pool:
+                new = task.sample_statistics(model, chain.n_synthetic, state.rngs)
+            else:
+                rows = task.sample(model, chain.n_synthetic, state.rngs)
+                pool.add(rows, iteration=t, source="synthetic")
+                if chain.persist_pool:
+                    pool.write_shards(pool_dir)
+                new = task.statistics(rows) if by_statistics else None
+            if by_statistics:
+                state.stats = new if workflow.update == "replace" else task.merge(state.stats, new)
         state.iteration = t
         seconds.append(time.perf_counter() - start)
 
@@ -138,7 +146,8 @@ def run_chain(
                     sink.log_iterations(seeds, new)
                     logged = new[-1][0]
             if ckpt is not None:
-                pool.write_shards(pool_dir)
+                if t < chain.n_iterations:  # a finished chain resumes nothing from its pool
+                    pool.write_shards(pool_dir)
                 _save_state(ckpt, state)
         if progress is not None:
             progress(t, chain.n_iterations)

@@ -28,7 +28,7 @@ import yaml
 
 from .tasks import TASKS, Task
 from .validation import SpecError, as_flat_dict, check_min, describe, fail, from_mapping, require
-from .workflows import WORKFLOW_NAMES
+from .workflows import WORKFLOW_NAMES, make_workflow, max_rows_held
 
 WorkflowName = Literal["replace", "accumulate", "accumulate_subsample"]
 assert set(WorkflowName.__args__) == set(WORKFLOW_NAMES)  # one spelling everywhere
@@ -163,11 +163,12 @@ class SweepSpec:
     points: tuple[GridPoint, ...]
 
     def jobs(self) -> list[ChainJob]:
+        """Trials, heaviest first, so the long ones do not straggle at the end."""
         jobs = []
         for point in self.points:
             for block in _seed_blocks(self.seeds, self._seeds_per_trial(point)):
                 jobs.append(ChainJob(f"{point.key}__seeds{block[0]}-{block[-1]}", point, block))
-        return jobs
+        return sorted(jobs, key=_work_estimate, reverse=True)
 
     def _seeds_per_trial(self, point: GridPoint) -> int:
         if self.run.seeds_per_trial != "auto":
@@ -175,7 +176,8 @@ class SweepSpec:
         if not point.task.batched:
             return 1
         chain = point.chain
-        held = chain.n_real + chain.n_synthetic * (chain.n_iterations - 1)
+        workflow = make_workflow(chain.workflow, chain.n_train)
+        held = max_rows_held(workflow, point.task, chain.n_real, chain.n_synthetic, chain.n_iterations)
         per_chain = max(1, held * point.task.row_nbytes()) * 2  # pool + a training-set copy
         return max(1, int(self.run.memory_per_trial_gb * 2**30 // per_chain))
 
@@ -192,6 +194,15 @@ class SweepSpec:
 
 
 TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "run")
+
+
+def _work_estimate(job: ChainJob) -> float:
+    """Rough relative cost of a trial, for ordering only: rows handled x row size."""
+    chain = job.point.chain
+    rows = chain.n_real + chain.n_synthetic
+    if chain.workflow == "accumulate_subsample":
+        rows += chain.n_train
+    return len(job.seeds) * chain.n_iterations * rows * job.point.task.row_nbytes()
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:

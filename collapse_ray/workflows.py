@@ -19,6 +19,8 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from .tasks.protocol import AdditiveStatisticsTask, Task
+
 Selection = slice | np.ndarray
 
 
@@ -33,8 +35,10 @@ class Workflow(Protocol):
     name: ClassVar[str]
     needs_history: ClassVar[bool]
     """Does it train on rows older than the latest iteration's? If not, the pool drops them."""
-    grows: ClassVar[bool]
-    """Is the training set at t the one at t-1 plus exactly the rows added since?"""
+    update: ClassVar[str | None]
+    """How the training set at t follows from the one at t-1 and the rows added since:
+    "replace" (those rows alone), "merge" (the old set plus them), or None (neither).
+    Lets tasks with additive statistics skip rows altogether."""
 
     def select(self, index: PoolIndex, iteration: int, rngs: Sequence[np.random.Generator]) -> Selection: ...
 
@@ -49,7 +53,7 @@ def _contiguous(rows: np.ndarray) -> Selection:
 class Replace:
     name: ClassVar[str] = "replace"
     needs_history: ClassVar[bool] = False
-    grows: ClassVar[bool] = False
+    update: ClassVar[str | None] = "replace"
 
     def select(self, index, iteration, rngs):
         return _contiguous(np.flatnonzero(index.iteration == iteration - 1))
@@ -59,7 +63,7 @@ class Replace:
 class Accumulate:
     name: ClassVar[str] = "accumulate"
     needs_history: ClassVar[bool] = True
-    grows: ClassVar[bool] = True
+    update: ClassVar[str | None] = "merge"
 
     def select(self, index, iteration, rngs):
         return slice(0, len(index.iteration))
@@ -69,7 +73,7 @@ class Accumulate:
 class AccumulateSubsample:
     name: ClassVar[str] = "accumulate_subsample"
     needs_history: ClassVar[bool] = True
-    grows: ClassVar[bool] = False
+    update: ClassVar[str | None] = None
 
     n_train: int
 
@@ -83,3 +87,21 @@ class AccumulateSubsample:
 
 WORKFLOWS: dict[str, type] = {w.name: w for w in (Replace, Accumulate, AccumulateSubsample)}
 WORKFLOW_NAMES = tuple(WORKFLOWS)
+
+
+def make_workflow(name: str, n_train: int | None = None) -> Workflow:
+    if name == "accumulate_subsample":
+        return AccumulateSubsample(n_train=n_train)
+    return WORKFLOWS[name]()
+
+
+def by_statistics(workflow: Workflow, task: Task) -> bool:
+    """Can the chain carry the training set's statistics instead of its rows?"""
+    return workflow.update is not None and isinstance(task, AdditiveStatisticsTask)
+
+
+def max_rows_held(workflow: Workflow, task: Task, n_real: int, n_synthetic: int, n_iterations: int) -> int:
+    """Most pool rows a chain holds in memory at once (sizes seed batches)."""
+    if workflow.needs_history and not by_statistics(workflow, task):
+        return n_real + n_synthetic * (n_iterations - 1)
+    return n_real + n_synthetic

@@ -1,9 +1,6 @@
-"""The chain loop: batch invariance, the incremental path, and exactly-once resume."""
+"""The chain loop: batch invariance, the statistics path, and exactly-once resume."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -12,6 +9,8 @@ import pytest
 from collapse_ray.loop import run_chain
 from collapse_ray.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask
+
+from .helpers import RefitGaussian
 
 WORKFLOWS = ["replace", "accumulate", "accumulate_subsample"]
 TASK = GaussianTask(dim=3, n_test=100)
@@ -30,33 +29,11 @@ def test_a_seed_gives_the_same_chain_alone_or_in_a_batch(workflow):
     )
 
 
-@dataclass(frozen=True)
-class RefitGaussian:
-    """The Gaussian task without its statistics methods: forces refitting the pool."""
-
-    name: ClassVar[str] = "gaussian"
-    batched: ClassVar[bool] = True
-    inner: GaussianTask
-
-    def real_data(self, n_real, rngs):
-        return self.inner.real_data(n_real, rngs)
-
-    def fit(self, train):
-        return self.inner.fit(train)
-
-    def sample(self, model, n, rngs):
-        return self.inner.sample(model, n, rngs)
-
-    def evaluate(self, model, test):
-        return self.inner.evaluate(model, test)
-
-    def row_nbytes(self):
-        return self.inner.row_nbytes()
-
-
-def test_accumulate_via_running_statistics_equals_refitting_the_whole_pool():
-    fast = run_chain(TASK, chain("accumulate"), range(6)).table
-    slow = run_chain(RefitGaussian(TASK), chain("accumulate"), range(6)).table
+@pytest.mark.parametrize("workflow", ["replace", "accumulate"])
+def test_merged_statistics_equal_refitting_the_whole_training_set(workflow, tmp_path):
+    # persist_pool makes the statistics path sample rows, so both see the same draws
+    fast = run_chain(TASK, chain(workflow, persist_pool=True), range(6), checkpoint_dir=tmp_path).table
+    slow = run_chain(RefitGaussian(TASK), chain(workflow), range(6)).table
     pd.testing.assert_frame_equal(fast, slow, rtol=1e-9)
 
 

@@ -16,13 +16,19 @@ from collapse_ray.loop import run_chain
 from collapse_ray.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask
 
+from .helpers import RefitGaussian
+
 Z = 4.0
 S = 4000
+# Both ways of running a chain must match theory: drawing the statistics of the
+# synthetic rows directly (the engine's default) and sampling rows and refitting.
+PATHS = ["statistics", "rows"]
 
 
-def simulate(workflow, d, n, iterations, seeds=S, sigma2=1.0):
+def simulate(workflow, d, n, iterations, seeds=S, sigma2=1.0, path="statistics"):
     chain = ChainConfig(workflow=workflow, n_real=n, n_iterations=iterations).resolved()
-    table = run_chain(GaussianTask(dim=d, sigma2=sigma2, n_test=10), chain, range(seeds)).table
+    task = GaussianTask(dim=d, sigma2=sigma2, n_test=10)
+    table = run_chain(task if path == "statistics" else RefitGaussian(task), chain, range(seeds)).table
     return table.groupby("iteration")
 
 
@@ -33,17 +39,19 @@ def assert_matches(grouped, metric, expected):
     assert (z < Z).all(), f"{metric}: MC {np.round(mean, 4)} vs theory {np.round(expected, 4)} (z = {np.round(z, 1)})"
 
 
-@pytest.mark.parametrize("d, n", [(2, 10), (10, 32)])
-def test_replace_trace_and_mean_error(d, n):
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("d, n", [(2, 10), (10, 32), (12, 8)])
+def test_replace_trace_and_mean_error(d, n, path):
     t = np.arange(1, 16)
-    grouped = simulate("replace", d, n, len(t), sigma2=2.0)
+    grouped = simulate("replace", d, n, len(t), sigma2=2.0, path=path)
     assert_matches(grouped, "cov_trace_ratio", theory.gaussian_replace_trace_ratio(n, t))
     assert_matches(grouped, "mean_sq_error", theory.gaussian_replace_mean_sq_error(n, d, 2.0, t))
 
 
-def test_replace_determinant():
+@pytest.mark.parametrize("path", PATHS)
+def test_replace_determinant(path):
     t = np.arange(1, 6)
-    grouped = simulate("replace", 2, 20, len(t))
+    grouped = simulate("replace", 2, 20, len(t), path=path)
     assert_matches(grouped, "cov_det_ratio", theory.gaussian_replace_det_ratio(20, 2, t))
 
 
@@ -53,10 +61,11 @@ def test_replace_determinant_is_zero_when_n_does_not_exceed_d():
     assert (theory.gaussian_replace_det_ratio(5, 5, [1, 2, 3]) == 0).all()
 
 
-@pytest.mark.parametrize("d, n", [(2, 10), (3, 32)])
-def test_accumulate_trace_and_mean_error(d, n):
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("d, n", [(2, 10), (3, 32), (25, 6)])
+def test_accumulate_trace_and_mean_error(d, n, path):
     t = np.arange(1, 21)
-    grouped = simulate("accumulate", d, n, len(t))
+    grouped = simulate("accumulate", d, n, len(t), seeds=S if d < 10 else 1000, path=path)
     assert_matches(grouped, "cov_trace_ratio", theory.gaussian_accumulate_trace_ratio(n, t))
     assert_matches(grouped, "mean_sq_error", theory.gaussian_accumulate_mean_sq_error(n, d, 1.0, t))
     assert grouped["mean_sq_error"].mean().max() <= theory.gaussian_accumulate_mean_sq_error_bound(n, d, 1.0)

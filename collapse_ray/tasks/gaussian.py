@@ -8,11 +8,15 @@ Metrics per chain: `mean_sq_error` = ||mu_t - mu_0||^2, `cov_trace_ratio` and
 underflows in high d), and `test_loss` = mean NLL of held-out real rows, +inf once the
 covariance is singular.
 
-Speed: all chains of a batch move together through batched BLAS; the fit depends on
-the data only through (count, mean, centred scatter), so accumulate merges statistics
-instead of refitting the pool, and the test NLL is computed from the test set's own
-mean and covariance, which gives the exact average log-density at O(d^3) instead of
-O(n_test d^2) per iteration.
+Speed: all chains of a batch move together through batched BLAS. The fit depends on
+the data only through (count, mean, centred scatter), so
+  - accumulate merges statistics instead of refitting the pool (flat cost in t);
+  - replace and accumulate need no synthetic rows at all: the statistics of n rows
+    from N(mu, F F^T) are drawn directly, mean = mu + F z / sqrt(n) and
+    scatter = F W F^T with W ~ Wishart(I, n - 1) by Bartlett's decomposition: exact
+    in distribution, O(d^3) instead of O(n d^2) (`sample_statistics`);
+  - the test NLL uses the held-out rows' mean and covariance: the exact average
+    log-density at O(d^3) instead of O(n_test d^2).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ class GaussianStats:
     count: int
     mean: np.ndarray  # (chains, d)
     scatter: np.ndarray  # (chains, d, d): sum of centred outer products
+    factor: np.ndarray | None = None
+    """(chains, k <= d, d) with factor^T factor = scatter, carried while the data are
+    structurally rank-deficient (the real rows numbered <= d: synthetic rows never
+    leave their affine span). Such a fit has no Cholesky factor; this one samples it."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class GaussianFit:
     count: int  # training rows behind the fit
     chol: np.ndarray  # (chains, d, d); garbage where `ok` is False
     ok: np.ndarray  # (chains,) bool: covariance numerically positive definite
-    centred: np.ndarray | None  # (chains, count, d) rows minus mean, kept when count <= d
+    factor: np.ndarray | None  # GaussianStats.factor, for rank-deficient fits
 
 
 @dataclass(frozen=True)
@@ -92,58 +100,80 @@ class GaussianTask:
         x = rows["x"]
         mean = x.mean(axis=1)
         centred = x - mean[:, None, :]
-        return GaussianStats(x.shape[1], mean, np.matmul(centred.transpose(0, 2, 1), centred))
+        scatter = np.matmul(centred.transpose(0, 2, 1), centred)
+        return GaussianStats(x.shape[1], mean, scatter, centred if x.shape[1] <= self.dim else None)
 
     def merge(self, a: GaussianStats, b: GaussianStats) -> GaussianStats:
         # Chan et al.'s pairwise update: stable where E[xx^T] - mm^T would cancel.
         count = a.count + b.count
         delta = b.mean - a.mean
-        scatter = a.scatter + b.scatter + (a.count * b.count / count) * (
-            delta[:, :, None] * delta[:, None, :]
-        )
-        return GaussianStats(count, a.mean + delta * (b.count / count), scatter)
+        weight = a.count * b.count / count
+        scatter = a.scatter + b.scatter + weight * (delta[:, :, None] * delta[:, None, :])
+        factor = None
+        if a.factor is not None and b.factor is not None:
+            factor = np.concatenate([a.factor, b.factor, np.sqrt(weight) * delta[:, None, :]], axis=1)
+            if factor.shape[1] > self.dim:  # keep it d x d: R of a QR has R^T R = F^T F
+                factor = np.linalg.qr(factor, mode="r")
+        return GaussianStats(count, a.mean + delta * (b.count / count), scatter, factor)
 
-    def fit_statistics(self, stats: GaussianStats, centred: np.ndarray | None = None) -> GaussianFit:
+    def fit_statistics(self, stats: GaussianStats) -> GaussianFit:
         cov = stats.scatter / stats.count
-        chol, ok = _cholesky(cov) if stats.count > self.dim else (np.zeros_like(cov), None)
-        if ok is None:  # fewer rows than dimensions: singular for certain
-            ok = np.zeros(cov.shape[0], dtype=bool)
-        if centred is not None and stats.count > self.dim:
-            centred = None  # only needed to sample from a rank-deficient fit
-        return GaussianFit(stats.mean, cov, stats.count, chol, ok, centred)
+        if stats.factor is None:
+            chol, ok = _cholesky(cov)
+        else:  # structurally rank-deficient: singular for certain
+            chol, ok = np.zeros_like(cov), np.zeros(cov.shape[0], dtype=bool)
+        return GaussianFit(stats.mean, cov, stats.count, chol, ok, stats.factor)
 
     def fit(self, train: Rows) -> GaussianFit:
-        stats = self.statistics(train)
-        centred = train["x"] - stats.mean[:, None, :] if stats.count <= self.dim else None
-        return self.fit_statistics(stats, centred)
+        return self.fit_statistics(self.statistics(train))
 
     # -- sampling ---------------------------------------------------------------
     def sample(self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator]) -> Rows:
-        chains, d = model.mean.shape
-        out = np.empty((chains, n, d))
-        good = np.flatnonzero(model.ok)
-        if len(good):
-            z = _normals([rngs[i] for i in good], (n, d))
-            out[good] = model.mean[good, None, :] + np.matmul(z, model.chol[good].transpose(0, 2, 1))
-        bad = np.flatnonzero(~model.ok)
-        if len(bad):
-            out[bad] = self._sample_singular(model, bad, n, rngs)
+        out = np.empty((len(model.ok), n, self.dim))
+        for chains, root in self._roots(model):
+            z = _normals([rngs[i] for i in chains], (n, root.shape[2]))
+            out[chains] = model.mean[chains, None, :] + np.matmul(z, root.transpose(0, 2, 1))
         return {"x": out}
 
-    def _sample_singular(self, model, chains, n, rngs):
-        """Samples from a rank-deficient fit, which has no Cholesky factor."""
-        mean = model.mean[chains, None, :]
-        if model.centred is not None:
-            # g @ X_c / sqrt(N) with g ~ N(0, I_N) has covariance X_c^T X_c / N = Sigma
-            # exactly: O(n N d) with N <= d, no decomposition needed.
-            g = _normals([rngs[i] for i in chains], (n, model.count))
-            return mean + np.matmul(g, model.centred[chains]) / np.sqrt(model.count)
-        # Statistics only (accumulate with few rows, or a numerically collapsed fit):
-        # a symmetric square root with negative round-off eigenvalues clipped.
-        evals, evecs = np.linalg.eigh(model.cov[chains])
-        root = evecs * np.sqrt(np.clip(evals, 0.0, None))[:, None, :]
-        z = _normals([rngs[i] for i in chains], (n, model.mean.shape[1]))
-        return mean + np.matmul(z, root.transpose(0, 2, 1))
+    def sample_statistics(self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator]) -> GaussianStats:
+        """Statistics of n rows from the fit, drawn without drawing the rows."""
+        chains_total, d = model.mean.shape
+        mean = np.empty((chains_total, d))
+        scatter = np.empty((chains_total, d, d))
+        # n <= d rows, or rows of a rank-deficient fit (they stay in its span), are
+        # rank-deficient: carry their factor
+        singular = model.factor is not None or n <= d
+        factors = np.zeros((chains_total, max(1, min(n - 1, d)), d)) if singular else None
+        for chains, root in self._roots(model):
+            chain_rngs = [rngs[i] for i in chains]
+            r = root.shape[2]
+            z = _normals(chain_rngs, (r,))
+            mean[chains] = model.mean[chains] + np.einsum("cdr,cr->cd", root, z) / np.sqrt(n)
+            # rows - their mean = (g - g_bar) root^T with g ~ N(0, I_r): the centred
+            # scatter is root W root^T, W = Z^T Z, Z ~ (n-1) x r standard normal, and
+            # Z = Q R gives W = R^T R with Bartlett's R.
+            bartlett = _bartlett(chain_rngs, n - 1, r)
+            b = np.matmul(bartlett, root.transpose(0, 2, 1))  # (chains, q, d)
+            scatter[chains] = np.matmul(b.transpose(0, 2, 1), b)
+            if factors is not None:
+                factors[chains, : b.shape[1]] = b
+        return GaussianStats(n, mean, scatter, factors)
+
+    def _roots(self, model: GaussianFit):
+        """Groups of chains with a factor F (chains, d, r) such that Sigma = F F^T."""
+        good = np.flatnonzero(model.ok)
+        if len(good):
+            yield good, model.chol[good]
+        bad = np.flatnonzero(~model.ok)
+        if not len(bad):
+            return
+        if model.factor is not None:
+            # rank-deficient fit: Sigma = factor^T factor / N exactly
+            yield bad, model.factor[bad].transpose(0, 2, 1) / np.sqrt(model.count)
+        else:
+            # a numerically collapsed fit: symmetric square root, round-off clipped
+            evals, evecs = np.linalg.eigh(model.cov[bad])
+            yield bad, evecs * np.sqrt(np.clip(evals, 0.0, None))[:, None, :]
 
     # -- evaluation -------------------------------------------------------------
     def evaluate(self, model: GaussianFit, test: GaussianTestSet) -> Metrics:
@@ -158,10 +188,9 @@ class GaussianTask:
             #   = 0.5 [d log 2pi + logdet + tr(Sigma^-1 C) + (m - mu)^T Sigma^-1 (m - mu)]
             # with m, C the test rows' mean and MLE covariance: exact, O(d^3).
             diff = test.mean[good] - model.mean[good]
-            rhs = np.concatenate([test.cov[good], diff[:, :, None]], axis=2)
-            solved = _cholesky_solve(model.chol[good], rhs)
-            trace_term = np.trace(solved[:, :, :d], axis1=1, axis2=2)
-            quad = np.einsum("ci,ci->c", diff, solved[:, :, d])
+            precision = _inverse_from_cholesky(model.chol[good])
+            trace_term = np.einsum("cij,cij->c", precision, test.cov[good])
+            quad = np.einsum("ci,cij,cj->c", diff, precision, diff)
             nll[good] = 0.5 * (d * LOG_2PI + logdet[good] + trace_term + quad)
         log_det_ratio = logdet - d * np.log(sigma2)
         return {
@@ -197,7 +226,23 @@ def _cholesky(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return chol, ok
 
 
-def _cholesky_solve(chol: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve (L L^T) X = B for a batch of lower-triangular L."""
-    y = np.linalg.solve(chol, rhs)
-    return np.linalg.solve(chol.transpose(0, 2, 1), y)
+def _inverse_from_cholesky(chol: np.ndarray) -> np.ndarray:
+    """Sigma^-1 = L^-T L^-1 for a batch of lower-triangular L."""
+    inv_l = np.linalg.inv(chol)
+    return np.matmul(inv_l.transpose(0, 2, 1), inv_l)
+
+
+def _bartlett(rngs: Sequence[np.random.Generator], df: int, dim: int) -> np.ndarray:
+    """R (chains, min(df, dim), dim) upper-trapezoidal with R^T R ~ Wishart(I_dim, df).
+
+    R_ii ~ chi(df - i) (0-based i), entries right of the diagonal N(0, 1); for
+    df < dim this is the singular Wishart of df standard normal rows.
+    """
+    q = min(df, dim)
+    out = np.empty((len(rngs), q, dim))
+    rows, cols = np.tril_indices(q, -1, dim)
+    for c, rng in enumerate(rngs):
+        rng.standard_normal(out=out[c])
+        out[c][rows, cols] = 0.0
+        out[c][np.arange(q), np.arange(q)] = np.sqrt(rng.chisquare(df - np.arange(q)))
+    return out

@@ -57,9 +57,10 @@ class Task(Protocol):
 class AdditiveStatisticsTask(Task, Protocol):
     """A task whose fit depends on the training set only through additive statistics.
 
-    When a workflow's training set only ever grows (accumulate), the loop merges the
-    statistics of the newest rows into the running ones instead of refitting the whole
-    pool: the same estimate, at a cost flat in the iteration index.
+    For workflows whose next training set is the newest rows alone (replace) or the
+    previous training set plus them (accumulate), the loop then keeps statistics
+    instead of rows: it merges rather than refits (a cost flat in the iteration index),
+    and draws the statistics of the new synthetic rows directly where the task can.
     """
 
     def statistics(self, rows: Rows) -> Any: ...
@@ -67,3 +68,8 @@ class AdditiveStatisticsTask(Task, Protocol):
     def merge(self, a: Any, b: Any) -> Any: ...
 
     def fit_statistics(self, stats: Any) -> Any: ...
+
+    def sample_statistics(self, model: Any, n: int, rngs: Sequence[np.random.Generator]) -> Any:
+        """Statistics of n rows sampled from `model`, equal in distribution to
+        `statistics(sample(model, n, rngs))`."""
+        ...

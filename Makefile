@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make quickstart   set everything up, run the quickstart sweep, draw its figures
+#   make test         set everything up, run the whole test suite (what CI runs)
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to its CPU build first, so the package's own `torch>=2.4` is already
+# satisfied and pip pulls no CUDA wheels. Elsewhere, point pip at a CPU wheel index:
+#   make setup TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+quickstart: setup
+	$(BIN)/collapse-ray run sweeps/quickstart.yaml --out results
+	$(BIN)/collapse-ray results quickstart --out results/quickstart.csv --results-dir results
+	$(BIN)/python analysis/fig1_gaussian.py results/quickstart.csv --out results/figures
+	@echo
+	@echo "Results table : results/quickstart.csv"
+	@echo "Figures       : $(CURDIR)/results/figures/"
+	@echo "MLflow store  : sqlite:///$(CURDIR)/results/mlflow.db"
+	@echo "MLflow UI     : $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000"
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/fig1_gaussian.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
