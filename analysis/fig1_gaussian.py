@@ -57,7 +57,9 @@ YLABELS = {
 # its panels are log-scaled; other panels go log only when their curves span a decade.
 LOG_UNDER_REPLACE = {"mean_sq_error", "cov_trace_ratio", "cov_det_ratio"}
 LOG_SPAN = 10.0
-WORKFLOW_TITLES = {"replace": "replace", "accumulate": "accumulate", "accumulate_subsample": "accumulate-subsample"}
+WORKFLOW_TITLES = {
+    "replace": "replace", "accumulate": "accumulate", "accumulate_subsample": "accumulate-subsample",
+}
 
 
 # -- data -------------------------------------------------------------------------
@@ -208,7 +210,10 @@ def _panel_notes(line: pd.DataFrame, shown: np.ndarray, n_real: int) -> list[str
         notes.append(f"n = {n_real}: mean 0 throughout (off log axis)")
     elif zero.any():
         first = int(np.argmax(zero))
-        when = f"from t = {t[first]}" if zero[first:].all() else f"at {int(zero.sum())} of {len(t)} t, first t = {t[first]}"
+        if zero[first:].all():
+            when = f"from t = {t[first]}"
+        else:
+            when = f"at {int(zero.sum())} of {len(t)} t, first t = {t[first]}"
         notes.append(f"n = {n_real}: mean 0 {when} (off log axis)")
     return notes
 
@@ -281,7 +286,8 @@ def plot_overview(summary: pd.DataFrame) -> Figure:
     """Trace ratio and normalised mean error vs t: colour = d, replace solid, accumulate dashed."""
     dims = sorted(summary["dim"].unique())
     cmap = matplotlib.colormaps["plasma"]
-    colours = {d: cmap(p) for d, p in zip(dims, np.linspace(0.0, 0.8, len(dims)) if len(dims) > 1 else [0.3])}
+    positions = np.linspace(0.0, 0.8, len(dims)) if len(dims) > 1 else [0.3]
+    colours = {d: cmap(p) for d, p in zip(dims, positions)}
     styles = {"replace": "-", "accumulate": "--"}
     panels = [("cov_trace_ratio", YLABELS["cov_trace_ratio"]),
               ("mean_sq_error", r"$\|\hat\mu_t - \mu_0\|^2$ / ($d\,\sigma^2$)")]
@@ -342,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("table", help="results table from `collapse-ray results` (.csv or .parquet)")
     parser.add_argument("--out", required=True, help="folder for the PNG files (created if needed)")
     args = parser.parse_args(argv)
-    summary = summarise(load_table(args.table))
+    try:
+        table = load_table(args.table)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))  # one line on stderr, exit status 2
+    summary = summarise(table)
     for path in write_figures(summary, Path(args.out)):
         print(path)
     return 0
