@@ -78,6 +78,9 @@ def load_table(path: str | Path) -> pd.DataFrame:
     table = table[table["task"] == "gaussian"].reset_index(drop=True)
     if table.empty:
         raise ValueError(f"{path} has no rows with task == 'gaussian'")
+    if table.duplicated(["run_key", "seed", "iteration"]).any():
+        raise ValueError(f"{path} holds the same chains from several sweeps (collapse-ray results --all-sweeps?); "
+                         "keep one sweep_run_id")
     return table
 
 
