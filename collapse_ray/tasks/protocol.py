@@ -10,6 +10,17 @@ hundred seeds in one vectorised call. Expensive tasks (language models) set
 `batched = False` and always see exactly one chain. Randomness comes in as one
 `numpy.random.Generator` per chain; a chain's results therefore do not depend on which
 other chains share its batch. Tasks never import Ray.
+
+How a language model fits the same protocol (the plan for the LM tasks): the task is
+unbatched (one chain per trial) and its rows are a `text` column. `fit(train)` receives
+the training set as a selection over the pool's Parquet shards rather than arrays, and
+hands it to a fitting backend given to the task at construction: a plain single-process
+torch loop for debugging, or Ray Train's TorchTrainer driving DeepSpeed in sweeps (the
+backend, not the task module, imports Ray; each worker streams its shard of the
+selection as a Ray Dataset). The fitted model is a checkpoint folder. `sample` is batch
+inference over that folder (Ray Data in sweeps), written back as a pool shard with
+iteration and source columns; `evaluate` is cross-entropy on the held-out real split.
+The loop, workflows and checkpoint/resume logic stay exactly as they are.
 """
 
 from __future__ import annotations
