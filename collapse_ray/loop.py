@@ -127,9 +127,9 @@ def run_chain(
         state.records.append((t, task.evaluate(model, real.test)))
         if t < chain.n_iterations:  # the last fit's samples would train nothing
             if by_statistics and not chain.persist_pool:
-                new = task.sample_statistics(model, chain.n_synthetic, state.rngs)
+                new = task.sample_statistics(model, chain.n_synthetic, state.rngs, real.context)
             else:
-                rows = task.sample(model, chain.n_synthetic, state.rngs)
+                rows = task.sample(model, chain.n_synthetic, state.rngs, real.context)
                 pool.add(rows, iteration=t, source="synthetic")
                 if chain.persist_pool:
                     pool.write_shards(pool_dir)

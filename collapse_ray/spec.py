@@ -295,6 +295,9 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
             _set_dotted(cell, key, value, "grid")
         task = build_task(cell["task"], "task")
         chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()
+        check_chain = getattr(task, "check_chain", None)  # task-specific size rules
+        if check_chain is not None:
+            check_chain(chain, "chain")
         swept = tuple((key, value) for (key, _), value in zip(grid, values))
         points.append(GridPoint(_point_key(task, chain, swept), swept, task, chain))
     keys = [p.key for p in points]

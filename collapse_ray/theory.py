@@ -56,3 +56,32 @@ def gaussian_accumulate_mean_sq_error(n: int, d: int, sigma2: float, t) -> np.nd
 
 def gaussian_accumulate_mean_sq_error_bound(n: int, d: int, sigma2: float) -> float:
     return float(np.pi**2 / 6 * d * sigma2 / n)
+
+
+# -- linear regression (fixed n x d Gaussian design, noise variance sigma2) ---------
+def linear_regression_base(n: int, d: int, sigma2: float) -> float:
+    """E[test_loss_1] = sigma2 d / (n - d - 1): iteration 1, real labels only (n > d + 1)."""
+    return sigma2 * d / (n - d - 1)
+
+
+def linear_regression_replace(n: int, d: int, sigma2: float, t) -> np.ndarray:
+    """E[test_loss_t] = sigma2 d t / (n - d - 1)."""
+    return linear_regression_base(n, d, sigma2) * _iterations(t)
+
+
+def linear_regression_accumulate(n: int, d: int, sigma2: float, t) -> np.ndarray:
+    """E[test_loss_t] = sigma2 d / (n - d - 1) sum_{i=1..t} 1/i^2 <= (pi^2/6) x iteration 1's."""
+    t = _iterations(t)
+    i = np.arange(1, int(t.max(initial=1)) + 1)
+    return linear_regression_base(n, d, sigma2) * np.cumsum(1.0 / i**2)[t - 1]
+
+
+# -- discrete distribution (K outcomes, uniform start, n draws per iteration) -------
+def discrete_replace_gini_simpson(n_outcomes: int, n: int, t) -> np.ndarray:
+    """E[H_t] = H_0 (1 - 1/n)^t with H_0 = 1 - 1/K."""
+    return (1.0 - 1.0 / n_outcomes) * (1.0 - 1.0 / n) ** _iterations(t)
+
+
+def discrete_accumulate_gini_simpson(n_outcomes: int, n: int, t) -> np.ndarray:
+    """E[H_t] = H_0 prod_{k=1..t} (1 - 1/(n k^2))."""
+    return (1.0 - 1.0 / n_outcomes) * gaussian_accumulate_trace_ratio(n, t)

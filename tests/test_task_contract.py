@@ -47,18 +47,37 @@ def test_real_data_is_deterministic_per_seed(task):
 
 
 def test_fit_sample_evaluate_shapes_and_finite_first_loss(task):
-    real = task.real_data(20, rngs([0, 1, 2]))
+    n = 200  # enough real rows that iteration 1's fit is well posed for every task
+    real = task.real_data(n, rngs([0, 1, 2]))
     model = task.fit(real.train)
     metrics = task.evaluate(model, real.test)
     assert "test_loss" in metrics
     assert all(np.asarray(v).shape == (3,) for v in metrics.values())
     assert np.isfinite(metrics["test_loss"]).all()
-    rows = task.sample(model, 7, rngs([0, 1, 2], stream=1))
-    assert set(rows) == set(real.train)
-    for col in rows:
-        assert rows[col].shape[:2] == (3, 7) and rows[col].dtype == real.train[col].dtype
-        assert rows[col].shape[2:] == real.train[col].shape[2:]
+    for rows in (task.sample(model, n, rngs([0, 1, 2], stream=1), real.context),
+                 task.sample_real(n, rngs([0, 1, 2], stream=1), real.context)):
+        assert set(rows) == set(real.train)
+        for col in rows:
+            assert rows[col].shape[:2] == (3, n) and rows[col].dtype == real.train[col].dtype
+            assert rows[col].shape[2:] == real.train[col].shape[2:]
     assert task.row_nbytes() > 0
+
+
+def test_statistics_path_agrees_with_fitting_rows(task):
+    from collapse_ray.tasks import AdditiveStatisticsTask
+
+    if not isinstance(task, AdditiveStatisticsTask):
+        pytest.skip("task has no additive statistics")
+    real = task.real_data(60, rngs([0, 1]))
+    half = {k: v[:, :30] for k, v in real.train.items()}
+    rest = {k: v[:, 30:] for k, v in real.train.items()}
+    merged = task.fit_statistics(task.merge(task.statistics(half), task.statistics(rest)))
+    direct = task.fit(real.train)
+    assert np.allclose(np.asarray(task.evaluate(merged, real.test)["test_loss"]),
+                       np.asarray(task.evaluate(direct, real.test)["test_loss"]), rtol=1e-9)
+    model = task.fit(real.train)
+    stats = task.sample_statistics(model, 60, rngs([0, 1], stream=1), real.context)
+    assert stats.count == 60
 
 
 def test_bad_parameters_are_refused_naming_the_field(task):

@@ -16,7 +16,7 @@ from collapse_ray.loop import run_chain
 from collapse_ray.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask
 
-from .helpers import RefitGaussian
+from .helpers import WithoutStatistics
 
 Z = 4.0
 S = 4000
@@ -28,7 +28,7 @@ PATHS = ["statistics", "rows"]
 def simulate(workflow, d, n, iterations, seeds=S, sigma2=1.0, path="statistics"):
     chain = ChainConfig(workflow=workflow, n_real=n, n_iterations=iterations).resolved()
     task = GaussianTask(dim=d, sigma2=sigma2, n_test=10)
-    table = run_chain(task if path == "statistics" else RefitGaussian(task), chain, range(seeds)).table
+    table = run_chain(task if path == "statistics" else WithoutStatistics(task), chain, range(seeds)).table
     return table.groupby("iteration")
 
 

@@ -5,11 +5,18 @@ Adding a task: write `tasks/<key>.py` with a frozen dataclass implementing
 tests/test_task_contract.py then cover it automatically.
 """
 
+from .discrete import DiscreteTask
 from .gaussian import GaussianTask
+from .linear_regression import LinearRegressionTask
 from .protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
 
 TASKS: dict[str, type] = {
     "gaussian": GaussianTask,
+    "linear_regression": LinearRegressionTask,
+    "discrete": DiscreteTask,
 }
 
-__all__ = ["TASKS", "AdditiveStatisticsTask", "GaussianTask", "Metrics", "RealData", "Rows", "Task"]
+__all__ = [
+    "TASKS", "AdditiveStatisticsTask", "DiscreteTask", "GaussianTask", "LinearRegressionTask",
+    "Metrics", "RealData", "Rows", "Task",
+]

@@ -128,14 +128,19 @@ class GaussianTask:
         return self.fit_statistics(self.statistics(train))
 
     # -- sampling ---------------------------------------------------------------
-    def sample(self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator]) -> Rows:
+    def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
+        return {"x": _normals(rngs, (n, self.dim)) * np.sqrt(self.sigma2)}
+
+    def sample(self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
         out = np.empty((len(model.ok), n, self.dim))
         for chains, root in self._roots(model):
             z = _normals([rngs[i] for i in chains], (n, root.shape[2]))
             out[chains] = model.mean[chains, None, :] + np.matmul(z, root.transpose(0, 2, 1))
         return {"x": out}
 
-    def sample_statistics(self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator]) -> GaussianStats:
+    def sample_statistics(
+        self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator], context=None
+    ) -> GaussianStats:
         """Statistics of n rows from the fit, drawn without drawing the rows."""
         chains_total, d = model.mean.shape
         mean = np.empty((chains_total, d))

@@ -44,6 +44,9 @@ class RealData:
 
     train: Rows  # (n_chains, n_real, ...): iteration 1 fits these
     test: Any  # held-out real data, in whatever form `evaluate` wants
+    context: Any = None
+    """Fixed per-chain facts that sampling needs: linear regression's design (synthetic
+    labels are drawn on the same inputs), or the truth that fresh real rows come from."""
 
 
 @runtime_checkable
@@ -55,7 +58,11 @@ class Task(Protocol):
 
     def fit(self, train: Rows) -> Any: ...
 
-    def sample(self, model: Any, n: int, rngs: Sequence[np.random.Generator]) -> Rows: ...
+    def sample(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows: ...
+
+    def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
+        """n fresh real rows (for workflows that receive new real data every iteration)."""
+        ...
 
     def evaluate(self, model: Any, test: Any) -> Metrics: ...
 
@@ -80,7 +87,7 @@ class AdditiveStatisticsTask(Task, Protocol):
 
     def fit_statistics(self, stats: Any) -> Any: ...
 
-    def sample_statistics(self, model: Any, n: int, rngs: Sequence[np.random.Generator]) -> Any:
+    def sample_statistics(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Any:
         """Statistics of n rows sampled from `model`, equal in distribution to
         `statistics(sample(model, n, rngs))`."""
         ...
