@@ -40,7 +40,7 @@ from .pool import ArrayPool
 from .spec import ChainConfig
 from .tasks import Metrics, Task
 from .workflows import by_statistics as uses_statistics
-from .workflows import make_workflow, max_rows_held
+from .workflows import max_rows_held
 
 CHECKPOINT_FILE = "checkpoint.pkl"
 
@@ -90,7 +90,7 @@ def run_chain(
     seeds = list(seeds)
     if not task.batched and len(seeds) != 1:
         raise ValueError(f"task {task.name!r} runs one chain at a time; got {len(seeds)} seeds")
-    workflow = make_workflow(chain.workflow, chain.n_train)
+    workflow = chain.policy()
     # Statistics path: the training set is tracked by its additive statistics, not rows.
     by_statistics = uses_statistics(workflow, task)
     keep_history = workflow.needs_history and not by_statistics
@@ -131,9 +131,14 @@ def run_chain(
             else:
                 rows = task.sample(model, chain.n_synthetic, state.rngs, real.context)
                 pool.add(rows, iteration=t, source="synthetic")
-                if chain.persist_pool:
-                    pool.write_shards(pool_dir)
                 new = task.statistics(rows) if by_statistics else None
+            if workflow.n_fresh_real:  # new real data arrive alongside the synthetic rows
+                fresh = task.sample_real(workflow.n_fresh_real, state.rngs, real.context)
+                pool.add(fresh, iteration=t, source="real")
+                if by_statistics:
+                    new = task.merge(new, task.statistics(fresh))
+            if chain.persist_pool:
+                pool.write_shards(pool_dir)
             if by_statistics:
                 state.stats = new if workflow.update == "replace" else task.merge(state.stats, new)
         state.iteration = t

@@ -45,7 +45,7 @@ class ArrayPool:
 
     @property
     def index(self) -> PoolIndex:
-        return PoolIndex(iteration=self._iteration[: self._n])
+        return PoolIndex(iteration=self._iteration[: self._n], source=self._source[: self._n])
 
     @property
     def source(self) -> np.ndarray:

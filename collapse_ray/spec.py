@@ -28,10 +28,12 @@ import yaml
 
 from .tasks import TASKS, Task
 from .validation import SpecError, as_flat_dict, check_min, describe, fail, from_mapping, require
-from .workflows import WORKFLOW_NAMES, make_workflow, max_rows_held
+from .workflows import KNOBS, PRESETS, WORKFLOW_NAMES, MixingPolicy, make_workflow, max_rows_held
 
-WorkflowName = Literal["replace", "accumulate", "accumulate_subsample"]
-assert set(WorkflowName.__args__) == set(WORKFLOW_NAMES)  # one spelling everywhere
+WorkflowName = Literal[
+    "replace", "accumulate", "accumulate_subsample", "fresh_data", "iterative_retraining", "real_fraction"
+]
+assert WorkflowName.__args__ == WORKFLOW_NAMES  # one spelling everywhere
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,20 @@ class ChainConfig:
     """One model-fitting chain: how much data, which workflow, how long."""
 
     workflow: WorkflowName = "replace"
-    """Training-workflow: replace, accumulate or accumulate_subsample."""
+    """Training-workflow (a mixing-policy preset, see collapse_ray/workflows.py)."""
     n_real: int = 100
     """Real training rows; iteration 1 fits these alone."""
     n_synthetic: int | None = None
     """Synthetic rows sampled after each fit; null means n_real, as in (A)."""
     n_train: int | None = None
-    """accumulate_subsample's training-set size; null means n_real, as in (A)."""
+    """Training-set size of accumulate_subsample and real_fraction; null means n_real, as in (A)."""
+    synthetic_ratio: float | None = None
+    """iterative_retraining: synthetic rows per real row (Bertrand et al.'s lambda); null means 1."""
+    real_fraction: float | None = None
+    """real_fraction: share of real rows in the training set; null means 0.1."""
+    n_fresh_real: int | None = None
+    """New real rows per iteration (fresh_data; optional for accumulate*); null means
+    n_real for fresh_data, else 0."""
     n_iterations: int = 10
     """Model-fitting iterations, counting iteration 1 on real data."""
     checkpoint_every: int = 1
@@ -62,18 +71,42 @@ class ChainConfig:
             value = getattr(self, name)
             if value is not None:
                 check_min(value, 1, f"{where}.{name}")
-        if self.n_train is not None and self.workflow != "accumulate_subsample":
-            fail(f"{where}.n_train", "null unless workflow is accumulate_subsample", self.n_train)
+        if self.n_fresh_real is not None:
+            check_min(self.n_fresh_real, 0, f"{where}.n_fresh_real")
+        if self.synthetic_ratio is not None:
+            require(math.isfinite(self.synthetic_ratio) and self.synthetic_ratio >= 0,
+                    f"{where}.synthetic_ratio", "a number in [0, inf)", self.synthetic_ratio)
+        if self.real_fraction is not None:
+            require(0 <= self.real_fraction <= 1, f"{where}.real_fraction", "a number in [0, 1]", self.real_fraction)
+        takes = PRESETS[self.workflow][1]
+        for knob in KNOBS:
+            value = getattr(self, knob)
+            if value not in (None, 0) and knob not in takes:
+                users = sorted(name for name, (_, knobs) in PRESETS.items() if knob in knobs)
+                fail(f"{where}.{knob}", f"null unless workflow is one of {{{', '.join(users)}}}", value)
 
     def resolved(self) -> "ChainConfig":
         """Defaults that depend on other fields made explicit (this is what gets logged)."""
+        takes = PRESETS[self.workflow][1]
+
+        def knob(name, default):
+            if name not in takes:
+                return None
+            value = getattr(self, name)
+            return default if value is None else value
+
         return dataclasses.replace(
             self,
             n_synthetic=self.n_synthetic if self.n_synthetic is not None else self.n_real,
-            n_train=(self.n_train if self.n_train is not None else self.n_real)
-            if self.workflow == "accumulate_subsample"
-            else None,
+            n_train=knob("n_train", self.n_real),
+            synthetic_ratio=knob("synthetic_ratio", 1.0),
+            real_fraction=knob("real_fraction", 0.1),
+            n_fresh_real=knob("n_fresh_real", self.n_real if self.workflow == "fresh_data" else 0),
         )
+
+    def policy(self) -> MixingPolicy:
+        chain = self.resolved()
+        return make_workflow(chain.workflow, **{k: getattr(chain, k) for k in KNOBS})
 
     def checkpoints_at(self, iteration: int) -> bool:
         if iteration == self.n_iterations:
@@ -176,7 +209,7 @@ class SweepSpec:
         if not point.task.batched:
             return 1
         chain = point.chain
-        workflow = make_workflow(chain.workflow, chain.n_train)
+        workflow = chain.policy()
         held = max_rows_held(workflow, point.task, chain.n_real, chain.n_synthetic, chain.n_iterations)
         per_chain = max(1, held * point.task.row_nbytes()) * 2  # pool + a training-set copy
         return max(1, int(self.run.memory_per_trial_gb * 2**30 // per_chain))
@@ -199,9 +232,7 @@ TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "run")
 def _work_estimate(job: ChainJob) -> float:
     """Rough relative cost of a trial, for ordering only: rows handled x row size."""
     chain = job.point.chain
-    rows = chain.n_real + chain.n_synthetic
-    if chain.workflow == "accumulate_subsample":
-        rows += chain.n_train
+    rows = chain.n_real + chain.n_synthetic + (chain.n_train or 0)
     return len(job.seeds) * chain.n_iterations * rows * job.point.task.row_nbytes()
 
 

@@ -112,6 +112,9 @@ def job_params(job: ChainJob) -> dict[str, Any]:
         n_real=chain.n_real,
         n_synthetic=chain.n_synthetic,
         n_train=chain.n_train,
+        synthetic_ratio=chain.synthetic_ratio,
+        real_fraction=chain.real_fraction,
+        n_fresh_real=chain.n_fresh_real,
         n_iterations=chain.n_iterations,
     )
     return cols

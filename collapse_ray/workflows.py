@@ -1,21 +1,35 @@
-"""Training-workflows: which pool rows model-fitting iteration t trains on.
+"""Training-workflows as mixing policies: which pool rows model-fitting iteration t trains on.
 
-Semantics are (A)'s: iteration 1 fits the real rows alone (iteration of origin 0);
-after fitting iteration t, n synthetic rows with iteration of origin t enter the pool.
-  replace               iteration t trains on the rows of origin t-1 only
-  accumulate            iteration t trains on every row in the pool
-  accumulate_subsample  iteration t trains on n_train rows drawn uniformly without
-                        replacement from the whole pool (not stratified by iteration)
+Iteration 1 always fits the real rows of origin 0 alone. After fitting iteration t,
+n_synthetic rows sampled from it enter the pool with iteration of origin t (and, for
+policies with fresh data, n_fresh_real new real rows with origin t too). For t >= 2 a
+policy takes a *real part* and a *synthetic part* of the pool:
 
-A selection is a `slice` (the same rows for every chain: pool rows are laid out the
-same way in every chain) or an int array of shape (chains, k), one row set per chain.
+  real:      all (every real row so far) | initial (origin 0) | latest (newest real rows) | none
+  synthetic: all (every synthetic row) | latest (origin t-1)
+then optionally draws, uniformly without replacement and per chain,
+  synthetic_ratio  lambda x |real part| rows of the synthetic part (Bertrand et al.);
+  real_fraction    an n_train training set with this share from the real part (Shumailov et al.);
+  n_train          n_train rows of the union, not stratified by iteration ((A)'s subsample).
+
+Presets (the names used in specs, MLflow params and legends):
+  replace                synthetic latest                        (A), (B): collapses
+  accumulate             real all + synthetic all                (A), (B): stays bounded
+  accumulate_subsample   accumulate, subsampled to n_train       (A): fixed compute
+  fresh_data             real latest + synthetic latest, with n_fresh_real new real rows
+                         each iteration (Alemohammad et al.'s fresh-data loop)
+  iterative_retraining   real initial + lambda x |real| rows of synthetic latest (Bertrand et al.)
+  real_fraction          n_train rows: a real_fraction share of real, the rest synthetic latest
+                         (Shumailov et al.'s retained share of real data)
+
+A selection is a `slice` (the same rows for every chain: every chain's pool has the same
+layout) or an int array (chains, k), one row set per chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -23,85 +37,128 @@ from .tasks.protocol import AdditiveStatisticsTask, Task
 
 Selection = slice | np.ndarray
 
+REAL, SYNTHETIC = 0, 1  # source codes in PoolIndex.source
+
 
 @dataclass(frozen=True)
 class PoolIndex:
-    """What a workflow may look at: the iteration of origin of each row held."""
+    """What a workflow may look at: each held row's iteration of origin and source."""
 
     iteration: np.ndarray  # (rows,) int
+    source: np.ndarray  # (rows,) int8: REAL or SYNTHETIC
 
 
-class Workflow(Protocol):
-    name: ClassVar[str]
-    needs_history: ClassVar[bool]
-    """Does it train on rows older than the latest iteration's? If not, the pool drops them."""
-    update: ClassVar[str | None]
-    """How the training set at t follows from the one at t-1 and the rows added since:
-    "replace" (those rows alone), "merge" (the old set plus them), or None (neither).
-    Lets tasks with additive statistics skip rows altogether."""
+@dataclass(frozen=True)
+class MixingPolicy:
+    name: str
+    real: str = "none"  # all | initial | latest | none
+    synthetic: str = "latest"  # all | latest
+    n_train: int | None = None
+    synthetic_ratio: float | None = None
+    real_fraction: float | None = None
+    n_fresh_real: int = 0
 
-    def select(self, index: PoolIndex, iteration: int, rngs: Sequence[np.random.Generator]) -> Selection: ...
+    @property
+    def update(self) -> str | None:
+        """How the training set at t follows from the one at t-1 and the rows added
+        since: "replace" (those rows alone), "merge" (the old set plus them), or None.
+        Lets tasks with additive statistics carry statistics instead of rows."""
+        if self.n_train is not None or self.synthetic_ratio is not None or self.real_fraction is not None:
+            return None
+        if self.synthetic == "latest" and (self.real == "latest" or (self.real == "none" and not self.n_fresh_real)):
+            return "replace"
+        if self.synthetic == "all" and self.real == "all":
+            return "merge"
+        return None
+
+    @property
+    def needs_history(self) -> bool:
+        """Does it train on rows older than the newest iteration's? If not, the pool drops them."""
+        return self.real in ("all", "initial") or self.synthetic == "all"
+
+    def select(self, index: PoolIndex, iteration: int, rngs: Sequence[np.random.Generator]) -> Selection:
+        it, source = index.iteration, index.source
+        if iteration == 1:
+            return _as_selection(np.flatnonzero((it == 0) & (source == REAL)))
+        real_rows = self._real_rows(it, source)
+        if self.synthetic == "all":
+            synthetic_rows = np.flatnonzero(source == SYNTHETIC)
+        else:
+            synthetic_rows = np.flatnonzero((source == SYNTHETIC) & (it == iteration - 1))
+        if self.real_fraction is not None:
+            k_real = min(len(real_rows), int(round(self.real_fraction * self.n_train)))
+            k_synthetic = min(len(synthetic_rows), self.n_train - k_real)
+            return np.concatenate(
+                [_choose(real_rows, k_real, rngs), _choose(synthetic_rows, k_synthetic, rngs)], axis=1
+            )
+        if self.synthetic_ratio is not None:
+            k = min(len(synthetic_rows), int(round(self.synthetic_ratio * len(real_rows))))
+            synthetic_part = _choose(synthetic_rows, k, rngs)
+            real_part = np.broadcast_to(real_rows, (len(rngs), len(real_rows)))
+            return np.concatenate([real_part, synthetic_part], axis=1)
+        rows = np.union1d(real_rows, synthetic_rows)
+        if self.n_train is not None and self.n_train < len(rows):
+            return _choose(rows, self.n_train, rngs)
+        return _as_selection(rows)
+
+    def _real_rows(self, it: np.ndarray, source: np.ndarray) -> np.ndarray:
+        is_real = source == REAL
+        if self.real == "all":
+            return np.flatnonzero(is_real)
+        if self.real == "initial":
+            return np.flatnonzero(is_real & (it == 0))
+        if self.real == "latest" and is_real.any():
+            return np.flatnonzero(is_real & (it == it[is_real].max()))
+        return np.empty(0, dtype=np.int64)
 
 
-def _contiguous(rows: np.ndarray) -> Selection:
+def _as_selection(rows: np.ndarray) -> Selection:
+    """A contiguous row range as a slice (a view, no copy), else the index array."""
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
         return slice(int(rows[0]), int(rows[-1]) + 1)
-    return rows  # pragma: no cover - pool rows of one iteration are always contiguous
+    return rows
 
 
-@dataclass(frozen=True)
-class Replace:
-    name: ClassVar[str] = "replace"
-    needs_history: ClassVar[bool] = False
-    update: ClassVar[str | None] = "replace"
-
-    def select(self, index, iteration, rngs):
-        return _contiguous(np.flatnonzero(index.iteration == iteration - 1))
+def _choose(rows: np.ndarray, k: int, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """k of `rows` per chain, uniformly without replacement: (chains, k)."""
+    if k >= len(rows):
+        return np.broadcast_to(rows, (len(rngs), len(rows)))
+    # Generator.choice without replacement uses Floyd's algorithm here: O(k), not O(rows).
+    return np.stack([rows[rng.choice(len(rows), k, replace=False)] for rng in rngs])
 
 
-@dataclass(frozen=True)
-class Accumulate:
-    name: ClassVar[str] = "accumulate"
-    needs_history: ClassVar[bool] = True
-    update: ClassVar[str | None] = "merge"
-
-    def select(self, index, iteration, rngs):
-        return slice(0, len(index.iteration))
-
-
-@dataclass(frozen=True)
-class AccumulateSubsample:
-    name: ClassVar[str] = "accumulate_subsample"
-    needs_history: ClassVar[bool] = True
-    update: ClassVar[str | None] = None
-
-    n_train: int
-
-    def select(self, index, iteration, rngs):
-        n_rows = len(index.iteration)
-        if self.n_train >= n_rows:
-            return slice(0, n_rows)
-        # Generator.choice without replacement uses Floyd's algorithm here: O(n_train).
-        return np.stack([rng.choice(n_rows, self.n_train, replace=False) for rng in rngs])
+# preset name -> (policy components, knobs it takes beyond the sizes)
+PRESETS: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "replace": ({"real": "none", "synthetic": "latest"}, ()),
+    "accumulate": ({"real": "all", "synthetic": "all"}, ("n_fresh_real",)),
+    "accumulate_subsample": ({"real": "all", "synthetic": "all"}, ("n_train", "n_fresh_real")),
+    "fresh_data": ({"real": "latest", "synthetic": "latest"}, ("n_fresh_real",)),
+    "iterative_retraining": ({"real": "initial", "synthetic": "latest"}, ("synthetic_ratio",)),
+    "real_fraction": ({"real": "initial", "synthetic": "latest"}, ("n_train", "real_fraction")),
+}
+WORKFLOW_NAMES = tuple(PRESETS)
+KNOBS = ("n_train", "synthetic_ratio", "real_fraction", "n_fresh_real")
 
 
-WORKFLOWS: dict[str, type] = {w.name: w for w in (Replace, Accumulate, AccumulateSubsample)}
-WORKFLOW_NAMES = tuple(WORKFLOWS)
+def make_workflow(name: str, **knobs) -> MixingPolicy:
+    """The preset `name` with the knobs it takes (see PRESETS); None means unset."""
+    components, takes = PRESETS[name]
+    values = {k: v for k, v in knobs.items() if v is not None}
+    extra = [k for k, v in values.items() if k not in takes and v != 0]
+    if extra:
+        raise ValueError(f"workflow {name!r} takes {takes or 'no knobs'}; got {extra}")
+    values.setdefault("n_fresh_real", 0)
+    return MixingPolicy(name=name, **components, **values)
 
 
-def make_workflow(name: str, n_train: int | None = None) -> Workflow:
-    if name == "accumulate_subsample":
-        return AccumulateSubsample(n_train=n_train)
-    return WORKFLOWS[name]()
-
-
-def by_statistics(workflow: Workflow, task: Task) -> bool:
+def by_statistics(workflow: MixingPolicy, task: Task) -> bool:
     """Can the chain carry the training set's statistics instead of its rows?"""
     return workflow.update is not None and isinstance(task, AdditiveStatisticsTask)
 
 
-def max_rows_held(workflow: Workflow, task: Task, n_real: int, n_synthetic: int, n_iterations: int) -> int:
+def max_rows_held(workflow: MixingPolicy, task: Task, n_real: int, n_synthetic: int, n_iterations: int) -> int:
     """Most pool rows a chain holds in memory at once (sizes seed batches)."""
+    per_iteration = n_synthetic + workflow.n_fresh_real
     if workflow.needs_history and not by_statistics(workflow, task):
-        return n_real + n_synthetic * (n_iterations - 1)
-    return n_real + n_synthetic
+        return n_real + per_iteration * (n_iterations - 1)
+    return n_real + per_iteration

@@ -29,12 +29,24 @@ def test_a_seed_gives_the_same_chain_alone_or_in_a_batch(workflow):
     )
 
 
-@pytest.mark.parametrize("workflow", ["replace", "accumulate"])
-def test_merged_statistics_equal_refitting_the_whole_training_set(workflow, tmp_path):
+@pytest.mark.parametrize("workflow, knobs", [("replace", {}), ("accumulate", {}), ("fresh_data", {}),
+                                             ("accumulate", {"n_fresh_real": 5})])
+def test_merged_statistics_equal_refitting_the_whole_training_set(workflow, knobs, tmp_path):
     # persist_pool makes the statistics path sample rows, so both see the same draws
-    fast = run_chain(TASK, chain(workflow, persist_pool=True), range(6), checkpoint_dir=tmp_path).table
-    slow = run_chain(WithoutStatistics(TASK), chain(workflow), range(6)).table
+    fast = run_chain(TASK, chain(workflow, persist_pool=True, **knobs), range(6), checkpoint_dir=tmp_path).table
+    slow = run_chain(WithoutStatistics(TASK), chain(workflow, **knobs), range(6)).table
     pd.testing.assert_frame_equal(fast, slow, rtol=1e-9)
+
+
+@pytest.mark.parametrize("workflow", ["fresh_data", "iterative_retraining", "real_fraction"])
+def test_new_policies_run_and_resume_exactly(workflow, tmp_path):
+    cfg = chain(workflow, checkpoint_every=4)
+    reference = run_chain(TASK, cfg, range(3)).table
+    with pytest.raises(Crash):
+        run_chain(TASK, cfg, range(3), checkpoint_dir=tmp_path, progress=crash_at(6))
+    resumed = run_chain(TASK, cfg, range(3), checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 4
+    pd.testing.assert_frame_equal(resumed.table, reference)
 
 
 class ListSink:

@@ -39,7 +39,7 @@ def test_fig1_spec_is_the_papers_grid():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"chain": {"workflow": "mode3"}}, "chain.workflow must be one of {replace, accumulate, accumulate_subsample}; got 'mode3'"),
+        ({"chain": {"workflow": "mode3"}}, "chain.workflow must be one of {replace, accumulate, accumulate_subsample, fresh_data, iterative_retraining, real_fraction}; got 'mode3'"),
         ({"chain": {"n_real": -5}}, "chain.n_real must be an integer >= 1; got -5"),
         ({"chain": {"n_iterations": 0}}, "chain.n_iterations must be an integer >= 1; got 0"),
         ({"chain": {"n_real": 2.5}}, "chain.n_real must be an integer; got 2.5"),
@@ -56,7 +56,10 @@ def test_fig1_spec_is_the_papers_grid():
         ({"grid": {"model.depth": [1]}}, "grid key must be task.<field> or chain.<field>"),
         ({"run": {"cpus_per_trial": 0}}, "run.cpus_per_trial must be a number in (0, inf); got 0.0"),
         ({"run": {"seeds_per_trial": "many"}}, "run.seeds_per_trial must be an integer or one of {auto}"),
-        ({"chain": {"n_train": 5}}, "chain.n_train must be null unless workflow is accumulate_subsample"),
+        ({"chain": {"n_train": 5}}, "chain.n_train must be null unless workflow is one of {accumulate_subsample, real_fraction}; got 5"),
+        ({"chain": {"workflow": "real_fraction", "real_fraction": 1.5}}, "chain.real_fraction must be a number in [0, 1]; got 1.5"),
+        ({"chain": {"workflow": "replace", "n_fresh_real": 10}}, "chain.n_fresh_real must be null unless workflow is one of {accumulate, accumulate_subsample, fresh_data}"),
+        ({"task": {"name": "linear_regression", "dim": 2}, "chain": {"n_real": 10, "n_synthetic": 20}}, "chain.n_synthetic must be null or equal to n_real (10) for linear_regression"),
         ({"wokflow": "replace"}, "spec: unknown key 'wokflow'"),
     ],
 )

@@ -76,9 +76,11 @@ class LinearRegressionTask:
 
     def check_chain(self, chain, where: str) -> None:
         """Synthetic labels are drawn on the real design, so both have n_real rows."""
-        if chain.n_synthetic != chain.n_real:
-            fail(f"{where}.n_synthetic", f"null or equal to n_real ({chain.n_real}) for linear_regression, "
-                 "whose synthetic labels reuse the real design", chain.n_synthetic)
+        for knob in ("n_synthetic", "n_fresh_real"):
+            value = getattr(chain, knob)
+            if value not in (None, 0, chain.n_real):
+                fail(f"{where}.{knob}", f"null or equal to n_real ({chain.n_real}) for linear_regression, "
+                     "whose labels are drawn on the real design", value)
 
     def row_nbytes(self) -> int:
         return 8 * (self.dim + 1)
