@@ -7,6 +7,7 @@ tests/test_task_contract.py then cover it automatically.
 
 from .discrete import DiscreteTask
 from .gaussian import GaussianTask
+from .kde import KDETask
 from .linear_regression import LinearRegressionTask
 from .protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
 
@@ -14,9 +15,10 @@ TASKS: dict[str, type] = {
     "gaussian": GaussianTask,
     "linear_regression": LinearRegressionTask,
     "discrete": DiscreteTask,
+    "kde": KDETask,
 }
 
 __all__ = [
-    "TASKS", "AdditiveStatisticsTask", "DiscreteTask", "GaussianTask", "LinearRegressionTask",
+    "TASKS", "AdditiveStatisticsTask", "DiscreteTask", "GaussianTask", "KDETask", "LinearRegressionTask",
     "Metrics", "RealData", "Rows", "Task",
 ]

@@ -1,0 +1,229 @@
+"""Kernel density estimation ("kde") on sklearn's toy datasets, the setting of (A)'s Fig. 2.
+
+Real data: `make_blobs` (2-D, 3 centres, cluster_std 1, centres in (-10, 10)),
+`make_circles` (factor 0.5), `make_moons` (both with `noise`), `make_swiss_roll` (3-D,
+with `noise`). Train and test rows come from the same distribution: for blobs the centres
+are drawn once per chain and shared by train, test and fresh real rows. (A)'s code calls
+`make_blobs` twice without fixing centres, so its blobs test set is a different mixture
+from its training set; we do not copy that.
+
+A fit is a Gaussian-kernel KDE with bandwidth h: a float, or "scott" / "silverman" with
+sklearn's meaning (n^(-1/(d+4)) and (n (d+2)/4)^(-1/(d+4)), not scaled by the data's
+spread, recomputed at each fit from its number of points). Sampling is sklearn's: a
+uniformly chosen training point plus N(0, h^2 I) noise. `test_loss` is the mean NLL of
+`n_test` held-out real points, drawn once per chain; `train_var` is the mean
+per-coordinate variance of the fit's points (theory: replace E[s^2_{t+1}] =
+(1 - 1/n)(s_t^2 + h^2)).
+
+Speed: a KDE's statistics are its points; merging appends to an amortised buffer. With a
+fixed bandwidth the accumulated KDE's log-density at each test point is a log-sum-exp
+that is carried forward, so accumulate costs O(n_test x n_new) per iteration, flat in
+the iteration index, instead of rescoring every test point against the whole pool.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from ..validation import check_finite_positive, check_min, fail
+from .protocol import Metrics, RealData, Rows
+
+Dataset = Literal["blobs", "circles", "moons", "swiss_roll"]
+DIMS = {"blobs": 2, "circles": 2, "moons": 2, "swiss_roll": 3}
+BLOCK_ELEMENTS = 1 << 20  # pairwise kernel values computed per block: a few MB, cache-friendly
+
+
+@dataclass
+class _ScoreCache:
+    """log sum_j exp(-|x - p_j|^2 / 2h^2) over the first `upto` points, per test point."""
+
+    test: object  # the test set it is for
+    h: float
+    upto: int
+    lse: np.ndarray  # (chains, n_test)
+
+
+@dataclass(frozen=True, eq=False)
+class KDEStats:
+    """A KDE's points: the first `count` rows of `buffer` (chains, capacity, d).
+
+    `merge` may fill `buffer` beyond `count` in place; this object stays valid because it
+    only ever reads its first `count` rows.
+    """
+
+    count: int
+    buffer: np.ndarray
+    cache: list = field(default_factory=list, compare=False)  # at most one _ScoreCache
+
+    @property
+    def points(self) -> np.ndarray:
+        return self.buffer[:, : self.count]
+
+
+@dataclass(frozen=True, eq=False)
+class KDEFit:
+    stats: KDEStats
+    h: float
+
+    @property
+    def points(self) -> np.ndarray:
+        return self.stats.points
+
+
+@dataclass(frozen=True, eq=False)
+class KDETestSet:
+    x: np.ndarray  # (chains, n_test, d)
+    sq_norms: np.ndarray  # (chains, n_test)
+
+
+@dataclass(frozen=True)
+class KDETask:
+    """Gaussian-kernel KDE fitted to sklearn's blobs, circles, moons or swiss roll."""
+
+    name: ClassVar[str] = "kde"
+    batched: ClassVar[bool] = True
+
+    dataset: Dataset = "moons"
+    """Which sklearn generator makes the real data."""
+    bandwidth: float | Literal["scott", "silverman"] = 0.5
+    """Kernel bandwidth h, or a rule recomputed at each fit."""
+    noise: float = 0.05
+    """Noise of circles, moons and swiss roll (blobs use cluster_std 1)."""
+    n_test: int = 500
+    """Held-out real points for the test NLL, drawn once per chain."""
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.bandwidth, str):
+            check_finite_positive(self.bandwidth, f"{where}.bandwidth")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            fail(f"{where}.noise", "a number in [0, inf)", self.noise)
+        check_min(self.n_test, 1, f"{where}.n_test")
+
+    @property
+    def dim(self) -> int:
+        return DIMS[self.dataset]
+
+    def row_nbytes(self) -> int:
+        return 8 * self.dim
+
+    def bandwidth_for(self, n_points: int) -> float:
+        d = self.dim
+        if self.bandwidth == "scott":
+            return n_points ** (-1.0 / (d + 4))
+        if self.bandwidth == "silverman":
+            return (n_points * (d + 2) / 4.0) ** (-1.0 / (d + 4))
+        return float(self.bandwidth)
+
+    # -- data -------------------------------------------------------------------
+    def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
+        centres = None
+        if self.dataset == "blobs":
+            centres = np.stack([rng.uniform(-10.0, 10.0, size=(3, 2)) for rng in rngs])  # make_blobs' centre box
+        x = self._draw(n_real + self.n_test, rngs, centres)
+        test = x[:, n_real:]
+        return RealData(
+            train={"x": x[:, :n_real]},
+            test=KDETestSet(test, np.einsum("cnd,cnd->cn", test, test)),
+            context=centres,
+        )
+
+    def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
+        return {"x": self._draw(n, rngs, context)}
+
+    def _draw(self, n: int, rngs, centres) -> np.ndarray:
+        from sklearn import datasets
+
+        out = np.empty((len(rngs), n, self.dim))
+        for i, rng in enumerate(rngs):
+            seed = int(rng.integers(2**31 - 1))
+            if self.dataset == "blobs":
+                out[i] = datasets.make_blobs(n, n_features=2, centers=centres[i], cluster_std=1.0, random_state=seed)[0]
+            elif self.dataset == "circles":
+                out[i] = datasets.make_circles(n, noise=self.noise, factor=0.5, random_state=seed)[0]
+            elif self.dataset == "moons":
+                out[i] = datasets.make_moons(n, noise=self.noise, random_state=seed)[0]
+            else:
+                out[i] = datasets.make_swiss_roll(n, noise=self.noise, random_state=seed)[0]
+        return out
+
+    # -- fitting ----------------------------------------------------------------
+    def statistics(self, rows: Rows) -> KDEStats:
+        x = rows["x"]
+        return KDEStats(x.shape[1], np.array(x, dtype=np.float64))
+
+    def merge(self, a: KDEStats, b: KDEStats) -> KDEStats:
+        count = a.count + b.count
+        buffer = a.buffer
+        if buffer.shape[1] < count:  # amortised doubling
+            buffer = np.empty((buffer.shape[0], max(count, 2 * buffer.shape[1]), buffer.shape[2]))
+            buffer[:, : a.count] = a.points
+        buffer[:, a.count : count] = b.points
+        return KDEStats(count, buffer, a.cache)  # the score cache carries forward
+
+    def fit_statistics(self, stats: KDEStats) -> KDEFit:
+        return KDEFit(stats, self.bandwidth_for(stats.count))
+
+    def fit(self, train: Rows) -> KDEFit:
+        return self.fit_statistics(self.statistics(train))
+
+    # -- sampling ---------------------------------------------------------------
+    def sample(self, model: KDEFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
+        points = model.points
+        out = np.empty((len(rngs), n, self.dim))
+        for i, rng in enumerate(rngs):
+            rng.standard_normal(out=out[i])
+            out[i] *= model.h
+            out[i] += points[i, rng.integers(0, points.shape[1], n)]
+        return {"x": out}
+
+    def sample_statistics(self, model: KDEFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> KDEStats:
+        return self.statistics(self.sample(model, n, rngs))
+
+    # -- evaluation -------------------------------------------------------------
+    def evaluate(self, model: KDEFit, test: KDETestSet) -> Metrics:
+        stats, h = model.stats, model.h
+        cache = stats.cache[0] if stats.cache else None
+        if cache is None or cache.test is not test or cache.h != h or cache.upto > stats.count:
+            cache = _ScoreCache(test, h, 0, np.full(test.sq_norms.shape, -np.inf))
+            stats.cache[:] = [cache]
+        if cache.upto < stats.count:  # only the points added since the last evaluation
+            new = _log_kernel_sums(test, stats.points[:, cache.upto :], h)
+            np.logaddexp(cache.lse, new, out=cache.lse)
+            cache.upto = stats.count
+        d = self.dim
+        log_density = cache.lse - math.log(stats.count) - 0.5 * d * math.log(2 * math.pi * h * h)
+        return {
+            "test_loss": -log_density.mean(axis=1),
+            "train_var": model.points.var(axis=1).mean(axis=1),
+            "bandwidth": np.full(len(log_density), h),
+        }
+
+
+def _log_kernel_sums(test: KDETestSet, points: np.ndarray, h: float) -> np.ndarray:
+    """log sum_j exp(-|x_i - p_j|^2 / 2h^2) for each test point x_i: (chains, n_test).
+
+    O(n_test x n_points) per chain, in blocks of chains so temporaries stay small.
+    """
+    chains, n_test, _ = test.x.shape
+    out = np.empty((chains, n_test))
+    per_chain = n_test * max(1, points.shape[1])
+    step = max(1, BLOCK_ELEMENTS // per_chain)
+    scale = -0.5 / (h * h)
+    for lo in range(0, chains, step):
+        hi = min(chains, lo + step)
+        p = points[lo:hi]
+        # -|x - p|^2 / 2h^2 = scale (|x|^2 + |p|^2) - 2 scale x.p
+        block = np.matmul(test.x[lo:hi], p.transpose(0, 2, 1))
+        block *= -2.0 * scale
+        block += scale * test.sq_norms[lo:hi, :, None]
+        block += scale * np.einsum("cnd,cnd->cn", p, p)[:, None, :]
+        top = block.max(axis=2, keepdims=True)
+        block -= top
+        np.exp(block, out=block)
+        out[lo:hi] = np.log(block.sum(axis=2)) + top[:, :, 0]
+    return out

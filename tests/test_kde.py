@@ -1,0 +1,95 @@
+"""The KDE task against scikit-learn, its carried scores, and its variance recursion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.neighbors import KernelDensity
+
+from collapse_ray.loop import chain_generators, run_chain
+from collapse_ray.spec import ChainConfig
+from collapse_ray.tasks import KDETask
+
+from .helpers import WithoutStatistics
+from .test_theory_gaussian import assert_matches
+
+DATASETS = ["blobs", "circles", "moons", "swiss_roll"]
+
+
+def gens(seeds, stream=0):
+    return [chain_generators(s)[stream] for s in seeds]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("bandwidth", [0.3, "scott", "silverman"])
+def test_test_loss_and_bandwidth_match_sklearn(dataset, bandwidth):
+    from scipy.special import logsumexp
+
+    task = KDETask(dataset=dataset, bandwidth=bandwidth, n_test=200)
+    real = task.real_data(150, gens([0, 1]))
+    model = task.fit(real.train)
+    metrics = task.evaluate(model, real.test)
+    for c in range(2):
+        x, test, h = real.train["x"][c], real.test.x[c], model.h
+        kde = KernelDensity(bandwidth=bandwidth).fit(x)
+        assert h == pytest.approx(kde.bandwidth_)
+        sq = ((test[:, None, :] - x[None]) ** 2).sum(axis=2)
+        exact = logsumexp(-sq / (2 * h * h), axis=1) - np.log(len(x)) - 0.5 * x.shape[1] * np.log(2 * np.pi * h * h)
+        assert metrics["test_loss"][c] == pytest.approx(-exact.mean(), rel=1e-10)
+        # sklearn's tree search prunes where the density is negligible (e^-70 and less),
+        # so compare with it where the density is not
+        visible = exact > -20
+        assert visible.sum() >= 20
+        assert np.allclose(kde.score_samples(test)[visible], exact[visible], rtol=1e-8, atol=1e-8)
+
+
+def test_train_and_test_come_from_the_same_blobs():
+    task = KDETask(dataset="blobs", n_test=500)
+    real = task.real_data(500, gens([3]))
+    centres = real.context[0]
+    for x in (real.train["x"][0], real.test.x[0]):
+        nearest = np.min(np.linalg.norm(x[:, None, :] - centres[None], axis=2), axis=1)
+        assert nearest.max() < 5.0  # cluster_std 1: every point is near one of *these* centres
+        assert np.sqrt((nearest**2).mean() / 2) == pytest.approx(1.0, abs=0.1)
+
+
+def test_samples_are_training_points_plus_kernel_noise():
+    task = KDETask(dataset="moons", bandwidth=0.2)
+    points = np.zeros((1, 5, 2)) + 10.0 * np.arange(5.0)[None, :, None]  # (0,0), (10,10), ...
+    model = task.fit({"x": points})
+    x = task.sample(model, 50_000, gens([0]))["x"][0]
+    nearest = 10.0 * np.round(x / 10.0)
+    offsets = x - nearest  # kernel noise, sd 0.2 << spacing 10
+    assert offsets.std(axis=0) == pytest.approx([0.2, 0.2], rel=0.02)
+    assert np.abs(offsets.mean(axis=0)).max() < 0.01
+    counts = np.unique(nearest[:, 0], return_counts=True)[1]
+    assert len(counts) == 5 and np.allclose(counts / 50_000, 0.2, atol=0.01)  # uniform over points
+
+
+@pytest.mark.parametrize("dataset", ["moons", "swiss_roll"])
+def test_carried_scores_equal_rescoring_the_whole_pool(dataset):
+    # accumulate with a fixed bandwidth carries per-test-point log-sum-exps forward;
+    # the rows path rescores every test point against every point each iteration
+    task = KDETask(dataset=dataset, bandwidth=0.5, n_test=100)
+    chain = ChainConfig(workflow="accumulate", n_real=30, n_iterations=8).resolved()
+    fast = run_chain(task, chain, range(3)).table
+    slow = run_chain(WithoutStatistics(task), chain, range(3)).table
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-9)
+
+
+def test_replace_variance_follows_the_kernel_recursion():
+    # PAPERS.md: replace E[s^2_{t+1}] = (1 - 1/n)(s_t^2 + h^2), fixed point (n-1) h^2
+    n, h, t = 20, 0.3, 15
+    task = KDETask(dataset="moons", bandwidth=h, n_test=10)
+    grouped = run_chain(task, ChainConfig(workflow="replace", n_real=n, n_iterations=t).resolved(),
+                        range(3000)).table.groupby("iteration")
+    v = [grouped["train_var"].mean().iloc[0]]
+    for _ in range(t - 1):
+        v.append((1 - 1 / n) * (v[-1] + h * h))
+    assert_matches(grouped, "train_var", np.array(v))
+    # accumulate grows only slowly (like h^2 times a harmonic number)
+    acc = run_chain(task, ChainConfig(workflow="accumulate", n_real=n, n_iterations=t).resolved(),
+                    range(300)).table.groupby("iteration")["train_var"].mean()
+    assert acc.iloc[-1] - acc.iloc[0] < 1.5 * h * h * np.log(t) + 0.05
+    assert grouped["train_var"].mean().iloc[-1] - v[0] > 2 * (acc.iloc[-1] - acc.iloc[0])
