@@ -36,12 +36,22 @@ def test_test_loss_and_bandwidth_match_sklearn(dataset, bandwidth):
         assert h == pytest.approx(kde.bandwidth_)
         sq = ((test[:, None, :] - x[None]) ** 2).sum(axis=2)
         exact = logsumexp(-sq / (2 * h * h), axis=1) - np.log(len(x)) - 0.5 * x.shape[1] * np.log(2 * np.pi * h * h)
-        assert metrics["test_loss"][c] == pytest.approx(-exact.mean(), rel=1e-10)
+        # exponentials are taken in float32 after a float64 shift: <= 1e-5 nats (kde.py)
+        assert metrics["test_loss"][c] == pytest.approx(-exact.mean(), abs=1e-5)
         # sklearn's tree search prunes where the density is negligible (e^-70 and less),
         # so compare with it where the density is not
         visible = exact > -20
         assert visible.sum() >= 20
         assert np.allclose(kde.score_samples(test)[visible], exact[visible], rtol=1e-8, atol=1e-8)
+        assert np.abs(_model_log_density(task, model, real.test, c) - exact).max() < 1e-5
+
+
+def _model_log_density(task, model, test, chain):
+    from collapse_ray.tasks.kde import _log_kernel_sums
+
+    lse = _log_kernel_sums(test, model.points, model.h)[chain]
+    d = model.points.shape[2]
+    return lse - np.log(model.points.shape[1]) - 0.5 * d * np.log(2 * np.pi * model.h**2)
 
 
 def test_train_and_test_come_from_the_same_blobs():
@@ -75,7 +85,8 @@ def test_carried_scores_equal_rescoring_the_whole_pool(dataset):
     chain = ChainConfig(workflow="accumulate", n_real=30, n_iterations=8).resolved()
     fast = run_chain(task, chain, range(3)).table
     slow = run_chain(WithoutStatistics(task), chain, range(3)).table
-    pd.testing.assert_frame_equal(fast, slow, rtol=1e-9)
+    # same draws; the two sum kernel values in different blocks (float32 exponentials)
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-6)
 
 
 def test_replace_variance_follows_the_kernel_recursion():
