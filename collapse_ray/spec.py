@@ -7,6 +7,9 @@ A spec (see sweeps/quickstart.yaml):
     seeds: 10                   # 10 -> seeds 0..9, or an explicit list
     grid:                       # Cartesian product over dotted keys
       chain.workflow: [replace, accumulate, accumulate_subsample]
+    cases:                      # optional: a union of partial grids, each crossed with `grid`
+      - {task.dim: [1, 3], chain.n_real: [10, 100]}
+      - {task.dim: [10], chain.n_real: [100]}
     run:  {seeds_per_trial: auto}
 
 `--set dotted.key=value` overrides use the same dotted keys; values are parsed as YAML.
@@ -191,6 +194,7 @@ class SweepSpec:
     chain: ChainConfig
     seeds: tuple[int, ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
+    cases: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
     run: ExecutionConfig
     raw: Mapping[str, Any]  # the spec after overrides, as the user wrote it
     points: tuple[GridPoint, ...]
@@ -222,11 +226,12 @@ class SweepSpec:
             "chain": as_flat_dict(self.chain),
             "seeds": list(self.seeds),
             "grid": {k: list(v) for k, v in self.grid},
+            "cases": [{k: list(v) for k, v in case} for case in self.cases],
             "run": as_flat_dict(self.run),
         }
 
 
-TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "run")
+TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "cases", "run")
 
 
 def _work_estimate(job: ChainJob) -> float:
@@ -314,29 +319,40 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
     require(isinstance(name, str) and name.strip() != "", "name", "a non-empty string", name)
     seeds = _parse_seeds(raw.get("seeds", 1))
     run = from_mapping(ExecutionConfig, raw.get("run"), "run")
-    grid = _parse_grid(raw.get("grid"))
+    grid = _parse_grid(raw.get("grid"), "grid")
+    cases = _parse_cases(raw.get("cases"))
+    for i, case in enumerate(cases):
+        shared = sorted({k for k, _ in grid} & {k for k, _ in case})
+        if shared:
+            raise SpecError(f"cases[{i}].{shared[0]} is also a grid key; put it in one of the two")
 
     task_raw = raw.get("task")
     if task_raw is None:
         raise SpecError("task is required: a mapping with 'name' (one of {" + ", ".join(TASKS) + "})")
     points = []
-    for values in itertools.product(*(v for _, v in grid)):
-        cell = copy.deepcopy({"task": task_raw, "chain": raw.get("chain") or {}})
-        for (key, _), value in zip(grid, values):
-            _set_dotted(cell, key, value, "grid")
-        task = build_task(cell["task"], "task")
-        chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()
-        check_chain = getattr(task, "check_chain", None)  # task-specific size rules
-        if check_chain is not None:
-            check_chain(chain, "chain")
-        swept = tuple((key, value) for (key, _), value in zip(grid, values))
-        points.append(GridPoint(_point_key(task, chain, swept), swept, task, chain))
+    for case in cases or ((),):
+        axes = grid + case
+        for values in itertools.product(*(v for _, v in axes)):
+            swept = tuple((key, value) for (key, _), value in zip(axes, values))
+            points.append(_grid_point(task_raw, raw.get("chain") or {}, swept))
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise SpecError("grid: two cells give the same run; remove duplicate values")
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
-    return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, run, raw, tuple(points))
+    return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, raw, tuple(points))
+
+
+def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...]) -> GridPoint:
+    cell = copy.deepcopy({"task": task_raw, "chain": chain_raw})
+    for key, value in swept:
+        _set_dotted(cell, key, value, "grid")
+    task = build_task(cell["task"], "task")
+    chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()
+    check_chain = getattr(task, "check_chain", None)  # task-specific size rules
+    if check_chain is not None:
+        check_chain(chain, "chain")
+    return GridPoint(_point_key(task, chain, swept), swept, task, chain)
 
 
 def _parse_seeds(value: Any) -> tuple[int, ...]:
@@ -349,19 +365,27 @@ def _parse_seeds(value: Any) -> tuple[int, ...]:
     fail("seeds", "a count >= 1 or a list of distinct integers >= 0", value)
 
 
-def _parse_grid(value: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def _parse_grid(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
-        fail("grid", "a mapping of dotted keys (task.x, chain.x) to lists of values", value)
+        fail(where, "a mapping of dotted keys (task.x, chain.x) to lists of values", value)
     grid = []
     for key, values in value.items():
         if not (isinstance(key, str) and key.split(".")[0] in ("task", "chain") and key.count(".") == 1):
-            fail("grid key", "task.<field> or chain.<field>", key)
+            fail(f"{where} key", "task.<field> or chain.<field>", key)
         if not isinstance(values, list) or not values:
-            fail(f"grid.{key}", "a non-empty list of values", values)
+            fail(f"{where}.{key}", "a non-empty list of values", values)
         grid.append((key, tuple(values)))
     return tuple(grid)
+
+
+def _parse_cases(value: Any) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        fail("cases", "a non-empty list of grids (mappings of dotted keys to lists)", value)
+    return tuple(_parse_grid(case, f"cases[{i}]") for i, case in enumerate(value))
 
 
 def _point_key(task: Task, chain: ChainConfig, swept: tuple[tuple[str, Any], ...]) -> str:

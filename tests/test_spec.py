@@ -135,3 +135,15 @@ def test_cli_missing_file_and_bad_tracking_uri(tmp_path, capsys):
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--tracking-uri", "./mlruns"]) == 2
     assert "tracking URI must be" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_cases_are_a_union_of_partial_grids_crossed_with_the_grid():
+    spec = parse_spec({**BASE, "grid": {"chain.workflow": ["replace", "accumulate"]},
+                       "cases": [{"task.dim": [1, 3], "chain.n_real": [10, 20]}, {"task.dim": [10], "chain.n_real": [20]}]})
+    cells = {(p.chain.workflow, p.task.dim, p.chain.n_real) for p in spec.points}
+    assert len(spec.points) == 2 * (4 + 1) == len(cells)
+    assert ("accumulate", 10, 20) in cells and ("replace", 10, 10) not in cells
+    with pytest.raises(SpecError, match=r"cases\[0\].chain.workflow is also a grid key"):
+        parse_spec({**BASE, "grid": {"chain.workflow": ["replace"]}, "cases": [{"chain.workflow": ["accumulate"]}]})
+    with pytest.raises(SpecError, match=r"cases\[1\].task.dim must be a non-empty list"):
+        parse_spec({**BASE, "cases": [{"task.dim": [1]}, {"task.dim": []}]})
