@@ -120,10 +120,10 @@ def run_chain(
         start = time.perf_counter()
         if by_statistics:
             if state.stats is None:  # iteration 1: the real rows
-                state.stats = task.statistics(pool.rows_of(0))
+                state.stats = task.statistics(pool.rows_of(0), real.context)
             model = task.fit_statistics(state.stats)
         else:
-            model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)))
+            model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)), real.context)
         state.records.append((t, task.evaluate(model, real.test)))
         if t < chain.n_iterations:  # the last fit's samples would train nothing
             if by_statistics and not chain.persist_pool:
@@ -131,12 +131,12 @@ def run_chain(
             else:
                 rows = task.sample(model, chain.n_synthetic, state.rngs, real.context)
                 pool.add(rows, iteration=t, source="synthetic")
-                new = task.statistics(rows) if by_statistics else None
+                new = task.statistics(rows, real.context) if by_statistics else None
             if workflow.n_fresh_real:  # new real data arrive alongside the synthetic rows
                 fresh = task.sample_real(workflow.n_fresh_real, state.rngs, real.context)
                 pool.add(fresh, iteration=t, source="real")
                 if by_statistics:
-                    new = task.merge(new, task.statistics(fresh))
+                    new = task.merge(new, task.statistics(fresh, real.context))
             if chain.persist_pool:
                 pool.write_shards(pool_dir)
             if by_statistics:

@@ -22,8 +22,8 @@ class WithoutStatistics:
     def real_data(self, n_real, rngs):
         return self.inner.real_data(n_real, rngs)
 
-    def fit(self, train):
-        return self.inner.fit(train)
+    def fit(self, train, context=None):
+        return self.inner.fit(train, context)
 
     def sample(self, model, n, rngs, context=None):
         return self.inner.sample(model, n, rngs, context)

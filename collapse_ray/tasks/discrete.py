@@ -62,7 +62,7 @@ class DiscreteTask:
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
         return {"x": np.stack([rng.integers(0, self.n_outcomes, n) for rng in rngs])}
 
-    def statistics(self, rows: Rows) -> Counts:
+    def statistics(self, rows: Rows, context=None) -> Counts:
         x = rows["x"]
         chains, n = x.shape
         flat = x + self.n_outcomes * np.arange(chains)[:, None]
@@ -75,7 +75,7 @@ class DiscreteTask:
     def fit_statistics(self, stats: Counts) -> Proportions:
         return Proportions(stats.counts / stats.count)
 
-    def fit(self, train: Rows) -> Proportions:
+    def fit(self, train: Rows, context=None) -> Proportions:
         return self.fit_statistics(self.statistics(train))
 
     def sample(self, model: Proportions, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:

@@ -96,7 +96,7 @@ class GaussianTask:
         )
 
     # -- fitting ----------------------------------------------------------------
-    def statistics(self, rows: Rows) -> GaussianStats:
+    def statistics(self, rows: Rows, context=None) -> GaussianStats:
         x = rows["x"]
         mean = x.mean(axis=1)
         centred = x - mean[:, None, :]
@@ -124,7 +124,7 @@ class GaussianTask:
             chol, ok = np.zeros_like(cov), np.zeros(cov.shape[0], dtype=bool)
         return GaussianFit(stats.mean, cov, stats.count, chol, ok, stats.factor)
 
-    def fit(self, train: Rows) -> GaussianFit:
+    def fit(self, train: Rows, context=None) -> GaussianFit:
         return self.fit_statistics(self.statistics(train))
 
     # -- sampling ---------------------------------------------------------------

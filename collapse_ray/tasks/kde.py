@@ -154,7 +154,7 @@ class KDETask:
         return out
 
     # -- fitting ----------------------------------------------------------------
-    def statistics(self, rows: Rows) -> KDEStats:
+    def statistics(self, rows: Rows, context=None) -> KDEStats:
         x = np.array(rows["x"], dtype=np.float64)
         mean = x.mean(axis=1)
         return KDEStats(x.shape[1], x, mean, ((x - mean[:, None, :]) ** 2).sum(axis=1))
@@ -174,7 +174,7 @@ class KDETask:
     def fit_statistics(self, stats: KDEStats) -> KDEFit:
         return KDEFit(stats, self.bandwidth_for(stats.count))
 
-    def fit(self, train: Rows) -> KDEFit:
+    def fit(self, train: Rows, context=None) -> KDEFit:
         return self.fit_statistics(self.statistics(train))
 
     # -- sampling ---------------------------------------------------------------

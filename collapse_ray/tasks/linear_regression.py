@@ -2,7 +2,9 @@
 
 Per chain: true weights w* ~ N(0, I_d); a fixed design X (n_real x d, standard normal)
 reused every iteration; real labels y = X w* + sigma * eps. A fit is least squares by the
-pseudo-inverse; synthetic rows are the same design with labels X w_hat + sigma * eps.
+pseudo-inverse; synthetic rows are the same design with labels X w_hat + sigma * eps. A
+row is (`row`: index into the design, `y`: label), so the pool stores 16 bytes per row
+rather than a copy of the design row.
 `test_loss` = mean squared error on n_test noise-free test points,
 (w_hat - w*)^T G (w_hat - w*) with G the test inputs' Gram / n_test: the exact
 per-point average at O(d^2) per iteration.
@@ -83,7 +85,7 @@ class LinearRegressionTask:
                      "whose labels are drawn on the real design", value)
 
     def row_nbytes(self) -> int:
-        return 8 * (self.dim + 1)
+        return 16
 
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
@@ -101,8 +103,9 @@ class LinearRegressionTask:
         return self._labels(context, context.w_true, n, rngs)
 
     # -- fitting ----------------------------------------------------------------
-    def statistics(self, rows: Rows) -> RegressionStats:
-        x, y = rows["x"], rows["y"]
+    def statistics(self, rows: Rows, context: Design) -> RegressionStats:
+        x = np.take_along_axis(context.x, rows["row"][:, :, None], axis=1)  # (chains, n, d)
+        y = rows["y"]
         return RegressionStats(x.shape[1], np.matmul(x.transpose(0, 2, 1), x), np.einsum("cnd,cn->cd", x, y))
 
     def merge(self, a: RegressionStats, b: RegressionStats) -> RegressionStats:
@@ -115,8 +118,8 @@ class LinearRegressionTask:
             w = np.einsum("cij,cj->ci", np.linalg.pinv(stats.xtx, hermitian=True), stats.xty)
         return RegressionFit(w)
 
-    def fit(self, train: Rows) -> RegressionFit:
-        return self.fit_statistics(self.statistics(train))
+    def fit(self, train: Rows, context: Design) -> RegressionFit:
+        return self.fit_statistics(self.statistics(train, context))
 
     # -- sampling ---------------------------------------------------------------
     def sample(self, model: RegressionFit, n: int, rngs: Sequence[np.random.Generator], context: Design) -> Rows:
@@ -126,13 +129,14 @@ class LinearRegressionTask:
         if n != design.x.shape[1]:
             raise ValueError(f"labels are drawn on the {design.x.shape[1]}-row design; asked for {n}")
         noise = _normals(rngs, (n,)) * np.sqrt(self.sigma2)
-        return {"x": design.x, "y": np.einsum("cnd,cd->cn", design.x, w) + noise}
+        rows = np.broadcast_to(np.arange(n), (len(rngs), n))
+        return {"row": rows, "y": np.einsum("cnd,cd->cn", design.x, w) + noise}
 
     def sample_statistics(
         self, model: RegressionFit, n: int, rngs: Sequence[np.random.Generator], context: Design
     ) -> RegressionStats:
         if not context.gram_ok.all():  # n < d: draw the rows
-            return self.statistics(self.sample(model, n, rngs, context))
+            return self.statistics(self.sample(model, n, rngs, context), context)
         z = _normals(rngs, (self.dim,))
         noise = np.einsum("cij,cj->ci", context.gram_chol, z) * np.sqrt(self.sigma2)  # ~ X^T eps
         return RegressionStats(n, context.gram, np.einsum("cij,cj->ci", context.gram, model.w) + noise)

@@ -45,8 +45,9 @@ class RealData:
     train: Rows  # (n_chains, n_real, ...): iteration 1 fits these
     test: Any  # held-out real data, in whatever form `evaluate` wants
     context: Any = None
-    """Fixed per-chain facts that sampling needs: linear regression's design (synthetic
-    labels are drawn on the same inputs), or the truth that fresh real rows come from."""
+    """Fixed per-chain facts that fitting and sampling need: linear regression's design
+    (rows are design-row indices with labels; synthetic labels are drawn on the same
+    inputs), blobs' centres for fresh real rows, later the prompts of conditional tasks."""
 
 
 @runtime_checkable
@@ -56,7 +57,7 @@ class Task(Protocol):
 
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData: ...
 
-    def fit(self, train: Rows) -> Any: ...
+    def fit(self, train: Rows, context: Any = None) -> Any: ...
 
     def sample(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows: ...
 
@@ -81,7 +82,7 @@ class AdditiveStatisticsTask(Task, Protocol):
     and draws the statistics of the new synthetic rows directly where the task can.
     """
 
-    def statistics(self, rows: Rows) -> Any: ...
+    def statistics(self, rows: Rows, context: Any = None) -> Any: ...
 
     def merge(self, a: Any, b: Any) -> Any: ...
 
@@ -89,5 +90,5 @@ class AdditiveStatisticsTask(Task, Protocol):
 
     def sample_statistics(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Any:
         """Statistics of n rows sampled from `model`, equal in distribution to
-        `statistics(sample(model, n, rngs))`."""
+        `statistics(sample(model, n, rngs, context), context)`."""
         ...
