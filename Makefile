@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/collapse-ray run sweeps/quickstart.yaml --out results
 	$(BIN)/collapse-ray results quickstart --out results/quickstart.csv --results-dir results
-	$(BIN)/python analysis/fig1_gaussian.py results/quickstart.csv --out results/figures
+	$(BIN)/python analysis/figures.py results/quickstart.csv --out results/figures
 	@echo
 	@echo "Results table : results/quickstart.csv"
 	@echo "Figures       : $(CURDIR)/results/figures/"

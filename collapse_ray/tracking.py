@@ -222,6 +222,9 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
     if not frames:
         raise SpecError(f"experiment {experiment!r} has no finished chain runs yet")
     table = pd.concat(frames, ignore_index=True)
+    for column in table.columns[table.dtypes == object]:
+        if table[column].map(type).nunique() > 1:  # e.g. bandwidth: 0.5 in one run, "scott" in another
+            table[column] = table[column].map(lambda v: None if v is None else str(v))
     return table.sort_values(["run_key", "seed", "iteration"], ignore_index=True)
 
 

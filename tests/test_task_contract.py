@@ -80,6 +80,17 @@ def test_statistics_path_agrees_with_fitting_rows(task):
     assert stats.count == 60
 
 
+def test_metric_names_do_not_collide_with_config_columns(task):
+    from collapse_ray.spec import ChainConfig, ChainJob, GridPoint
+    from collapse_ray.tracking import job_params
+
+    real = task.real_data(200, rngs([0]))
+    metrics = task.evaluate(task.fit(real.train, real.context), real.test)
+    chain = ChainConfig().resolved()
+    columns = job_params(ChainJob("k", GridPoint("k", (), task, chain), (0,)))
+    assert not set(metrics) & (set(columns) | {"seed", "iteration", "run_id", "sweep_run_id"})
+
+
 def test_bad_parameters_are_refused_naming_the_field(task):
     hints = typing.get_type_hints(type(task))
     numeric = [f.name for f in dataclasses.fields(task) if hints[f.name] in (int, float)]

@@ -11,7 +11,8 @@ A fit is a Gaussian-kernel KDE with bandwidth h: a float, or "scott" / "silverma
 sklearn's meaning (n^(-1/(d+4)) and (n (d+2)/4)^(-1/(d+4)), not scaled by the data's
 spread, recomputed at each fit from its number of points). Sampling is sklearn's: a
 uniformly chosen training point plus N(0, h^2 I) noise. `test_loss` is the mean NLL of
-`n_test` held-out real points, drawn once per chain; `train_var` is the mean
+`n_test` held-out real points, drawn once per chain; `bandwidth_used` is h (it changes
+under a rule); `train_var` is the mean
 per-coordinate variance of the fit's points (theory: replace E[s^2_{t+1}] =
 (1 - 1/n)(s_t^2 + h^2)).
 
@@ -206,7 +207,7 @@ class KDETask:
         return {
             "test_loss": -log_density.mean(axis=1),
             "train_var": (stats.m2 / stats.count).mean(axis=1),
-            "bandwidth": np.full(len(log_density), h),
+            "bandwidth_used": np.full(len(log_density), h),  # differs from the config under a rule
         }
 
 

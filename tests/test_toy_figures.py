@@ -1,0 +1,141 @@
+"""analysis/figures.py and analysis/toy_figures.py: aggregation arithmetic, and every
+figure drawn from tables of the shape `collapse-ray results` writes (built without Ray
+or MLflow, as tests/test_analysis.py does)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapse_ray.loop import run_chain
+from collapse_ray.spec import parse_spec
+from collapse_ray.tracking import job_params
+
+SCRIPT = Path(__file__).parent.parent / "analysis" / "figures.py"
+spec_ = importlib.util.spec_from_file_location("figures", SCRIPT)
+figures = importlib.util.module_from_spec(spec_)
+spec_.loader.exec_module(figures)
+toy = figures.toy
+
+CLASSIC = ["replace", "accumulate", "accumulate_subsample"]
+
+
+def results_table(spec: dict, sweep_run_id: str = "s") -> pd.DataFrame:
+    """A table of the same shape `collapse-ray results` writes, without Ray or MLflow."""
+    frames = []
+    for job in parse_spec(spec).jobs():
+        table = run_chain(job.point.task, job.point.chain, job.seeds).table
+        frames.append(table.assign(**job_params(job), run_id=job.key, sweep_run_id=sweep_run_id))
+    return pd.concat(frames, ignore_index=True).sort_values(["run_key", "seed", "iteration"], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, pd.DataFrame]:
+    return {
+        "kde": results_table({
+            "task": {"name": "kde", "n_test": 30},
+            "chain": {"n_iterations": 6},
+            "seeds": 3,
+            "grid": {"task.dataset": ["moons", "blobs"], "task.bandwidth": [0.5, "scott"],
+                     "chain.n_real": [10, 20], "chain.workflow": CLASSIC},
+        }),
+        "linear_regression": results_table({
+            "task": {"name": "linear_regression", "dim": 3, "n_test": 20},
+            "chain": {"n_iterations": 6},
+            "seeds": 4,
+            "grid": {"task.sigma2": [1.0, 0.1], "chain.n_real": [10, 20], "chain.workflow": CLASSIC},
+        }),
+        "discrete": results_table({
+            "task": {"name": "discrete", "n_outcomes": 5},
+            "chain": {"n_iterations": 8},
+            "seeds": 4,
+            "grid": {"chain.n_real": [10, 20], "chain.workflow": CLASSIC},
+        }),
+        "mixing": results_table({
+            "task": {"name": "gaussian", "dim": 2, "n_test": 20},
+            "chain": {"n_real": 10, "n_iterations": 6},
+            "seeds": 4,
+            "grid": {"chain.workflow": CLASSIC + ["fresh_data", "iterative_retraining", "real_fraction"]},
+        }),
+    }
+
+
+def test_summary_is_mean_and_standard_error_over_finite_seeds(tables):
+    table = tables["linear_regression"].copy()
+    cell = (table.workflow == "accumulate") & (table.n_real == 10) & (table.sigma2 == 1.0) & (table.iteration == 4)
+    table.loc[table.index[cell][0], "test_loss"] = np.inf  # a degenerate fit
+    summary = toy.summarise(toy.task_rows(table, "linear_regression"))
+    row = summary[(summary.metric == "test_loss") & (summary.workflow == "accumulate") & (summary.n_real == 10)
+                  & (summary.sigma2 == 1.0) & (summary.iteration == 4)]
+    assert len(row) == 1  # one group per setting: sigma2 = 0.1 is not averaged in
+    row = row.iloc[0]
+    values = table.loc[cell, "test_loss"]
+    finite = values[np.isfinite(values)]
+    assert (row["count"], row["total"]) == (3, 4)
+    assert row["mean"] == pytest.approx(finite.mean())
+    assert row["se"] == pytest.approx(finite.std() / np.sqrt(len(finite)))
+    other = summary[(summary.metric == "test_loss") & (summary.workflow == "accumulate") & (summary.n_real == 10)
+                    & (summary.sigma2 == 0.1) & (summary.iteration == 4)].iloc[0]
+    cell_01 = (table.workflow == "accumulate") & (table.n_real == 10) & (table.sigma2 == 0.1) & (table.iteration == 4)
+    assert other["mean"] == pytest.approx(table.loc[cell_01, "test_loss"].mean())
+    assert (other["count"], other["total"]) == (4, 4)
+
+
+def test_kde_bandwidth_labels_sort_numbers_then_rules(tables, tmp_path):
+    path = tmp_path / "kde.csv"
+    tables["kde"].to_csv(path, index=False)  # CSV mixes "0.5" and "scott" in one column
+    summary = toy.summarise(toy.task_rows(figures.read_table(path), "kde"))
+    assert toy.kde_bandwidths(summary) == ["0.5", "scott"]
+    labels = ["scott", "10", "0.5", "silverman", "2"]
+    assert sorted(labels, key=toy.label_order) == ["0.5", "2", "10", "scott", "silverman"]
+
+
+def test_one_command_draws_every_figure(tables, tmp_path, capsys):
+    paths = []
+    for name, table in tables.items():
+        path = tmp_path / (f"{name}.parquet" if name == "linear_regression" else f"{name}.csv")
+        table.to_parquet(path) if path.suffix == ".parquet" else table.to_csv(path, index=False)
+        paths.append(str(path))
+    out = tmp_path / "figs"
+    assert figures.main([*paths, "--out", str(out)]) == 0
+    expected = {
+        "fig1_gaussian_d2.png", "fig1_gaussian_overview.png",  # the mixing sweep's classic workflows
+        "fig2_kde_bw0.5.png", "fig2_kde_bwscott.png",
+        "linear_regression_theory.png", "discrete_diversity.png", "fig4_workflows.png",
+        "mixing_policies_gaussian.png",
+    }
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} == expected
+    assert all(p.stat().st_size > 20_000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    printed = capsys.readouterr().out.split()
+    assert sorted(printed) == sorted(str(out / name) for name in expected)
+
+
+def test_refuses_the_same_chains_from_two_sweeps(tables, tmp_path, capsys):
+    table = tables["discrete"]
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    table.to_csv(a, index=False)
+    table.assign(sweep_run_id="t").to_csv(b, index=False)
+    assert figures.main([str(a), str(b), "--out", str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one sweep per experiment" in err
+    assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "suffix", "task"])
+def test_bad_input_is_one_line_and_status_2(case, tables, tmp_path, capsys):
+    if case == "missing":
+        path = tmp_path / "absent.csv"
+    elif case == "suffix":
+        path = tmp_path / "table.json"
+        path.write_text("{}")
+    else:
+        path = tmp_path / "other.csv"
+        tables["discrete"].assign(task="language_model").to_csv(path, index=False)
+    assert figures.main([str(path), "--out", str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
