@@ -28,6 +28,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..validation import check_finite_positive, check_min
+from .batched import cholesky, normals
 from .protocol import Metrics, RealData, Rows
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -88,7 +89,7 @@ class GaussianTask:
 
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
-        x = _normals(rngs, (n_real + self.n_test, self.dim)) * np.sqrt(self.sigma2)
+        x = normals(rngs, (n_real + self.n_test, self.dim)) * np.sqrt(self.sigma2)
         test = self.statistics({"x": x[:, n_real:]})
         return RealData(
             train={"x": x[:, :n_real]},
@@ -119,7 +120,7 @@ class GaussianTask:
     def fit_statistics(self, stats: GaussianStats) -> GaussianFit:
         cov = stats.scatter / stats.count
         if stats.factor is None:
-            chol, ok = _cholesky(cov)
+            chol, ok = cholesky(cov)
         else:  # structurally rank-deficient: singular for certain
             chol, ok = np.zeros_like(cov), np.zeros(cov.shape[0], dtype=bool)
         return GaussianFit(stats.mean, cov, stats.count, chol, ok, stats.factor)
@@ -129,12 +130,12 @@ class GaussianTask:
 
     # -- sampling ---------------------------------------------------------------
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
-        return {"x": _normals(rngs, (n, self.dim)) * np.sqrt(self.sigma2)}
+        return {"x": normals(rngs, (n, self.dim)) * np.sqrt(self.sigma2)}
 
     def sample(self, model: GaussianFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
         out = np.empty((len(model.ok), n, self.dim))
         for chains, root in self._roots(model):
-            z = _normals([rngs[i] for i in chains], (n, root.shape[2]))
+            z = normals([rngs[i] for i in chains], (n, root.shape[2]))
             out[chains] = model.mean[chains, None, :] + np.matmul(z, root.transpose(0, 2, 1))
         return {"x": out}
 
@@ -152,7 +153,7 @@ class GaussianTask:
         for chains, root in self._roots(model):
             chain_rngs = [rngs[i] for i in chains]
             r = root.shape[2]
-            z = _normals(chain_rngs, (r,))
+            z = normals(chain_rngs, (r,))
             mean[chains] = model.mean[chains] + np.einsum("cdr,cr->cd", root, z) / np.sqrt(n)
             # rows - their mean = (g - g_bar) root^T with g ~ N(0, I_r): the centred
             # scatter is root W root^T, W = Z^T Z, Z ~ (n-1) x r standard normal, and
@@ -193,7 +194,7 @@ class GaussianTask:
             #   = 0.5 [d log 2pi + logdet + tr(Sigma^-1 C) + (m - mu)^T Sigma^-1 (m - mu)]
             # with m, C the test rows' mean and MLE covariance: exact, O(d^3).
             diff = test.mean[good] - model.mean[good]
-            precision = _inverse_from_cholesky(model.chol[good])
+            precision = _inverse_fromcholesky(model.chol[good])
             trace_term = np.einsum("cij,cij->c", precision, test.cov[good])
             quad = np.einsum("ci,cij,cj->c", diff, precision, diff)
             nll[good] = 0.5 * (d * LOG_2PI + logdet[good] + trace_term + quad)
@@ -207,31 +208,7 @@ class GaussianTask:
         }
 
 
-def _normals(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normals, one independent block per chain from that chain's generator."""
-    out = np.empty((len(rngs), *shape))
-    for i, rng in enumerate(rngs):
-        rng.standard_normal(out=out[i])
-    return out
-
-
-def _cholesky(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched lower Cholesky factors and a per-chain success mask."""
-    try:
-        return np.linalg.cholesky(cov), np.ones(cov.shape[0], dtype=bool)
-    except np.linalg.LinAlgError:  # some chain collapsed: find which, one by one
-        chol = np.zeros_like(cov)
-        ok = np.zeros(cov.shape[0], dtype=bool)
-        for i, c in enumerate(cov):
-            try:
-                chol[i] = np.linalg.cholesky(c)
-                ok[i] = True
-            except np.linalg.LinAlgError:
-                pass
-        return chol, ok
-
-
-def _inverse_from_cholesky(chol: np.ndarray) -> np.ndarray:
+def _inverse_fromcholesky(chol: np.ndarray) -> np.ndarray:
     """Sigma^-1 = L^-T L^-1 for a batch of lower-triangular L."""
     inv_l = np.linalg.inv(chol)
     return np.matmul(inv_l.transpose(0, 2, 1), inv_l)

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..validation import check_finite_positive, check_min, fail
-from .gaussian import _cholesky, _normals
+from .batched import cholesky, normals
 from .protocol import Metrics, RealData, Rows
 
 
@@ -90,11 +90,11 @@ class LinearRegressionTask:
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         d = self.dim
-        w_true = _normals(rngs, (d,))
-        x = _normals(rngs, (n_real, d))
-        x_test = _normals(rngs, (self.n_test, d))
+        w_true = normals(rngs, (d,))
+        x = normals(rngs, (n_real, d))
+        x_test = normals(rngs, (self.n_test, d))
         gram = np.matmul(x.transpose(0, 2, 1), x)
-        chol, ok = _cholesky(gram) if n_real >= d else (np.zeros_like(gram), np.zeros(len(rngs), dtype=bool))
+        chol, ok = cholesky(gram) if n_real >= d else (np.zeros_like(gram), np.zeros(len(rngs), dtype=bool))
         design = Design(x, w_true, gram, chol, ok)
         test = RegressionTestSet(np.matmul(x_test.transpose(0, 2, 1), x_test) / self.n_test, w_true)
         return RealData(train=self.sample_real(n_real, rngs, design), test=test, context=design)
@@ -128,7 +128,7 @@ class LinearRegressionTask:
     def _labels(self, design: Design, w: np.ndarray, n: int, rngs) -> Rows:
         if n != design.x.shape[1]:
             raise ValueError(f"labels are drawn on the {design.x.shape[1]}-row design; asked for {n}")
-        noise = _normals(rngs, (n,)) * np.sqrt(self.sigma2)
+        noise = normals(rngs, (n,)) * np.sqrt(self.sigma2)
         rows = np.broadcast_to(np.arange(n), (len(rngs), n))
         return {"row": rows, "y": np.einsum("cnd,cd->cn", design.x, w) + noise}
 
@@ -137,7 +137,7 @@ class LinearRegressionTask:
     ) -> RegressionStats:
         if not context.gram_ok.all():  # n < d: draw the rows
             return self.statistics(self.sample(model, n, rngs, context), context)
-        z = _normals(rngs, (self.dim,))
+        z = normals(rngs, (self.dim,))
         noise = np.einsum("cij,cj->ci", context.gram_chol, z) * np.sqrt(self.sigma2)  # ~ X^T eps
         return RegressionStats(n, context.gram, np.einsum("cij,cj->ci", context.gram, model.w) + noise)
 
