@@ -126,30 +126,20 @@ def run_chain(
             model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)), real.context)
         state.records.append((t, task.evaluate(model, real.test)))
         if t < chain.n_iterations:  # the last fit's samples would train nothing
-            if by_statistics and not chain.persist_pool:
-                new = task.sample_statistics(model, chain.n_synthetic, state.rngs, real.context)
-            else:
-                rows = task.sample(model, chain.n_synthetic, state.rngs, real.context)
-                pool.add(rows, iteration=t, source="synthetic")
-                new = task.statistics(rows, real.context) if by_statistics else None
-            if workflow.n_fresh_real:  # new real data arrive alongside the synthetic rows
-                fresh = task.sample_real(workflow.n_fresh_real, state.rngs, real.context)
-                pool.add(fresh, iteration=t, source="real")
-                if by_statistics:
-                    new = task.merge(new, task.statistics(fresh, real.context))
-            if chain.persist_pool:
-                pool.write_shards(pool_dir)
+            new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, state.rngs, real, by_statistics)
             if by_statistics:
                 state.stats = new if workflow.update == "replace" else task.merge(state.stats, new)
+            if chain.persist_pool:
+                pool.write_shards(pool_dir)
         state.iteration = t
         seconds.append(time.perf_counter() - start)
 
         if chain.checkpoints_at(t):
             if sink is not None:
-                new = [(i, m) for i, m in state.records if i > logged]
-                if new:
-                    sink.log_iterations(seeds, new)
-                    logged = new[-1][0]
+                unlogged = [(i, m) for i, m in state.records if i > logged]
+                if unlogged:
+                    sink.log_iterations(seeds, unlogged)
+                    logged = unlogged[-1][0]
             if ckpt is not None:
                 if t < chain.n_iterations:  # a finished chain resumes nothing from its pool
                     pool.write_shards(pool_dir)
@@ -158,6 +148,24 @@ def run_chain(
             progress(t, chain.n_iterations)
 
     return ChainResult(chain_table(seeds, state.records), seconds, resumed_from)
+
+
+def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by_statistics):
+    """Sample iteration t's synthetic rows (and fresh real rows, if the workflow takes
+    them) into the pool; on the statistics path return their statistics instead, drawn
+    directly unless the pool must be persisted."""
+    if by_statistics and not chain.persist_pool:
+        new = task.sample_statistics(model, chain.n_synthetic, rngs, real.context)
+    else:
+        rows = task.sample(model, chain.n_synthetic, rngs, real.context)
+        pool.add(rows, iteration=t, source="synthetic")
+        new = task.statistics(rows, real.context) if by_statistics else None
+    if workflow.n_fresh_real:  # new real data arrive alongside the synthetic rows
+        fresh = task.sample_real(workflow.n_fresh_real, rngs, real.context)
+        pool.add(fresh, iteration=t, source="real")
+        if by_statistics:
+            new = task.merge(new, task.statistics(fresh, real.context))
+    return new
 
 
 def chain_table(seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> pd.DataFrame:

@@ -109,3 +109,32 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(tmp_path):
     assert len(table) == 9 * 40 * 40 and not table.duplicated(["run_key", "seed", "iteration"]).any()
     print(f"\nfaults injected: 1 driver kill; trials with checkpoints before the kill: {len(finished_before)}; "
           f"chains completed: {table.groupby(['run_key', 'seed']).ngroups}; metrics lost: 0; duplicated: 0")
+
+
+QUICK = sorted(p.stem for p in (ROOT / "sweeps").glob("*_quick.yaml"))
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, local_ray, capsys):
+    """Each spec's quick variant, as written, through Ray Tune, MLflow, the results table
+    and the figure command."""
+    import importlib.util
+
+    from collapse_ray.spec import load_spec
+
+    spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
+    out = tmp_path / "results"
+    assert cli.main(["run", str(ROOT / "sweeps" / f"{name}.yaml"), "--out", str(out)]) == 0
+    table_path = tmp_path / f"{name}.csv"
+    assert cli.main(["results", name, "--out", str(table_path), "--results-dir", str(out)]) == 0
+    table = pd.read_csv(table_path)
+    expected = sum(len(spec.seeds) * p.chain.n_iterations for p in spec.points)
+    assert len(table) == expected and not table.duplicated(["run_key", "seed", "iteration"]).any()
+    assert table.test_loss.notna().all()
+
+    module_spec = importlib.util.spec_from_file_location("figures", ROOT / "analysis" / "figures.py")
+    figures = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(figures)
+    assert figures.main([str(table_path), "--out", str(tmp_path / "figs")]) in (0, None)
+    pngs = list((tmp_path / "figs").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 20_000 for p in pngs)
