@@ -310,7 +310,7 @@ def plot_overview(summary: pd.DataFrame) -> Figure:
                     one = one.sort_values("iteration")
                     scale = d * sigma2 if metric == "mean_sq_error" else 1.0
                     ax.plot(one["iteration"], one["mean"] / scale, color=colours[d], ls=ls, lw=1.6)
-    for ax, (metric, ylabel) in zip(axes, panels):
+    for ax, (_, ylabel) in zip(axes, panels):
         ax.set_yscale("log")
         ax.set_xlabel("model-fitting iteration t")
         ax.set_ylabel(ylabel)

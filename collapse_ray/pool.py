@@ -89,7 +89,7 @@ class ArrayPool:
 
     def _drop_before(self, iteration: int) -> None:
         keep = int(np.searchsorted(self._iteration[: self._n], iteration))
-        for name, col in self._columns.items():
+        for col in self._columns.values():
             col[:, : self._n - keep] = col[:, keep : self._n].copy()
         self._iteration[: self._n - keep] = self._iteration[keep : self._n].copy()
         self._source[: self._n - keep] = self._source[keep : self._n].copy()

@@ -165,7 +165,8 @@ class MlflowChainSink:
                 if len(seeds) > 1:
                     metrics.append(Metric(f"{name}_se", se, now, iteration))
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            _retry(lambda: self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH]))
+            batch = metrics[i : i + MAX_METRICS_PER_BATCH]
+            _retry(lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch))
 
 
 def finish_chain_run(client, run_id: str, job: ChainJob, table: pd.DataFrame) -> None:
