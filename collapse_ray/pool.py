@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .workflows import PoolIndex, Selection
@@ -156,23 +157,25 @@ class ArrayPool:
         """
         root = Path(root)
         pool = cls(chain_ids, keep_history=keep_history, capacity=capacity)
-        iterations = sorted(
-            int(p.name.split("=", 1)[1]) for p in root.glob("iteration=*") if p.is_dir()
-        )
-        iterations = [i for i in iterations if i <= up_to_iteration]
+        iterations = [i for i in iterations_on_disk(root) if i <= up_to_iteration]
         if not keep_history:
             iterations = iterations[-1:]
         for it in iterations:
+            blocks = []
             for source in SOURCES:
                 path = root / f"iteration={it}" / f"source={source}" / "part-0.parquet"
                 if path.exists():
-                    pool.add(_read_block(path, pool.chain_ids), it, source)
-                    pool._written.add((it, source))
+                    table = pq.read_table(path)
+                    blocks.append((int(pc.min(table["row"]).as_py()), source, table, path))
+            # an iteration can hold a synthetic and a fresh-real block: re-add them in the
+            # order they were added (their row offsets), so positional selections replay
+            for _, source, table, path in sorted(blocks, key=lambda b: b[0]):
+                pool.add(_block_rows(table, path, pool.chain_ids), it, source)
+                pool._written.add((it, source))
         return pool
 
 
-def _read_block(path: Path, chain_ids: np.ndarray) -> dict[str, np.ndarray]:
-    table = pq.read_table(path)
+def _block_rows(table: pa.Table, path: Path, chain_ids: np.ndarray) -> dict[str, np.ndarray]:
     shapes = json.loads(table.schema.metadata[b"collapse_ray.shapes"])
     order = np.lexsort((table["row"].to_numpy(), table["chain"].to_numpy()))
     chains_in_file = np.unique(table["chain"].to_numpy())
@@ -224,8 +227,8 @@ def _grow(arr: np.ndarray, needed: int) -> np.ndarray:
     return grown
 
 
-def iterations_on_disk(root: str | Path) -> Iterable[int]:
-    return sorted(int(p.name.split("=", 1)[1]) for p in Path(root).glob("iteration=*"))
+def iterations_on_disk(root: str | Path) -> list[int]:
+    return sorted(int(p.name.split("=", 1)[1]) for p in Path(root).glob("iteration=*") if p.is_dir())
 
 
 def as_ray_dataset(root: str | Path):
