@@ -108,10 +108,10 @@ def _run(args) -> int:
 
 
 def _results(args) -> int:
-    from .tracking import resolve_tracking_uri, results_table, write_table
+    from .tracking import resolve_tracking_uri, results_table, sqlite_path, write_table
 
     uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
         raise SpecError(f"no MLflow store at {uri}; pass --tracking-uri or --results-dir")
     table = results_table(uri, args.experiment, sweep_run_id=args.sweep_run_id, all_sweeps=args.all_sweeps)
     out = write_table(table, args.out)

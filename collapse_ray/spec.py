@@ -196,7 +196,6 @@ class SweepSpec:
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
     cases: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
     run: ExecutionConfig
-    raw: Mapping[str, Any]  # the spec after overrides, as the user wrote it
     points: tuple[GridPoint, ...]
 
     def jobs(self) -> list[ChainJob]:
@@ -340,7 +339,7 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         raise SpecError("grid: two cells give the same run; remove duplicate values")
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
-    return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, raw, tuple(points))
+    return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points))
 
 
 def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...]) -> GridPoint:

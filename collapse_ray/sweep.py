@@ -99,10 +99,11 @@ def run_sweep(
 
     started = time.perf_counter()
     out_root = Path(out_root).resolve()
+    resolved = json.loads(json.dumps(spec.resolved_dict()))  # as it reads back from sweep.json
     if resume:
         sweep_dir = Path(resume).resolve() if not isinstance(resume, bool) else find_resumable(out_root, spec.name)
         saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
-        if saved["spec"] != json.loads(json.dumps(spec.resolved_dict())):
+        if saved["spec"] != resolved:
             raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with")
         tracking_uri = saved["tracking_uri"]
     else:
@@ -118,9 +119,9 @@ def run_sweep(
         client.update_run(sweep_run_id, status="RUNNING")
     else:
         sweep_dir.mkdir(parents=True)
-        sweep_run_id = start_sweep_run(client, experiment_id, sweep_dir.name, sweep_dir, spec.resolved_dict())
+        sweep_run_id = start_sweep_run(client, experiment_id, sweep_dir.name, sweep_dir, resolved)
     state = {
-        "spec": spec.resolved_dict(),
+        "spec": resolved,
         "tracking_uri": tracking_uri,
         "experiment": spec.name,
         "sweep_run_id": sweep_run_id,

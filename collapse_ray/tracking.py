@@ -23,13 +23,20 @@ import pandas as pd
 
 from .spec import ChainJob
 from .tasks import Metrics
-from .validation import SpecError
+from .validation import SpecError, as_flat_dict
 
 JOB_KEY_TAG = "collapse_ray.job_key"
 SWEEP_TAG = "collapse_ray.sweep_dir"
 PARENT_TAG = "mlflow.parentRunId"
 CHAIN_TABLE = "chains.parquet"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+SQLITE = "sqlite:///"
+EXECUTION_ONLY = ("checkpoint_every", "persist_pool")  # chain fields that do not change results
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
 def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
@@ -40,9 +47,10 @@ def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return f"sqlite:///{(Path(out_root) / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"{SQLITE}{(Path(out_root) / 'mlflow.db').resolve()}"
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        return f"{SQLITE}{path.resolve()}"
     if uri.startswith(("http://", "https://", "sqlite:////", "postgresql", "mysql", "databricks")):
         return uri
     raise SpecError(
@@ -59,8 +67,9 @@ def client_for(uri: str):
 
 def check_reachable(uri: str) -> None:
     """Fail before any work starts when the tracking store cannot be used."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         return
     if uri.startswith(("http://", "https://")):
         import urllib.request
@@ -104,19 +113,8 @@ def job_params(job: ChainJob) -> dict[str, Any]:
     point = job.point
     chain = point.chain
     cols: dict[str, Any] = {"run_key": point.key, "task": point.task.name}
-    from .validation import as_flat_dict
-
     cols.update(as_flat_dict(point.task))
-    cols.update(
-        workflow=chain.workflow,
-        n_real=chain.n_real,
-        n_synthetic=chain.n_synthetic,
-        n_train=chain.n_train,
-        synthetic_ratio=chain.synthetic_ratio,
-        real_fraction=chain.real_fraction,
-        n_fresh_real=chain.n_fresh_real,
-        n_iterations=chain.n_iterations,
-    )
+    cols.update((k, v) for k, v in as_flat_dict(chain).items() if k not in EXECUTION_ONLY)
     return cols
 
 

@@ -89,7 +89,7 @@ class GaussianTask:
 
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
-        x = normals(rngs, (n_real + self.n_test, self.dim)) * np.sqrt(self.sigma2)
+        x = self.sample_real(n_real + self.n_test, rngs)["x"]
         test = self.statistics({"x": x[:, n_real:]})
         return RealData(
             train={"x": x[:, :n_real]},
