@@ -19,7 +19,10 @@ into --out, each path printed:
 * any of gaussian, kde, linear_regression: Fig. 4, `fig4_workflows.png`, the three
   workflows side by side, a row per task;
 * any workflow beyond those three: `mixing_policies_{task}.png` per task, a line per
-  workflow.
+  workflow;
+* pretraining and sft: `pretraining_workflows.png`, `fig3_sft.png`, and for value-grid
+  sweeps Fig. 5, `fig5_value_grid.png` and `fig5_value_heatmap.png`
+  (analysis/lm_figures.py).
 
 Means are over seeds, of finite values only, with +-1 standard-error bands; settings are
 never averaged together (see analysis/toy_figures.py). Bad input (a missing file, a
@@ -46,6 +49,7 @@ def _sibling(name: str):
 
 
 toy = _sibling("toy_figures")
+lm = _sibling("lm_figures")
 fig1 = toy.fig1
 EXIT_BAD_INPUT = 2
 
@@ -92,9 +96,9 @@ def load_tables(paths: list[str | Path]) -> pd.DataFrame:
         raise InputError(
             f"chain {first['run_key']} seed {first['seed']} iteration {first['iteration']} appears more than once "
             f"({where}); keep one sweep per experiment (collapse-ray results without --all-sweeps)")
-    known = sorted(set(table["task"]) & set(toy.TASKS))
+    known = sorted(set(table["task"]) & set(toy.TASKS + lm.LM_TASKS))
     if not known:
-        raise InputError(f"no rows of a known task ({', '.join(toy.TASKS)}); got tasks "
+        raise InputError(f"no rows of a known task ({', '.join(toy.TASKS + lm.LM_TASKS)}); got tasks "
                          f"{sorted(map(str, set(table['task'])))}")
     return table
 
@@ -138,6 +142,8 @@ def draw_all(table: pd.DataFrame, out: Path) -> list[Path]:
     for task, summary in summaries.items():
         if toy.has_mixing(summary):
             written.append(toy.save(toy.plot_mixing(task, summary), out / f"mixing_policies_{task}.png"))
+
+    written += lm.write_figures(table, out)
     return written
 
 

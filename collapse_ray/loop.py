@@ -100,6 +100,10 @@ def run_chain(
     if chain.persist_pool and pool_dir is None:
         raise ValueError("chain.persist_pool needs a checkpoint_dir to write the pool into")
 
+    if ckpt is not None and hasattr(task, "with_workdir"):
+        # tasks that keep files (tokenizers, fitted models) keep them with the checkpoint
+        task = task.with_workdir(ckpt / "task")
+
     generators = [chain_generators(s) for s in seeds]
     real = task.real_data(chain.n_real, [g[0] for g in generators])
 

@@ -55,6 +55,8 @@ class ArrayPool:
     def take(self, selection: Selection) -> dict[str, np.ndarray]:
         if isinstance(selection, slice):
             return {k: v[:, : self._n][:, selection] for k, v in self._columns.items()}
+        if selection.ndim == 1:  # the same rows for every chain
+            return {k: v[:, selection] for k, v in self._columns.items()}
         chains = np.arange(selection.shape[0])[:, None]
         return {k: v[chains, selection] for k, v in self._columns.items()}
 

@@ -67,7 +67,8 @@ class ChainConfig:
     """Write every iteration's rows to Parquet (else only what a resume needs)."""
 
     def validate(self, where: str) -> None:
-        check_min(self.n_real, 1, f"{where}.n_real")
+        if self.n_real != 0:  # 0 is for tasks that fit an empty training set, see _grid_point
+            check_min(self.n_real, 1, f"{where}.n_real")
         check_min(self.n_iterations, 1, f"{where}.n_iterations")
         check_min(self.checkpoint_every, 0, f"{where}.checkpoint_every")
         for name in ("n_synthetic", "n_train"):
@@ -337,6 +338,10 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise SpecError("grid: two cells give the same run; remove duplicate values")
+    for point in points:  # task-specific rules for the run block (e.g. Ray Train trials)
+        check_run = getattr(point.task, "check_run", None)
+        if check_run is not None:
+            check_run(run, "run")
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
     return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points))
@@ -348,6 +353,8 @@ def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...
         _set_dotted(cell, key, value, "grid")
     task = build_task(cell["task"], "task")
     chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()
+    if chain.n_real == 0 and not getattr(task, "fits_empty_training_set", False):
+        fail("chain.n_real", f"an integer >= 1 for task {task.name}", chain.n_real)
     check_chain = getattr(task, "check_chain", None)  # task-specific size rules
     if check_chain is not None:
         check_chain(chain, "chain")

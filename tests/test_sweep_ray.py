@@ -138,3 +138,20 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, lo
     assert figures.main([str(table_path), "--out", str(tmp_path / "figs")]) in (0, None)
     pngs = list((tmp_path / "figs").glob("*.png"))
     assert pngs and all(p.stat().st_size > 20_000 for p in pngs)
+    if name in LM_CHAINS:
+        _replace_is_worse_than_accumulate(table, name)
+    if name == "fig5_value_grid_quick":
+        assert {p.name for p in pngs} >= {"fig5_value_grid.png", "fig5_value_heatmap.png"}
+
+
+LM_CHAINS = ("pretraining_quick", "sft_quick")  # fits on 2 Ray Train workers with DeepSpeed
+
+
+def _replace_is_worse_than_accumulate(table: pd.DataFrame, name: str) -> None:
+    """Held-out real loss: equal at iteration 1 (same data, seed and config), then
+    replace clearly above accumulate by the last iteration."""
+    loss = table.pivot_table(index="iteration", columns="workflow", values="test_loss")
+    print(f"\n{name} test_loss by iteration:\n{loss.round(3).to_string()}")
+    assert loss.loc[1, "replace"] == pytest.approx(loss.loc[1, "accumulate"], abs=0.05)
+    last = loss.index.max()
+    assert loss.loc[last, "replace"] > loss.loc[last, "accumulate"] + 0.2

@@ -14,7 +14,10 @@ from collapse_ray.spec import build_task
 from collapse_ray.tasks import TASKS, Task
 from collapse_ray.validation import SpecError
 
-SMALL = {"gaussian": {"dim": 3, "n_test": 50}}
+# language models: in-process fits and samples, short examples, one quick epoch
+SMALL_LM = {"backend": "local", "sampler": "local", "max_length": 48, "n_test": 20, "vocab_size": 300,
+            "sampling_batch_size": 100}
+SMALL = {"gaussian": {"dim": 3, "n_test": 50}, "pretraining": SMALL_LM, "sft": SMALL_LM}
 
 
 def make(name: str) -> Task:
@@ -35,7 +38,16 @@ def test_registered_under_its_own_name(task):
     assert dataclasses.is_dataclass(task) and task.__dataclass_params__.frozen
 
 
+def seeds_for(task, seeds):
+    """Unbatched tasks (language models) run one chain per call."""
+    return seeds if task.batched else seeds[:1]
+
+
 def test_real_data_is_deterministic_per_seed(task):
+    if not task.batched:  # a fixed data set (a corpus), the same for every chain
+        a, b = task.real_data(20, rngs([0])), task.real_data(20, rngs([0]))
+        assert all(a.train[c].shape[:2] == (1, 20) and np.array_equal(a.train[c], b.train[c]) for c in a.train)
+        return
     a = task.real_data(20, rngs([0, 1]))
     b = task.real_data(20, rngs([0, 1]))
     c = task.real_data(20, rngs([2, 1]))
@@ -48,17 +60,18 @@ def test_real_data_is_deterministic_per_seed(task):
 
 def test_fit_sample_evaluate_shapes_and_finite_first_loss(task):
     n = 200  # enough real rows that iteration 1's fit is well posed for every task
-    real = task.real_data(n, rngs([0, 1, 2]))
+    seeds = seeds_for(task, [0, 1, 2])
+    real = task.real_data(n, rngs(seeds))
     model = task.fit(real.train, real.context)
     metrics = task.evaluate(model, real.test)
     assert "test_loss" in metrics
-    assert all(np.asarray(v).shape == (3,) for v in metrics.values())
+    assert all(np.asarray(v).shape == (len(seeds),) for v in metrics.values())
     assert np.isfinite(metrics["test_loss"]).all()
-    for rows in (task.sample(model, n, rngs([0, 1, 2], stream=1), real.context),
-                 task.sample_real(n, rngs([0, 1, 2], stream=1), real.context)):
+    for rows in (task.sample(model, n, rngs(seeds, stream=1), real.context),
+                 task.sample_real(n, rngs(seeds, stream=1), real.context)):
         assert set(rows) == set(real.train)
         for col in rows:
-            assert rows[col].shape[:2] == (3, n) and rows[col].dtype == real.train[col].dtype
+            assert rows[col].shape[:2] == (len(seeds), n) and rows[col].dtype == real.train[col].dtype
             assert rows[col].shape[2:] == real.train[col].shape[2:]
     assert task.row_nbytes() > 0
 
@@ -84,7 +97,7 @@ def test_metric_names_do_not_collide_with_config_columns(task):
     from collapse_ray.spec import ChainConfig, ChainJob, GridPoint
     from collapse_ray.tracking import job_params
 
-    real = task.real_data(200, rngs([0]))
+    real = task.real_data(50, rngs([0]))
     metrics = task.evaluate(task.fit(real.train, real.context), real.test)
     chain = ChainConfig().resolved()
     columns = job_params(ChainJob("k", GridPoint("k", (), task, chain), (0,)))
@@ -97,6 +110,6 @@ def test_bad_parameters_are_refused_naming_the_field(task):
     assert numeric, "every task has numeric parameters to check"
     for name in numeric:
         with pytest.raises(SpecError, match=rf"task\.{name} must be"):
-            build_task({"name": task.name, name: -1}, "task")
+            build_task({"name": task.name, **SMALL.get(task.name, {}), name: -1}, "task")
     with pytest.raises(SpecError, match="unknown key"):
         build_task({"name": task.name, "no_such_field": 1}, "task")

@@ -9,16 +9,20 @@ from .discrete import DiscreteTask
 from .gaussian import GaussianTask
 from .kde import KDETask
 from .linear_regression import LinearRegressionTask
+from .pretraining import PretrainingTask
 from .protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
+from .sft import SFTTask
 
 TASKS: dict[str, type] = {
     "gaussian": GaussianTask,
     "linear_regression": LinearRegressionTask,
     "discrete": DiscreteTask,
     "kde": KDETask,
+    "pretraining": PretrainingTask,
+    "sft": SFTTask,
 }
 
 __all__ = [
     "TASKS", "AdditiveStatisticsTask", "DiscreteTask", "GaussianTask", "KDETask", "LinearRegressionTask",
-    "Metrics", "RealData", "Rows", "Task",
+    "Metrics", "PretrainingTask", "RealData", "Rows", "SFTTask", "Task",
 ]

@@ -1,0 +1,69 @@
+"""Causal language-model pretraining ("pretraining"), as (B)'s TinyStories runs.
+
+Each iteration trains a model *from scratch* (a preset: GPT-2 or Llama-2 shapes) on
+the iteration's stories; the synthetic stories of an iteration are as many unconditional
+samples (temperature 1 by default, optional top-p) as the workflow asks for, n_real by
+default. `test_loss` is the mean token cross-entropy on held-out real stories (nats;
+ln(vocab) is a uniform guess), also logged as `perplexity`.
+
+Rows are a `text` column; one chain per trial. Quick run (2 CPU cores, ~3 min):
+    collapse-ray run sweeps/pretraining_quick.yaml
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..text import corpora
+from ..text.models import is_preset, load_tokenizer
+from ..text.settings import (
+    LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, fit_texts,
+    prepare_tokenizer, sample_texts,
+)
+from ..validation import fail
+from .protocol import Metrics, RealData, Rows
+
+
+@dataclass(frozen=True)
+class PretrainingTask(LanguageModelSettings):
+    """Stories in, a causal LM trained from scratch out (fields: LanguageModelSettings)."""
+
+    name: ClassVar[str] = "pretraining"
+    batched: ClassVar[bool] = False
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if not is_preset(self.model):
+            fail(f"{where}.model", "a preset (tiny, gpt2_9m, llama2_12m, llama2_42m, llama2_126m): "
+                 "pretraining starts from scratch", self.model)
+
+    def check_chain(self, chain, where: str) -> None:
+        if chain.n_fresh_real and self.source != corpora.PROCEDURAL:
+            fail(f"{where}.n_fresh_real", "0 unless task.source is 'procedural'", chain.n_fresh_real)
+
+    def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
+        texts = corpora.load_rows(self.source, "stories", "train", n_real, ("text",), self.corpus_seed)["text"]
+        test = corpora.load_rows(self.source, "stories", "validation", self.n_test, ("text",), self.corpus_seed)["text"]
+        tokenizer_dir = prepare_tokenizer(self, texts)
+        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), str(self.workdir))
+        test_examples = encode(load_tokenizer(tokenizer_dir), test, self.max_length, drop_long=False)
+        return RealData(train=as_rows(texts), test=test_examples, context=context)
+
+    def fit(self, train: Rows, context: Any = None):
+        return fit_texts(self, train["text"][0], context)
+
+    def sample(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
+        return as_rows(sample_texts(self, model, n, chain_seed(rngs[0])))
+
+    def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
+        return as_rows([corpora.procedural_story(rngs[0]) for _ in range(n)])
+
+    def evaluate(self, model, test) -> Metrics:
+        return evaluate_texts(model, test)
+
+    def row_nbytes(self) -> int:
+        return 4 * self.max_length  # about a byte per character, ~4 characters per token

@@ -1,0 +1,237 @@
+"""Where a language model is fitted and sampled: in-process, or on Ray.
+
+- `fit_ray_train`: Ray Train's TorchTrainer runs `training.train_worker` on
+  `num_workers` workers (gloo on CPU, NCCL on GPU); the training set travels as a Ray
+  Dataset and each worker streams its equal shard.
+- `sample_ray_data`: Ray Data batch inference, one task per chunk of samples, each
+  generating with the KV cache on an actor that loaded the fitted model once.
+- `fit_local` / `sample_local`: the same code in this process (debugging, benchmarks).
+Results do not depend on the sampler's concurrency: each chunk has its own seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .training import FIGURES_FILE, FitSettings, train_worker
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where fits and samples run (the task's backend fields)."""
+
+    backend: str  # ray_train | local
+    num_workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    sampler: str  # ray_data | local
+    sampling_concurrency: int
+
+
+# -- fitting ---------------------------------------------------------------------------
+def fit(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement) -> dict[str, float]:
+    start = time.perf_counter()
+    if placement.backend == "local":
+        figures = fit_local(settings, examples)
+    else:
+        figures = fit_ray_train(settings, examples, placement)
+    figures["fit_seconds"] = time.perf_counter() - start
+    return figures
+
+
+def fit_local(settings: FitSettings, examples: Sequence[np.ndarray]) -> dict[str, float]:
+    """One process. DeepSpeed still wants a process group: a single-member one, kept
+    for the life of the process (DeepSpeed caches groups derived from it)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if settings.engine == "deepspeed" and not torch.distributed.is_initialized():
+        _init_single_process_group(device)
+    rng = np.random.default_rng(settings.seed)
+
+    def epoch_batches(epoch: int):
+        order = rng.permutation(len(examples))
+        for i in range(0, len(order) - settings.micro_batch_size + 1, settings.micro_batch_size):
+            yield [examples[j] for j in order[i : i + settings.micro_batch_size]]
+
+    return train_worker(settings, len(examples), epoch_batches, rank=0, world_size=1, device=device)
+
+
+def _init_single_process_group(device: str) -> None:
+    import torch.distributed as dist
+
+    with socket.socket() as s:  # a free local port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # what a launcher would set; DeepSpeed checks for them
+    os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group(
+        "nccl" if device == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
+
+
+def _ray_train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    settings: FitSettings = config["settings"]
+    ctx = ray.train.get_context()
+    shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int):
+        for batch in shard.iter_batches(
+            batch_size=settings.micro_batch_size, batch_format="numpy", drop_last=True,
+            local_shuffle_buffer_size=settings.micro_batch_size * 8, local_shuffle_seed=settings.seed + epoch,
+        ):
+            yield list(batch["input_ids"])  # list columns arrive as an object array of arrays
+
+    device = str(ray.train.torch.get_device())
+    figures = train_worker(settings, config["n_examples"], epoch_batches, ctx.get_world_rank(), ctx.get_world_size(), device)
+    ray.train.report(figures)  # for Ray Train's own logs
+
+
+def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement) -> dict[str, float]:
+    import pyarrow as pa
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    table = pa.table({"input_ids": pa.array([np.asarray(x, dtype=np.int32) for x in examples], type=pa.list_(pa.int32()))})
+    quiet_ray_data()
+    # materialised here, before the workers hold the CPUs: Ray Data tasks that started
+    # later would wait for a CPU forever (the workers hold them until the fit ends)
+    dataset = ray.data.from_arrow(table).repartition(2 * placement.num_workers).materialize()
+    out = Path(settings.output_dir)
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={"settings": settings, "n_examples": len(examples)},
+        scaling_config=ScalingConfig(
+            num_workers=placement.num_workers,
+            use_gpu=placement.use_gpu,
+            resources_per_worker={"CPU": placement.cpus_per_worker, **({"GPU": 1} if placement.use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+        datasets={"train": dataset},
+        run_config=RunConfig(name=f"fit-{out.name}", storage_path=str(out.parent / "ray_train")),
+    )
+    trainer.fit()
+    # rank 0 leaves its figures beside the model (a report without a checkpoint does
+    # not reach Result.metrics in Ray Train V2)
+    return json.loads((out / FIGURES_FILE).read_text())
+
+
+def quiet_ray_data() -> None:
+    """No progress bars from Ray Data: the sweep prints its own progress."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+# -- sampling --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleSettings:
+    model_dir: str
+    tokenizer_dir: str
+    temperature: float
+    top_p: float | None
+    max_new_tokens: int
+    batch_size: int
+    use_cache: bool = True
+
+
+def generate(model, tokenizer, n: int, seed: int, s: SampleSettings, device: str = "cpu") -> list[str]:
+    """n unconditional samples (from the BOS token), in batches, with the KV cache."""
+    import torch
+
+    torch.manual_seed(seed)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    texts = []
+    for start in range(0, n, s.batch_size):
+        b = min(s.batch_size, n - start)
+        prompt = torch.full((b, 1), bos, dtype=torch.long, device=device)
+        with torch.no_grad():
+            out = model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=s.temperature,
+                top_p=s.top_p if s.top_p is not None else 1.0, top_k=0, max_new_tokens=s.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=s.use_cache,
+            )
+        texts.extend(tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True))
+    return [t.strip() for t in texts]
+
+
+def load_for_inference(model_dir: str, tokenizer_dir: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .models import load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    return model, load_tokenizer(tokenizer_dir), device
+
+
+def _chunks(n: int, seed: int, chunk: int) -> list[tuple[int, int, int]]:
+    """(index, count, seed) per chunk of at most `chunk` samples."""
+    seeds = np.random.SeedSequence(seed).generate_state(max(1, -(-n // chunk)))
+    return [(i, min(chunk, n - i * chunk), int(seeds[i])) for i in range(-(-n // chunk))]
+
+
+def sample_local(n: int, seed: int, s: SampleSettings) -> list[str]:
+    model, tokenizer, device = load_for_inference(s.model_dir, s.tokenizer_dir)
+    texts = []
+    for _, count, chunk_seed in _chunks(n, seed, s.batch_size):
+        texts.extend(generate(model, tokenizer, count, chunk_seed, s, device))
+    return texts
+
+
+class _Generator:
+    """A Ray Data actor: loads the fitted model once, then generates chunk after chunk."""
+
+    def __init__(self, settings: SampleSettings):
+        self.settings = settings
+        self.model, self.tokenizer, self.device = load_for_inference(settings.model_dir, settings.tokenizer_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        index, texts = [], []
+        for i, count, seed in zip(batch["chunk"], batch["count"], batch["seed"]):
+            made = generate(self.model, self.tokenizer, int(count), int(seed), self.settings, self.device)
+            texts.extend(made)
+            index.extend((int(i), j) for j in range(len(made)))
+        return {"chunk": np.array([i for i, _ in index]), "pos": np.array([j for _, j in index]),
+                "text": np.array(texts, dtype=object)}
+
+
+def sample_ray_data(n: int, seed: int, s: SampleSettings, placement: Placement) -> list[str]:
+    import pandas as pd
+    import ray.data
+
+    quiet_ray_data()
+    chunks = _chunks(n, seed, s.batch_size)
+    # one block per chunk, built on the driver: a repartition task would wait forever
+    # for a CPU that the generator actors hold
+    frames = [pd.DataFrame([c], columns=["chunk", "count", "seed"]) for c in chunks]
+    dataset = ray.data.from_pandas(frames)
+    gpu = {"num_gpus": 1} if placement.use_gpu else {"num_cpus": placement.cpus_per_worker}
+    made = dataset.map_batches(
+        _Generator, fn_constructor_kwargs={"settings": s}, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(placement.sampling_concurrency, len(chunks)))), **gpu,
+    ).to_pandas()
+    made = made.sort_values(["chunk", "pos"])  # actors finish out of order
+    return [str(t) for t in made["text"]]
+
+
+def sample(n: int, seed: int, s: SampleSettings, placement: Placement) -> list[str]:
+    if placement.sampler == "local" or n == 0:
+        return sample_local(n, seed, s)
+    return sample_ray_data(n, seed, s, placement)
+

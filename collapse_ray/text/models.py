@@ -1,0 +1,91 @@
+"""Causal language models and tokenizers: presets built from config, or saved ones.
+
+A model is named by a preset (built from scratch with transformers' GPT-2 or Llama
+configuration), a local folder written by `save_pretrained`, or a hub id
+(`google/gemma-2-2b`) on machines that can reach the hub; the last two go through the
+same `from_pretrained` call. (B)'s sizes with their 8000-token vocabulary:
+    gpt2_9m 8.9M, llama2_12m 12.6M, llama2_42m 41.8M, llama2_126m 125.6M parameters
+(tests check these counts). `tiny` fits a generation in about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+# preset -> (architecture, config keywords); the vocabulary comes from the tokenizer
+PRESETS: dict[str, tuple[str, dict]] = {
+    "tiny": ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 256}),
+    "gpt2_9m": ("gpt2", {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_positions": 2048}),
+    "llama2_12m": ("llama", {"hidden_size": 288, "intermediate_size": 768, "num_hidden_layers": 8,
+                             "num_attention_heads": 6, "max_position_embeddings": 512}),
+    "llama2_42m": ("llama", {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8,
+                             "num_attention_heads": 8, "max_position_embeddings": 1024}),
+    "llama2_126m": ("llama", {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                              "num_attention_heads": 12, "max_position_embeddings": 1024}),
+}
+PAPER_PARAMETERS_M = {"gpt2_9m": 8.9, "llama2_12m": 12.5, "llama2_42m": 41.8, "llama2_126m": 125.6}
+PAPER_VOCAB = 8000
+SPECIAL = "<|endoftext|>"  # BOS, EOS and padding of the locally trained tokenizers
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def model_config(preset: str, vocab_size: int, eos_id: int):
+    from transformers import GPT2Config, LlamaConfig
+
+    arch, kwargs = PRESETS[preset]
+    ids = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, **kwargs, **ids)
+    return LlamaConfig(vocab_size=vocab_size, num_key_value_heads=kwargs["num_attention_heads"],
+                       tie_word_embeddings=False, **kwargs, **ids)
+
+
+def context_length(model_name: str, config=None) -> int:
+    if is_preset(model_name):
+        kwargs = PRESETS[model_name][1]
+        return kwargs.get("n_positions") or kwargs["max_position_embeddings"]
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)
+
+
+def build_model(model_name: str, tokenizer, seed: int):
+    """A fresh preset (initialised from `seed`) or a saved/hub model's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if is_preset(model_name):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(model_config(model_name, len(tokenizer), tokenizer.eos_token_id))
+    return AutoModelForCausalLM.from_pretrained(model_name)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `texts` (the real training split)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[SPECIAL], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=SPECIAL, eos_token=SPECIAL, pad_token=SPECIAL)
+
+
+def load_tokenizer(name_or_path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def n_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

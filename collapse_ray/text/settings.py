@@ -1,0 +1,256 @@
+"""Settings shared by the language-model tasks, and the functions both tasks call.
+
+`LanguageModelSettings` holds only fields (model, fitting, sampling, placement); each
+task module adds its own fields and its own real data and sampler. Fields are flat so
+a grid can sweep any of them (`task.learning_rate: [...]`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..validation import check_finite_positive, check_min, fail, require
+from . import backends
+from .models import is_preset, load_tokenizer, train_tokenizer
+from .training import FitSettings, token_loss
+
+
+@dataclass(frozen=True)
+class LanguageModelSettings:
+    # -- data --
+    source: str = "procedural"
+    """Real data: 'procedural' (offline, generated from corpus_seed), a local
+    .parquet/.jsonl file or folder, or a Hugging Face dataset id."""
+    corpus_seed: int = 0
+    """Seed of the procedural corpus (the real data set is fixed across chain seeds)."""
+    n_test: int = 200
+    """Held-out real examples (validation split) that test_loss is measured on."""
+    max_length: int = 128
+    """Tokens per example, EOS included."""
+    # -- model --
+    model: str = "tiny"
+    """A preset (tiny, gpt2_9m, llama2_12m, llama2_42m, llama2_126m), a saved model
+    folder, or a hub model id."""
+    vocab_size: int = 1024
+    """Vocabulary of the tokenizer trained on the real split (presets only; saved and
+    hub models bring their tokenizer)."""
+    # -- fitting --
+    epochs: int = 1
+    learning_rate: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 16
+    grad_accum_steps: int = 1
+    engine: Literal["deepspeed", "torch"] = "deepspeed"
+    zero_stage: int = 1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs that support it, else fp32."""
+    # -- sampling --
+    temperature: float = 1.0
+    top_p: float | None = None
+    sampling_batch_size: int = 64
+    # -- placement --
+    backend: Literal["ray_train", "local"] = "ray_train"
+    """ray_train: a TorchTrainer per fit; local: this process (debugging, benchmarks)."""
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    sampler: Literal["ray_data", "local"] = "ray_data"
+    sampling_concurrency: int = 2
+
+    def validate(self, where: str) -> None:
+        require(isinstance(self.source, str) and self.source.strip() != "", f"{where}.source",
+                "'procedural', a local path or a dataset id", self.source)
+        require(isinstance(self.model, str) and self.model.strip() != "", f"{where}.model",
+                "a preset, a saved model folder or a hub id", self.model)
+        for name in ("n_test", "epochs", "micro_batch_size", "grad_accum_steps", "sampling_batch_size",
+                     "num_workers", "sampling_concurrency"):
+            check_min(getattr(self, name), 1, f"{where}.{name}")
+        check_min(self.max_length, 8, f"{where}.max_length")
+        check_min(self.vocab_size, 300, f"{where}.vocab_size")  # 256 bytes + merges + EOS
+        check_min(self.corpus_seed, 0, f"{where}.corpus_seed")
+        require(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "one of {0, 1, 2, 3}", self.zero_stage)
+        for name in ("learning_rate", "temperature", "cpus_per_worker"):
+            check_finite_positive(getattr(self, name), f"{where}.{name}")
+        require(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"{where}.weight_decay",
+                "a number in [0, inf)", self.weight_decay)
+        check_finite_positive(self.max_grad_norm, f"{where}.max_grad_norm")
+        if self.top_p is not None:
+            require(0 < self.top_p <= 1, f"{where}.top_p", "a number in (0, 1] or null", self.top_p)
+
+    def check_run(self, run, where: str) -> None:
+        """A trial that drives Ray Train workers or Ray Data actors must not hold the
+        CPUs they need (on a small machine the trial would wait for itself forever)."""
+        if (self.backend == "ray_train" or self.sampler == "ray_data") and run.cpus_per_trial > 0.1:
+            fail(f"{where}.cpus_per_trial", f"<= 0.1 for task {self.name} with backend ray_train or "
+                 "sampler ray_data (its Ray Train workers and Ray Data actors hold the CPUs)", run.cpus_per_trial)
+
+    # -- runtime ---------------------------------------------------------------------
+    def with_workdir(self, workdir: str | Path):
+        """A copy that keeps its files (tokenizer, fitted models) under `workdir`: the
+        chain's checkpoint folder, so a resumed chain finds them again."""
+        bound = copy.copy(self)
+        object.__setattr__(bound, "_workdir", Path(workdir))
+        return bound
+
+    @property
+    def workdir(self) -> Path:
+        path = getattr(self, "_workdir", None)
+        if path is None:  # a chain run without a checkpoint folder
+            path = Path(tempfile.mkdtemp(prefix="collapse_ray-"))
+            object.__setattr__(self, "_workdir", path)
+        return path
+
+    def placement(self) -> backends.Placement:
+        return backends.Placement(self.backend, self.num_workers, self.use_gpu, self.cpus_per_worker,
+                                  self.sampler, self.sampling_concurrency)
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        if self.use_gpu:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+                return "bf16"
+        return "fp32"
+
+    def config_digest(self) -> str:
+        """Identifies the fitting configuration (files keyed by it are safe to reuse)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- shared steps of the language-model tasks -------------------------------------------
+@dataclass(frozen=True)
+class TextContext:
+    """Per-chain facts: where the tokenizer is, the chain's seed, the workdir."""
+
+    tokenizer_dir: str
+    seed: int
+    workdir: str
+
+
+@dataclass(frozen=True)
+class FittedLM:
+    model_dir: str
+    tokenizer_dir: str
+    figures: dict  # training figures of the fit (loss, tokens/s, seconds)
+
+
+def prepare_tokenizer(settings: LanguageModelSettings, train_texts: list[str]) -> str:
+    """The chain's tokenizer folder: trained on the real split for presets (once; a
+    resumed chain reuses it), else the saved/hub model's own."""
+    if not is_preset(settings.model):
+        return settings.model
+    folder = settings.workdir / f"tokenizer-{settings.vocab_size}"
+    if not (folder / "tokenizer.json").exists():
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        train_tokenizer(train_texts, settings.vocab_size).save_pretrained(tmp)
+        tmp.replace(folder)
+    return str(folder)
+
+
+def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarray]:
+    """BOS + token ids + EOS; longer examples are cut to max_length or dropped.
+
+    The BOS makes the first tokens learnable: sampling starts from BOS alone."""
+    if len(texts) == 0:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for ids in encoded:
+        ids = [bos] + ids + [tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            if drop_long:
+                continue
+            ids = ids[:max_length]
+        out.append(np.asarray(ids, dtype=np.int32))
+    return out
+
+
+def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> FittedLM:
+    """Fit the model named in `settings` from its initial weights on `texts`.
+
+    The fitted model is stored under the workdir keyed by the training set and the
+    fitting configuration, so an iteration resumed after a crash in its sampling step
+    reuses its fit instead of paying for it again. The fit's seed derives from the
+    chain's seed and the same key: reproducible, and different per iteration.
+    """
+    texts = [str(t) for t in texts]
+    digest = hashlib.sha256("\x00".join(texts).encode())
+    digest.update(settings.config_digest().encode())
+    digest.update(str(context.seed).encode())
+    key = digest.hexdigest()[:20]
+    out = settings.workdir / "models" / key
+    figures_file = out / "fit.json"
+    if figures_file.exists():
+        return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
+    tokenizer = load_tokenizer(context.tokenizer_dir)
+    examples = encode(tokenizer, texts, settings.max_length, drop_long=False)
+    if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
+        return FittedLM(_initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
+    fit_settings = FitSettings(
+        model_name=settings.model, tokenizer_dir=context.tokenizer_dir, output_dir=str(out),
+        seed=int(key[:8], 16) % 2**31, epochs=settings.epochs,
+        micro_batch_size=min(settings.micro_batch_size, max(1, len(examples) // settings.num_workers)),
+        grad_accum_steps=settings.grad_accum_steps, learning_rate=settings.learning_rate,
+        warmup_ratio=settings.warmup_ratio, schedule=settings.schedule, weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
+        precision=settings.resolved_precision(),
+    )
+    figures = backends.fit(fit_settings, examples, settings.placement())
+    figures["train_examples"] = float(len(examples))
+    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
+    return FittedLM(str(out), context.tokenizer_dir, figures)
+
+
+def _initial_model(settings, tokenizer, context: TextContext, out: Path) -> str:
+    from .models import build_model
+
+    if not is_preset(settings.model):
+        return settings.model
+    if not (out / "config.json").exists():
+        build_model(settings.model, tokenizer, context.seed).save_pretrained(out)
+    return str(out)
+
+
+def evaluate_texts(model: FittedLM, test_examples: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """test_loss (mean token cross-entropy on held-out real text, nats) and perplexity."""
+    loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
+    loss = token_loss(loaded, test_examples, tokenizer.pad_token_id, device=device)
+    metrics = {"test_loss": np.array([loss]), "perplexity": np.array([math.exp(min(loss, 700.0))])}
+    for name in ("train_loss", "tokens_per_s", "fit_seconds"):
+        metrics[name] = np.array([float(model.figures.get(name, float("nan")))])
+    return metrics
+
+
+def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed: int) -> list[str]:
+    s = backends.SampleSettings(
+        model_dir=model.model_dir, tokenizer_dir=model.tokenizer_dir, temperature=settings.temperature,
+        top_p=settings.top_p, max_new_tokens=settings.max_length - 1, batch_size=settings.sampling_batch_size,
+    )
+    return backends.sample(n, seed, s, settings.placement())
+
+
+def chain_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31))
+
+
+def as_rows(texts: list[str]) -> dict[str, np.ndarray]:
+    """Pool rows of one chain: a `text` column of shape (1, n)."""
+    column = np.empty((1, len(texts)), dtype=object)
+    column[0, :] = texts
+    return {"text": column}

@@ -1,0 +1,250 @@
+"""Fitting one causal language model: the per-worker training loop and the loss.
+
+`train_worker` runs in each Ray Train worker (or once, in-process, for the local
+backend): it builds the model, wraps it in a DeepSpeed engine (ZeRO stage, precision,
+gradient accumulation and clipping from the settings) or plain torch (DDP when there
+are several workers), and steps through the examples it is given. Every worker takes
+the same number of micro-batches, so collective calls never wait on a worker that ran
+out of data. Rank 0 saves the fitted model with `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IGNORE = -100  # label of padding positions
+FIGURES_FILE = "train_figures.json"  # beside the saved model: how its fit went
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything a worker needs to fit a model (picklable: it travels to workers)."""
+
+    model_name: str  # preset, local folder or hub id
+    tokenizer_dir: str
+    output_dir: str
+    seed: int
+    epochs: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    learning_rate: float
+    warmup_ratio: float
+    schedule: str  # constant | cosine
+    weight_decay: float
+    max_grad_norm: float
+    engine: str  # deepspeed | torch
+    zero_stage: int
+    precision: str  # fp32 | bf16 | fp16
+    threads_per_worker: int = 0  # 0: leave torch's default
+
+
+def collate(batch: Sequence[np.ndarray], pad_id: int):
+    """Right-pad token id arrays; labels ignore the padding (even where pad == EOS)."""
+    import torch
+
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, : len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        mask[i, : len(x)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def micro_steps_per_epoch(n_examples: int, world_size: int, micro_batch_size: int) -> int:
+    """Micro-batches each worker takes per epoch (equal on every worker)."""
+    return (n_examples // world_size) // micro_batch_size
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def train_worker(
+    settings: FitSettings,
+    n_examples: int,
+    epoch_batches: Callable[[int], Iterable[Sequence[np.ndarray]]],
+    rank: int,
+    world_size: int,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Fit on this worker's share of the examples; returns training figures.
+
+    epoch_batches(epoch) yields this worker's micro-batches (lists of token id arrays)
+    for an epoch, in its shuffled order; it may yield more than the worker takes.
+    """
+    import torch
+
+    from .models import build_model, load_tokenizer
+
+    if settings.threads_per_worker:
+        torch.set_num_threads(settings.threads_per_worker)
+    tokenizer = load_tokenizer(settings.tokenizer_dir)
+    model = build_model(settings.model_name, tokenizer, settings.seed).to(device)
+    torch.manual_seed(settings.seed + 1 + rank)  # dropout streams differ per worker
+
+    micro_steps = micro_steps_per_epoch(n_examples, world_size, settings.micro_batch_size)
+    optimizer_steps = max(1, settings.epochs * micro_steps // settings.grad_accum_steps)
+    warmup = int(settings.warmup_ratio * optimizer_steps)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name or "ln_" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(settings.schedule, warmup, optimizer_steps)
+    )
+    engine = _Engine(settings, model, optimizer, scheduler, world_size, device)
+
+    tokens, losses, start, steady_start, steady_tokens = 0, [], time.perf_counter(), None, 0
+    step = 0
+    for epoch in range(settings.epochs):
+        taken = 0
+        for batch in epoch_batches(epoch):
+            if taken == micro_steps:
+                break
+            inputs = {k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
+            loss = engine.step_on(inputs)
+            losses.append(loss)
+            n_tok = int(inputs["attention_mask"].sum())
+            tokens += n_tok
+            taken += 1
+            step += 1
+            if step == 3:  # the first steps pay one-off costs (allocation, op builds)
+                steady_start = time.perf_counter()
+            elif step > 3:
+                steady_tokens += n_tok
+        if taken < micro_steps:
+            raise RuntimeError(f"worker {rank} got {taken} micro-batches in epoch {epoch}; expected {micro_steps}")
+    seconds = time.perf_counter() - start
+    steady = time.perf_counter() - steady_start if steady_start else float("nan")
+    figures = {
+        "train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else float("nan"),
+        "train_tokens": float(tokens * world_size),
+        "train_seconds": seconds,
+        "tokens_per_s": steady_tokens * world_size / steady if steady_start and steady > 0 else float("nan"),
+        "optimizer_steps": float(optimizer_steps),
+    }
+    engine.save(settings.output_dir, rank, figures)
+    return figures
+
+
+class _Engine:
+    """One training step and saving, for DeepSpeed or plain torch."""
+
+    def __init__(self, settings, model, optimizer, scheduler, world_size, device):
+        self.settings, self.world_size = settings, world_size
+        self.accum, self.micro = settings.grad_accum_steps, 0
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.model = model
+        self.dtype = None
+        if settings.engine == "deepspeed":
+            import deepspeed
+
+            config = {
+                "train_micro_batch_size_per_gpu": settings.micro_batch_size,
+                "gradient_accumulation_steps": settings.grad_accum_steps,
+                "train_batch_size": settings.micro_batch_size * settings.grad_accum_steps * world_size,
+                "gradient_clipping": settings.max_grad_norm,
+                "zero_optimization": {"stage": settings.zero_stage},
+                "bf16": {"enabled": settings.precision == "bf16"},
+                "fp16": {"enabled": settings.precision == "fp16"},
+                "steps_per_print": 10**9,
+                "wall_clock_breakdown": False,
+            }
+            # adopts the process group Ray Train (or fit_local) set up; gloo on CPU
+            deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
+            self.ds, *_ = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            )
+            self.model = self.ds.module
+        else:
+            import torch
+
+            self.ds = None
+            if world_size > 1:
+                self.model = torch.nn.parallel.DistributedDataParallel(model)
+            if settings.precision == "bf16":
+                self.dtype = torch.bfloat16
+
+    def step_on(self, inputs) -> float:
+        import torch
+
+        if self.ds is not None:
+            loss = self.ds(**inputs).loss
+            self.ds.backward(loss)
+            self.ds.step()
+            return float(loss.detach())
+        with torch.autocast(device_type=inputs["input_ids"].device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = self.model(**inputs).loss
+        (loss / self.accum).backward()
+        self.micro += 1
+        if self.micro % self.accum == 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def save(self, output_dir: str, rank: int, figures: dict) -> None:
+        module = self.ds.module if self.ds is not None else getattr(self.model, "module", self.model)
+        if self.ds is not None and self.settings.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                if rank == 0:
+                    _save(module, output_dir, figures)
+            return
+        if rank == 0:
+            _save(module, output_dir, figures)
+
+
+def _save(module, output_dir: str, figures: dict) -> None:
+    """The model and its training figures, renamed into place together."""
+    import torch
+
+    out = Path(output_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    module = module.to(torch.float32)
+    module.save_pretrained(tmp, safe_serialization=True)
+    (tmp / FIGURES_FILE).write_text(json.dumps(figures))
+    if out.exists():  # left by an attempt that crashed after saving
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def token_loss(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: int = 32, device: str = "cpu") -> float:
+    """Mean next-token cross-entropy (nats) over all target tokens of `examples`."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    order = np.argsort([len(x) for x in examples])  # similar lengths together: less padding
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            targets = batch["labels"][:, 1:]
+            total += float(F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"))
+            count += int((targets != IGNORE).sum())
+    return total / max(count, 1)

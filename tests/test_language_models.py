@@ -1,0 +1,190 @@
+"""Language-model pieces: data sources, presets, tokenizers, the training loop's
+arithmetic, the SFT format, and the real loading code on files and a saved model the
+tests create. End-to-end chains on Ray Train + DeepSpeed: tests/test_sweep_ray.py."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from collapse_ray.loop import chain_generators, run_chain
+from collapse_ray.spec import ChainConfig, parse_spec
+from collapse_ray.tasks import PretrainingTask, SFTTask
+from collapse_ray.tasks.sft import format_example, parse_example
+from collapse_ray.text import corpora
+from collapse_ray.text.models import PAPER_PARAMETERS_M, PAPER_VOCAB, PRESETS, model_config, n_parameters
+from collapse_ray.text.settings import encode
+from collapse_ray.text.training import IGNORE, collate, lr_lambda, micro_steps_per_epoch, token_loss
+from collapse_ray.validation import SpecError
+
+LOCAL = {"backend": "local", "sampler": "local", "max_length": 64, "n_test": 20, "vocab_size": 300}
+
+
+def test_procedural_corpora_are_deterministic_and_split_apart():
+    a = corpora.procedural_rows("stories", "train", 50, seed=0)["text"]
+    assert a == corpora.procedural_rows("stories", "train", 50, seed=0)["text"]
+    assert a[:10] == corpora.procedural_rows("stories", "train", 10, seed=0)["text"], "a prefix-stable stream"
+    assert not set(a) & set(corpora.procedural_rows("stories", "validation", 50, seed=0)["text"])
+    assert len(set(a)) == 50, "enough variety that stories rarely repeat"
+    pairs = corpora.procedural_rows("instructions", "train", 20, seed=0)
+    assert set(pairs) == {"prompt", "response"} and all(pairs["response"])
+
+
+def test_sft_format_parses_back_with_removeprefix_not_lstrip():
+    text = format_example("sing a song about users", "ok: user")
+    assert parse_example(text) == ("sing a song about users", "ok: user")  # lstrip("user: ") would eat the "s"
+    assert parse_example("user: a\nassistant: b\nassistant: c") is None, "two assistant parts"
+    assert parse_example("assistant: b") is None and parse_example("user: a") is None
+    assert parse_example("user: \nassistant: b") is None, "an empty prompt"
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_PARAMETERS_M))
+def test_presets_match_the_paper_sizes(preset):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(model_config(preset, PAPER_VOCAB, 0))
+    millions = n_parameters(model) / 1e6
+    assert abs(millions - PAPER_PARAMETERS_M[preset]) / PAPER_PARAMETERS_M[preset] < 0.02, millions
+
+
+def test_tiny_preset_is_small():
+    from transformers import AutoModelForCausalLM
+
+    assert n_parameters(AutoModelForCausalLM.from_config(model_config("tiny", 1024, 0))) < 300_000
+    assert set(PRESETS) >= {"tiny", *PAPER_PARAMETERS_M}
+
+
+def test_collate_masks_padding_even_where_pad_is_eos():
+    batch = collate([np.array([5, 6, 0]), np.array([7, 0])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 0], [7, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 0], [7, 0, IGNORE]], "the real EOS is learned, padding is not"
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_schedule_and_step_arithmetic():
+    assert micro_steps_per_epoch(103, 2, 8) == 6  # every worker takes the same number
+    constant = lr_lambda("constant", 5, 100)
+    assert constant(0) == pytest.approx(0.2) and constant(4) == 1.0 and constant(99) == 1.0
+    cosine = lr_lambda("cosine", 0, 100)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+
+
+def test_token_loss_matches_the_model_loss():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config("tiny", 300, 0))
+    examples = [np.array([0, 5, 9, 3, 0]), np.array([0, 7, 0])]
+    ours = token_loss(model, examples, pad_id=0)
+    with torch.no_grad():  # HF's mean over the 4 + 2 targets, one example at a time
+        sums = [model(input_ids=torch.tensor([e.tolist()]), labels=torch.tensor([e.tolist()])).loss * (len(e) - 1)
+                for e in examples]
+    assert ours == pytest.approx(float(sum(sums)) / 6, rel=1e-5)
+
+
+def test_local_files_resolve_through_the_loading_code(tmp_path):
+    rows = {"prompt": [f"q{i}" for i in range(5)], "response": [f"a{i}" for i in range(5)]}
+    pq.write_table(pa.table(rows), tmp_path / "train.parquet")
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": f"story {i}"}) for i in range(4)))
+    folder = tmp_path / "dataset"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table(rows), folder / "data" / "train-00000.parquet")
+    pq.write_table(pa.table(rows), folder / "data" / "validation-00000.parquet")
+
+    got = corpora.load_rows(str(tmp_path / "train.parquet"), "instructions", "train", 3, ("prompt", "response"))
+    assert got == {"prompt": ["q0", "q1", "q2"], "response": ["a0", "a1", "a2"]}
+    assert corpora.load_rows(str(tmp_path / "train.jsonl"), "stories", "train", None, ("text",))["text"][-1] == "story 3"
+    assert corpora.load_rows(str(folder), "instructions", "validation", 2, ("prompt",))["prompt"] == ["q0", "q1"]
+    with pytest.raises(ValueError, match="needs \\['text'\\]"):
+        corpora.load_rows(str(tmp_path / "train.parquet"), "stories", "train", 2, ("text",))
+    with pytest.raises(ValueError, match="5 rows; 9 were asked for"):
+        corpora.load_rows(str(tmp_path / "train.parquet"), "instructions", "train", 9, ("prompt",))
+
+
+def test_a_hub_id_goes_through_the_same_call_and_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ValueError, match="roneneldan/TinyStories"):
+        corpora.load_rows("roneneldan/TinyStories", "stories", "train", 10, ("text",))
+
+
+def test_sft_fine_tunes_a_saved_model_folder_with_its_own_tokenizer(tmp_path):
+    """A model and tokenizer written by save_pretrained, named by path, as a hub id would be."""
+    from transformers import AutoModelForCausalLM
+
+    from collapse_ray.text.models import train_tokenizer
+
+    texts = [format_example(p, r) for p, r in zip(*corpora.procedural_rows("instructions", "train", 300, 1).values())]
+    tokenizer = train_tokenizer(texts, 300)
+    model = AutoModelForCausalLM.from_config(model_config("tiny", len(tokenizer), tokenizer.eos_token_id))
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    pairs = corpora.procedural_rows("instructions", "train", 200, 2)
+    pq.write_table(pa.table(pairs), tmp_path / "sft.parquet")
+
+    settings = {**LOCAL, "n_test": 10, "epochs": 4, "learning_rate": 3e-3}
+    task = SFTTask(model=str(base), source=str(tmp_path / "sft.parquet"), **settings).with_workdir(tmp_path / "w")
+    real = task.real_data(150, [chain_generators(0)[0]])
+    assert real.context.tokenizer_dir == str(base), "a saved model brings its tokenizer"
+    base_loss = task.evaluate(task.fit({"text": real.train["text"][:, :0]}, real.context), real.test)["test_loss"][0]
+    tuned = task.fit(real.train, real.context)
+    tuned_loss = task.evaluate(tuned, real.test)["test_loss"][0]
+    assert tuned_loss < base_loss - 0.5, (base_loss, tuned_loss)
+    assert math.isclose(base_loss, math.log(len(tokenizer)), rel_tol=0.1), "an untrained model guesses uniformly"
+
+
+def test_a_fit_is_stored_and_reused_by_its_training_set(tmp_path):
+    """An iteration resumed after a crash in its sampling step finds its fit again."""
+    task = PretrainingTask(**LOCAL).with_workdir(tmp_path)
+    real = task.real_data(64, [chain_generators(0)[0]])
+    first = task.fit(real.train, real.context)
+    again = task.fit(real.train, real.context)
+    assert again.model_dir == first.model_dir and again.figures == first.figures
+    other = task.fit({"text": real.train["text"][:, :32]}, real.context)
+    assert other.model_dir != first.model_dir
+
+
+def test_encode_adds_bos_and_eos_and_drops_or_cuts_long_examples(tmp_path):
+    from collapse_ray.text.models import train_tokenizer
+
+    tok = train_tokenizer(corpora.procedural_rows("stories", "train", 100, 0)["text"], 300)
+    short, long = "a cat", " ".join(["the big dog"] * 50)
+    kept = encode(tok, [short, long], max_length=16, drop_long=True)
+    assert len(kept) == 1 and kept[0][0] == tok.bos_token_id and kept[0][-1] == tok.eos_token_id
+    cut = encode(tok, [short, long], max_length=16, drop_long=False)
+    assert len(cut) == 2 and len(cut[1]) == 16
+
+
+def test_language_model_chain_runs_in_process_with_the_loop(tmp_path):
+    """The loop, workflows and checkpoints unchanged: a 2-iteration replace chain."""
+    task = PretrainingTask(**{**LOCAL, "epochs": 1})
+    result = run_chain(task, ChainConfig(workflow="replace", n_real=64, n_iterations=2), seeds=[3],
+                       checkpoint_dir=tmp_path / "chain")
+    assert list(result.table.iteration) == [1, 2] and np.isfinite(result.table.test_loss).all()
+    assert (tmp_path / "chain" / "task" / "models").is_dir(), "fitted models kept with the chain's checkpoint"
+
+
+def test_paper_scale_and_value_grid_rules_are_validated():
+    base = {"task": {"name": "sft", "value_pool_size": 100, "value_pool_real": 50},
+            "chain": {"n_iterations": 1}, "run": {"cpus_per_trial": 0.01}}
+    spec = parse_spec({**base, "grid": {"chain.n_real": [0, 10], "task.value_synthetic": [0, 100]}})
+    assert len(spec.points) == 4
+    with pytest.raises(SpecError, match="task.value_synthetic must be <= value_pool_size"):
+        parse_spec({**base, "grid": {"task.value_synthetic": [200]}})
+    with pytest.raises(SpecError, match="chain.n_iterations must be 1 for value-grid cells"):
+        parse_spec({**base, "chain": {"n_iterations": 3}})
+    with pytest.raises(SpecError, match="chain.n_real must be an integer >= 1 for task gaussian"):
+        parse_spec({"task": {"name": "gaussian"}, "chain": {"n_real": 0}})
+    with pytest.raises(SpecError, match="run.cpus_per_trial must be <= 0.1 for task pretraining"):
+        parse_spec({"task": {"name": "pretraining"}})
+    with pytest.raises(SpecError, match="task.model must be a preset"):
+        parse_spec({"task": {"name": "pretraining", "model": "google/gemma-2-2b"}, "run": {"cpus_per_trial": 0.01}})
+    with pytest.raises(SpecError, match="task.zero_stage must be one of"):
+        parse_spec({"task": {"name": "sft", "zero_stage": 4}, "run": {"cpus_per_trial": 0.01}})
