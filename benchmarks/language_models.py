@@ -35,7 +35,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-    import torch
 
     from collapse_ray.tasks import PretrainingTask
     from collapse_ray.text import backends, corpora

@@ -100,7 +100,7 @@ class ArrayPool:
 
     def _reserve(self, rows: dict[str, np.ndarray], needed: int) -> None:
         current = next(iter(self._columns.values())).shape[1] if self._columns else 0
-        if needed <= current:
+        if needed <= current and self._columns:  # (an empty first block still creates columns)
             return
         # amortised doubling, or the capacity the caller announced
         new = max(needed, 2 * current, self._capacity if self.keep_history else 0)

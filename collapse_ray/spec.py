@@ -73,8 +73,8 @@ class ChainConfig:
         check_min(self.checkpoint_every, 0, f"{where}.checkpoint_every")
         for name in ("n_synthetic", "n_train"):
             value = getattr(self, name)
-            if value is not None:
-                check_min(value, 1, f"{where}.{name}")
+            if value is not None:  # a cell with no real rows resolves n_synthetic to 0
+                check_min(value, 0 if (name == "n_synthetic" and self.n_real == 0) else 1, f"{where}.{name}")
         if self.n_fresh_real is not None:
             check_min(self.n_fresh_real, 0, f"{where}.n_fresh_real")
         if self.synthetic_ratio is not None:

@@ -78,3 +78,12 @@ def test_pool_reads_as_a_ray_dataset(tmp_path, local_ray):
     synth = ds.filter(expr="iteration == 2").take_all()
     got = np.array([r["x"] for r in sorted(synth, key=lambda r: (r["chain"], r["row"]))])
     assert np.allclose(got, pool.rows_of(2)["x"].reshape(-1, 3))
+
+
+def test_an_empty_real_block_still_defines_the_columns():
+    """A value-grid cell with no real rows starts from an empty pool."""
+    pool = ArrayPool([0])
+    pool.add({"text": np.empty((1, 0), dtype=object)}, iteration=0, source="real")
+    assert len(pool) == 0 and pool.take(slice(0, 0))["text"].shape == (1, 0)
+    pool.add({"text": np.array([["a", "b"]], dtype=object)}, iteration=1, source="synthetic")
+    assert pool.rows_of(1)["text"].tolist() == [["a", "b"]]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.spec import ChainConfig, load_spec, parse_spec
+from collapse_ray.spec import ChainJob, ChainConfig, load_spec, parse_spec
 from collapse_ray.tasks import TASKS
 from collapse_ray.validation import SpecError
 
@@ -19,7 +19,10 @@ BASE = {"task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 10, "n_itera
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_every_shipped_spec_validates_and_documents_itself(path):
     spec = load_spec(path)
-    assert spec.jobs()
+    jobs = spec.jobs()
+    assert jobs
+    for job in jobs:  # what a Tune trial receives rebuilds the same job
+        assert ChainJob.from_dict(job.to_dict()) == job
     header = path.read_text().splitlines()[0]
     assert header.startswith("# "), "a spec opens with a header comment stating its question"
     assert "collapse-ray run sweeps/" in path.read_text(), "the header gives the command"
