@@ -112,6 +112,21 @@ def run_sweep(
     check_reachable(tracking_uri)
     jobs = spec.jobs()
 
+    address = address or os.environ.get("RAY_ADDRESS")
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            # An embedded local Ray; the dashboard is only needed for `ray job submit`.
+            ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    try:  # before anything is written: a chain that cannot be placed is a spec error
+        _check_fits_cluster(spec)
+    except SpecError:
+        if owns_ray:
+            ray.shutdown()
+        raise
+
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, spec.name)
     if resume:
@@ -130,14 +145,6 @@ def run_sweep(
     _write_json(sweep_dir / SWEEP_FILE, state)
     say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:
-            # An embedded local Ray; the dashboard is only needed for `ray job submit`.
-            ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
     try:
         trainable = tune.with_resources(chain_trial, {"cpu": spec.run.cpus_per_trial})
         tuner = tune.Tuner(
@@ -175,6 +182,20 @@ def run_sweep(
     _write_json(sweep_dir / SWEEP_FILE, state)
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
     return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
+
+
+def _check_fits_cluster(spec: SweepSpec) -> None:
+    """Refuse a chain that needs more CPUs at once than the cluster has (its Ray Train
+    workers would wait forever), before any trial starts."""
+    available = ray.cluster_resources().get("CPU", 0)
+    for point in spec.points:
+        needed = getattr(point.task, "cpus_needed", None)
+        if needed is not None and needed(spec.run) > available:
+            task = point.task
+            raise SpecError(
+                f"task.num_workers x task.cpus_per_worker + run.cpus_per_trial must be <= the cluster's "
+                f"{available:g} CPUs; got {task.num_workers} x {task.cpus_per_worker:g} + {spec.run.cpus_per_trial:g} "
+                f"in {point.key}")
 
 
 def say(message: str) -> None:

@@ -155,3 +155,17 @@ def _replace_is_worse_than_accumulate(table: pd.DataFrame, name: str) -> None:
     assert loss.loc[1, "replace"] == pytest.approx(loss.loc[1, "accumulate"], abs=0.05)
     last = loss.index.max()
     assert loss.loc[last, "replace"] > loss.loc[last, "accumulate"] + 0.2
+
+
+@pytest.mark.ray
+def test_a_chain_needing_more_cpus_than_the_cluster_is_refused_before_anything_is_written(tmp_path, local_ray):
+    from collapse_ray.spec import parse_spec
+    from collapse_ray.sweep import run_sweep
+    from collapse_ray.validation import SpecError
+
+    spec = parse_spec({"name": "too_big", "task": {"name": "pretraining", "num_workers": 3, "cpus_per_worker": 1},
+                       "run": {"cpus_per_trial": 0.01}})
+    with pytest.raises(SpecError, match=r"task.num_workers x task.cpus_per_worker \+ run.cpus_per_trial must be <= "
+                                        r"the cluster's 2 CPUs; got 3 x 1 \+ 0.01"):
+        run_sweep(spec, out_root=tmp_path / "results")
+    assert not (tmp_path / "results" / "too_big").exists()

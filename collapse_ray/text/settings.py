@@ -65,7 +65,10 @@ class LanguageModelSettings:
     """ray_train: a TorchTrainer per fit; local: this process (debugging, benchmarks)."""
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.9
+    """Logical CPUs per Ray Train worker and per sampling actor: under 1, so that
+    num_workers workers plus the trial that drives them (run.cpus_per_trial) fit on a
+    machine with num_workers cores."""
     sampler: Literal["ray_data", "local"] = "ray_data"
     sampling_concurrency: int = 2
 
@@ -96,6 +99,15 @@ class LanguageModelSettings:
         if (self.backend == "ray_train" or self.sampler == "ray_data") and run.cpus_per_trial > 0.1:
             fail(f"{where}.cpus_per_trial", f"<= 0.1 for task {self.name} with backend ray_train or "
                  "sampler ray_data (its Ray Train workers and Ray Data actors hold the CPUs)", run.cpus_per_trial)
+
+    def cpus_needed(self, run) -> float:
+        """Logical CPUs one chain holds at its peak: its trial plus its fit's workers
+        (or its sampling actors)."""
+        if self.backend == "local" and self.sampler == "local":
+            return run.cpus_per_trial
+        peak = max(self.num_workers if self.backend == "ray_train" else 0,
+                   self.sampling_concurrency if self.sampler == "ray_data" else 0)
+        return run.cpus_per_trial + (0 if self.use_gpu else peak * self.cpus_per_worker)
 
     # -- runtime ---------------------------------------------------------------------
     def with_workdir(self, workdir: str | Path):
