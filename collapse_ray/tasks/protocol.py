@@ -11,16 +11,21 @@ hundred seeds in one vectorised call. Expensive tasks (language models) set
 `numpy.random.Generator` per chain; a chain's results therefore do not depend on which
 other chains share its batch. Tasks never import Ray.
 
-How a language model fits the same protocol (the plan for the LM tasks): the task is
-unbatched (one chain per trial) and its rows are a `text` column. `fit(train)` receives
-the training set as a selection over the pool's Parquet shards rather than arrays, and
-hands it to a fitting backend given to the task at construction: a plain single-process
-torch loop for debugging, or Ray Train's TorchTrainer driving DeepSpeed in sweeps (the
-backend, not the task module, imports Ray; each worker streams its shard of the
-selection as a Ray Dataset). The fitted model is a checkpoint folder. `sample` is batch
-inference over that folder (Ray Data in sweeps), written back as a pool shard with
-iteration and source columns; `evaluate` is cross-entropy on the held-out real split.
-The loop, workflows and checkpoint/resume logic stay exactly as they are.
+How the language models fit the same protocol (tasks/pretraining.py, tasks/sft.py):
+they are unbatched (one chain per trial) and their rows are a `text` column. `fit`
+hands the selected texts to a backend in `collapse_ray.text.backends` (Ray Train's
+TorchTrainer driving DeepSpeed, or in-process) and returns a saved model folder;
+`sample` is batch inference over that folder (Ray Data actors, or in-process);
+`evaluate` is cross-entropy on the held-out real split. The loop, workflows and
+checkpoint/resume logic are the same as for every other task.
+
+Optional hooks a task may define (looked up with getattr, so most tasks ignore them):
+  with_workdir(path) -> Task     the loop gives tasks that keep files (tokenizers,
+                                 fitted models) the chain's checkpoint folder
+  check_chain(chain, where)      task-specific rules on the chain config (SpecError)
+  check_run(run, where)          task-specific rules on the `run:` block (SpecError)
+  cpus_needed(run) -> float      peak logical CPUs of one chain (checked against the cluster)
+  fits_empty_training_set        class flag: chain.n_real = 0 is meaningful (value grids)
 """
 
 from __future__ import annotations
