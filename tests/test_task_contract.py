@@ -15,8 +15,9 @@ from collapse_ray.tasks import TASKS, Task
 from collapse_ray.validation import SpecError
 
 # language models: in-process fits and samples, short examples, one quick epoch
-SMALL_LM = {"backend": "local", "sampler": "local", "max_length": 48, "n_test": 20, "vocab_size": 300,
-            "sampling_batch_size": 100}
+# (trained enough that SFT samples keep the user/assistant format the sampler requires)
+SMALL_LM = {"backend": "local", "sampler": "local", "max_length": 64, "n_test": 20, "vocab_size": 300,
+            "sampling_batch_size": 100, "epochs": 3, "learning_rate": 3e-3}
 SMALL = {"gaussian": {"dim": 3, "n_test": 50}, "pretraining": SMALL_LM, "sft": SMALL_LM}
 
 

@@ -36,6 +36,7 @@ from .protocol import Metrics, RealData, Rows
 
 USER, ASSISTANT = "user: ", "\nassistant: "
 MAX_SAMPLING_ROUNDS = 30
+MAX_DRAWS_PER_SAMPLE = 20  # a model that parses under 1 in 20 is not worth waiting on
 
 
 def format_example(prompt: str, response: str) -> str:
@@ -159,7 +160,7 @@ class SFTTask(LanguageModelSettings):
         accepted, drawn = [], 0
         seeds = np.random.SeedSequence(seed).generate_state(MAX_SAMPLING_ROUNDS)
         for round_seed in seeds:
-            if len(accepted) >= n:
+            if len(accepted) >= n or drawn >= MAX_DRAWS_PER_SAMPLE * n:
                 break
             rate = max(len(accepted) / drawn, 0.1) if drawn else 1.0
             ask = int(np.ceil((n - len(accepted)) / rate * 1.1))
@@ -168,7 +169,7 @@ class SFTTask(LanguageModelSettings):
             accepted.extend(format_example(*p) for p in map(parse_example, made) if p is not None)
         if len(accepted) < n:
             raise RuntimeError(f"sft sampler: {len(accepted)} of {drawn} samples parsed as one user and one "
-                               f"assistant part after {MAX_SAMPLING_ROUNDS} rounds; {n} were needed")
+                               f"assistant part; {n} were needed (is the model trained enough to keep the format?)")
         return accepted[:n]
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
