@@ -38,7 +38,9 @@ def main() -> None:
 
     from collapse_ray.tasks import PretrainingTask
     from collapse_ray.text import backends, corpora
-    from collapse_ray.text.models import model_config, n_parameters
+    from transformers import AutoModelForCausalLM
+
+    from collapse_ray.text.models import load_tokenizer, model_config, n_parameters
     from collapse_ray.text.settings import encode, prepare_tokenizer
     from collapse_ray.text.training import FitSettings
 
@@ -46,11 +48,9 @@ def main() -> None:
     task = PretrainingTask(model=args.model, max_length=args.max_length).with_workdir(work)
     texts = corpora.procedural_rows("stories", "train", args.examples, 0)["text"]
     tokenizer_dir = prepare_tokenizer(task, texts)
-    from collapse_ray.text.models import load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_dir)
     examples = encode(tokenizer, texts, args.max_length, drop_long=False)
-    n_params = n_parameters(__import__("transformers").AutoModelForCausalLM.from_config(
+    n_params = n_parameters(AutoModelForCausalLM.from_config(
         model_config(args.model, len(tokenizer), tokenizer.eos_token_id)))
     print(f"model {args.model}: {n_params / 1e6:.2f}M parameters; {len(examples)} examples, "
           f"{sum(map(len, examples))} tokens per epoch; micro-batch {args.micro_batch} per worker")

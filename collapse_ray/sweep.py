@@ -185,17 +185,13 @@ def run_sweep(
 
 
 def _check_fits_cluster(spec: SweepSpec) -> None:
-    """Refuse a chain that needs more CPUs at once than the cluster has (its Ray Train
-    workers would wait forever), before any trial starts."""
-    available = ray.cluster_resources().get("CPU", 0)
+    """Tasks that place work of their own on the cluster (Ray Train workers, Ray Data
+    actors) check that one chain fits it, before any trial starts."""
+    cpus = ray.cluster_resources().get("CPU", 0)
     for point in spec.points:
-        needed = getattr(point.task, "cpus_needed", None)
-        if needed is not None and needed(spec.run) > available:
-            task = point.task
-            raise SpecError(
-                f"task.num_workers x task.cpus_per_worker + run.cpus_per_trial must be <= the cluster's "
-                f"{available:g} CPUs; got {task.num_workers} x {task.cpus_per_worker:g} + {spec.run.cpus_per_trial:g} "
-                f"in {point.key}")
+        check_cluster = getattr(point.task, "check_cluster", None)
+        if check_cluster is not None:
+            check_cluster(spec.run, cpus, point.key)
 
 
 def say(message: str) -> None:

@@ -49,7 +49,7 @@ class PretrainingTask(LanguageModelSettings):
         texts = corpora.load_rows(self.source, "stories", "train", n_real, ("text",), self.corpus_seed)["text"]
         test = corpora.load_rows(self.source, "stories", "validation", self.n_test, ("text",), self.corpus_seed)["text"]
         tokenizer_dir = prepare_tokenizer(self, texts)
-        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), str(self.workdir))
+        context = TextContext(tokenizer_dir, chain_seed(rngs[0]))
         test_examples = encode(load_tokenizer(tokenizer_dir), test, self.max_length, drop_long=False)
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 

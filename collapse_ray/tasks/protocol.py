@@ -24,7 +24,7 @@ Optional hooks a task may define (looked up with getattr, so most tasks ignore t
                                  fitted models) the chain's checkpoint folder
   check_chain(chain, where)      task-specific rules on the chain config (SpecError)
   check_run(run, where)          task-specific rules on the `run:` block (SpecError)
-  cpus_needed(run) -> float      peak logical CPUs of one chain (checked against the cluster)
+  check_cluster(run, cpus, where)  one chain must fit the cluster's CPUs (SpecError)
   fits_empty_training_set        class flag: chain.n_real = 0 is meaningful (value grids)
 """
 

@@ -94,12 +94,12 @@ class SFTTask(LanguageModelSettings):
     # -- data --------------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         n_train = max(n_real, self.value_pool_real)
-        ask = int(n_train * 1.25) + 16 if self.source == corpora.PROCEDURAL else None
-        tokenizer_dir = prepare_tokenizer(self, self._load_fitting("train", ask))
+        loaded = self._load_fitting("train", self._first_ask(n_train))
+        tokenizer_dir = prepare_tokenizer(self, loaded)
         tokenizer = load_tokenizer(tokenizer_dir)
-        train = self._fitting(tokenizer, "train", n_train)
+        train = self._fitting(tokenizer, "train", n_train, loaded)
         test = self._fitting(tokenizer, "validation", self.n_test)
-        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), str(self.workdir))
+        context = TextContext(tokenizer_dir, chain_seed(rngs[0]))
         texts = train[:n_real]
         if self.value_synthetic:
             texts = texts + self._value_pool(train, context)[: self.value_synthetic]
@@ -113,12 +113,18 @@ class SFTTask(LanguageModelSettings):
         rows = corpora.load_rows(self.source, "instructions", split, ask, columns, self.corpus_seed)
         return [format_example(p, r) for p, r in zip(rows[columns[0]], rows[columns[1]])]
 
-    def _fitting(self, tokenizer, split: str, n: int) -> list[str]:
+    def _first_ask(self, n: int) -> int | None:
+        """Procedural rows to generate so that about n fit (None: all of a named source)."""
+        return int(n * 1.25) + 16 if self.source == corpora.PROCEDURAL else None
+
+    def _fitting(self, tokenizer, split: str, n: int, loaded: list[str] | None = None) -> list[str]:
         """The first n formatted examples of `split` that fit in max_length tokens
-        ((A) drops the rest). A procedural stream is read further until n fit."""
-        ask = int(n * 1.25) + 16 if self.source == corpora.PROCEDURAL else None
+        ((A) drops the rest). A procedural stream is read further until n fit.
+        `loaded`: the split as `_load_fitting(split, _first_ask(n))` already returned it."""
+        ask = self._first_ask(n)
         while True:
-            texts = self._load_fitting(split, ask)
+            texts = loaded if loaded is not None else self._load_fitting(split, ask)
+            loaded = None
             lengths = [len(ids) + 2 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             kept = [t for t, k in zip(texts, lengths) if k <= self.max_length]
             if len(kept) >= n or ask is None or ask > 64 * n + 1024:
@@ -139,7 +145,7 @@ class SFTTask(LanguageModelSettings):
         with open(folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not path.exists():
-                shared = TextContext(context.tokenizer_dir, self.corpus_seed, str(folder))
+                shared = TextContext(context.tokenizer_dir, self.corpus_seed)
                 fitter = pool_task.with_workdir(folder)
                 model = fit_texts(fitter, train[: self.value_pool_real], shared)
                 texts = fitter._accepted_samples(model, self.value_pool_size, self.corpus_seed)

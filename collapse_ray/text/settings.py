@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..validation import check_finite_positive, check_min, fail, require
+from ..validation import SpecError, check_finite_positive, check_min, fail, require
 from . import backends
 from .models import is_preset, load_tokenizer, train_tokenizer
 from .training import FitSettings, token_loss
@@ -100,14 +100,19 @@ class LanguageModelSettings:
             fail(f"{where}.cpus_per_trial", f"<= 0.1 for task {self.name} with backend ray_train or "
                  "sampler ray_data (its Ray Train workers and Ray Data actors hold the CPUs)", run.cpus_per_trial)
 
-    def cpus_needed(self, run) -> float:
-        """Logical CPUs one chain holds at its peak: its trial plus its fit's workers
-        (or its sampling actors)."""
-        if self.backend == "local" and self.sampler == "local":
-            return run.cpus_per_trial
-        peak = max(self.num_workers if self.backend == "ray_train" else 0,
-                   self.sampling_concurrency if self.sampler == "ray_data" else 0)
-        return run.cpus_per_trial + (0 if self.use_gpu else peak * self.cpus_per_worker)
+    def check_cluster(self, run, cpus: float, where: str) -> None:
+        """One chain holds its trial's CPUs plus, at its peak, its fit's workers or its
+        sampling actors; more than the cluster has and they would wait forever."""
+        peaks = [(self.num_workers, "num_workers")] if self.backend == "ray_train" else []
+        if self.sampler == "ray_data":
+            peaks.append((self.sampling_concurrency, "sampling_concurrency"))
+        if not peaks or self.use_gpu:  # in-process, or GPU workers (Ray places those by GPU)
+            return
+        count, field = max(peaks)
+        if run.cpus_per_trial + count * self.cpus_per_worker > cpus:
+            raise SpecError(
+                f"task.{field} x task.cpus_per_worker + run.cpus_per_trial must be <= the cluster's {cpus:g} CPUs; "
+                f"got {count} x {self.cpus_per_worker:g} + {run.cpus_per_trial:g} in {where}")
 
     # -- runtime ---------------------------------------------------------------------
     def with_workdir(self, workdir: str | Path):
@@ -147,11 +152,10 @@ class LanguageModelSettings:
 # -- shared steps of the language-model tasks -------------------------------------------
 @dataclass(frozen=True)
 class TextContext:
-    """Per-chain facts: where the tokenizer is, the chain's seed, the workdir."""
+    """Per-chain facts: where the tokenizer is, and the chain's seed."""
 
     tokenizer_dir: str
     seed: int
-    workdir: str
 
 
 @dataclass(frozen=True)
