@@ -191,11 +191,29 @@ def is_finished(checkpoint_dir: str | Path, n_iterations: int) -> bool:
     return state is not None and state.iteration >= n_iterations
 
 
+def check_checkpoint(checkpoint_dir: str | Path, seeds: Sequence[int]) -> None:
+    """Raise ValueError naming the file if a chain folder cannot be resumed from."""
+    from .pool import check_shards
+
+    ckpt = Path(checkpoint_dir)
+    state = _load_state(ckpt)
+    if state is not None and len(state.rngs) != len(seeds):
+        raise ValueError(f"{ckpt / CHECKPOINT_FILE} holds {len(state.rngs)} chains, expected {len(seeds)}")
+    if (ckpt / "pool").exists():
+        check_shards(ckpt / "pool", seeds)
+
+
 def _load_state(ckpt: Path | None) -> _State | None:
     if ckpt is None or not (ckpt / CHECKPOINT_FILE).exists():
         return None
-    with open(ckpt / CHECKPOINT_FILE, "rb") as f:
-        return pickle.load(f)
+    try:
+        with open(ckpt / CHECKPOINT_FILE, "rb") as f:
+            state = pickle.load(f)
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or from an incompatible version
+        raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a readable chain checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, _State):
+        raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a chain checkpoint (holds {type(state).__name__})")
+    return state
 
 
 def _save_state(ckpt: Path, state: _State) -> None:

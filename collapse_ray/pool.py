@@ -125,7 +125,7 @@ class ArrayPool:
                     continue
                 block_start = int(np.flatnonzero(held == it)[0])
                 table = self._block_table(rows, block_start)
-                path = root / f"iteration={int(it)}" / f"source={source}" / "part-0.parquet"
+                path = root / f"iteration={int(it)}" / f"source={source}" / SHARD_NAME
                 write_table_atomic(table, path)
                 self._written.add((int(it), source))
                 written.append(path)
@@ -158,6 +158,7 @@ class ArrayPool:
         Later shards (written by a run that crashed before its checkpoint) are ignored.
         """
         root = Path(root)
+        remove_stale_temporaries(root)
         pool = cls(chain_ids, keep_history=keep_history, capacity=capacity)
         iterations = [i for i in iterations_on_disk(root) if i <= up_to_iteration]
         if not keep_history:
@@ -165,7 +166,7 @@ class ArrayPool:
         for it in iterations:
             blocks = []
             for source in SOURCES:
-                path = root / f"iteration={it}" / f"source={source}" / "part-0.parquet"
+                path = root / f"iteration={it}" / f"source={source}" / SHARD_NAME
                 if path.exists():
                     table = pq.read_table(path)
                     blocks.append((int(pc.min(table["row"]).as_py()), source, table, path))
@@ -175,6 +176,41 @@ class ArrayPool:
                 pool.add(_block_rows(table, path, pool.chain_ids), it, source)
                 pool._written.add((it, source))
         return pool
+
+
+SHARD_NAME = "part-0.parquet"
+TEMPORARY_GLOB = f".{SHARD_NAME}.tmp-*"
+
+
+def remove_stale_temporaries(root: str | Path) -> int:
+    """Delete half-written shards a killed writer left (hidden, so no reader saw them)."""
+    stale = list(Path(root).glob(f"iteration=*/source=*/{TEMPORARY_GLOB}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def check_shards(root: str | Path, chain_ids: Sequence[int]) -> None:
+    """Raise ValueError naming the file if the pool folder holds anything but readable
+    shards of these chains (a corrupt file, a foreign one, another chain's)."""
+    root = Path(root)
+    expected = sorted(int(c) for c in chain_ids)
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() or path.name.startswith("."):
+            continue  # hidden: temporaries of an interrupted write, never read
+        parts = path.relative_to(root).parts
+        if (len(parts) != 3 or not parts[0].startswith("iteration=") or parts[1] not in
+                tuple(f"source={s}" for s in SOURCES) or parts[2] != SHARD_NAME):
+            raise ValueError(f"{path} is not a pool shard (expected iteration=T/source=S/{SHARD_NAME})")
+        try:
+            schema = pq.read_schema(path)
+            chains = np.unique(pq.read_table(path, columns=["chain"])["chain"].to_numpy())
+        except Exception as err:  # noqa: BLE001 - any reader error: the file is unusable
+            raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
+        if schema.metadata is None or b"collapse_ray.shapes" not in schema.metadata or "row" not in schema.names:
+            raise ValueError(f"{path} was not written by collapse_ray's pool (no chain/row columns and shapes)")
+        if chains.tolist() != expected:
+            raise ValueError(f"{path} holds chains {chains.tolist()}, expected {expected}")
 
 
 def _block_rows(table: pa.Table, path: Path, chain_ids: np.ndarray) -> dict[str, np.ndarray]:

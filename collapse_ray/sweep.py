@@ -30,6 +30,7 @@ from .spec import ChainJob, SweepSpec
 from .validation import SpecError
 
 SWEEP_FILE = "sweep.json"
+RESUMED_TAG = "collapse_ray.resumed_from_iteration"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def chain_trial(config: dict[str, Any]) -> None:
         sink=MlflowChainSink(client, run_id),
         progress=progress,
     )
+    if result.resumed_from:  # shows in the UI, and lets tests check where a retry started
+        client.set_tag(run_id, RESUMED_TAG, str(result.resumed_from))
     finish_chain_run(client, run_id, job, result.table)
     tune.report({"iteration": chain.n_iterations, "skipped": 0, "resumed_from": result.resumed_from})
 
@@ -95,7 +98,14 @@ def run_sweep(
     resume: bool | str | Path = False,
 ) -> SweepOutcome:
     """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are."""
-    from .tracking import check_reachable, client_for, ensure_experiment, resolve_tracking_uri, start_sweep_run
+    from .tracking import (
+        check_reachable,
+        client_for,
+        ensure_experiment,
+        redact_uri,
+        resolve_tracking_uri,
+        start_sweep_run,
+    )
 
     started = time.perf_counter()
     out_root = Path(out_root).resolve()
@@ -105,7 +115,8 @@ def run_sweep(
         saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
         if saved["spec"] != resolved:
             raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with")
-        tracking_uri = saved["tracking_uri"]
+        tracking_uri = _resumed_tracking_uri(saved["tracking_uri"], tracking_uri)
+        _check_chain_folders(sweep_dir, spec)
     else:
         sweep_dir = new_sweep_dir(out_root, spec.name)
         tracking_uri = resolve_tracking_uri(tracking_uri, out_root)
@@ -118,8 +129,9 @@ def run_sweep(
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            # An embedded local Ray; the dashboard is only needed for `ray job submit`.
-            ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
+            # An embedded local Ray ("local": never a cluster some `ray start` left running);
+            # the dashboard is only needed for `ray job submit`.
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", configure_logging=True)
     try:  # before anything is written: a chain that cannot be placed is a spec error
         _check_fits_cluster(spec)
     except SpecError:
@@ -137,7 +149,7 @@ def run_sweep(
         sweep_run_id = start_sweep_run(client, experiment_id, sweep_dir.name, sweep_dir, resolved)
     state = {
         "spec": resolved,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": redact_uri(tracking_uri),  # credentials stay in the environment
         "experiment": spec.name,
         "sweep_run_id": sweep_run_id,
         "status": "running",
@@ -181,7 +193,39 @@ def run_sweep(
     state["status"] = "finished" if n_failed == 0 else "failed"
     _write_json(sweep_dir / SWEEP_FILE, state)
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
-    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
+    return SweepOutcome(sweep_dir, redact_uri(tracking_uri), spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
+
+
+def _resumed_tracking_uri(saved: str, given: str | None) -> str:
+    """The store a sweep was started with. sweep.json keeps it without its password, so
+    a redacted one must be given again (flag or MLFLOW_TRACKING_URI) and match."""
+    from .tracking import redact_uri
+
+    if "***" not in saved:
+        return saved
+    given = given or os.environ.get("MLFLOW_TRACKING_URI")
+    if not given or redact_uri(given) != saved:
+        raise SpecError(f"--resume: tracking URI must be the one the sweep was started with ({saved}, with its "
+                        "password) via --tracking-uri or MLFLOW_TRACKING_URI")
+    return given
+
+
+def _check_chain_folders(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Before a resume starts anything: every chain's checkpoint and pool shards must be
+    readable and its own, or the error names the file (not a trial failure later)."""
+    from .loop import check_checkpoint
+
+    keys = {job.key: job for job in spec.jobs()}
+    for folder in sorted((sweep_dir / "chains").glob("*")):
+        if folder.name.startswith("_") or not folder.is_dir():
+            continue  # shared files (e.g. chains/_shared)
+        job = keys.get(folder.name)
+        if job is None:
+            raise SpecError(f"--resume: {folder} belongs to no chain of this spec; move it away")
+        try:
+            check_checkpoint(folder, job.seeds)
+        except ValueError as err:
+            raise SpecError(f"--resume: {err}") from None
 
 
 def _check_fits_cluster(spec: SweepSpec) -> None:

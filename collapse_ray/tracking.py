@@ -31,6 +31,8 @@ PARENT_TAG = "mlflow.parentRunId"
 CHAIN_TABLE = "chains.parquet"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 SQLITE = "sqlite:///"
+RETRY_ENV = "COLLAPSE_RAY_TRACKING_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 120.0  # on top of MLflow's own HTTP retries
 EXECUTION_ONLY = ("checkpoint_every", "persist_pool")  # chain fields that do not change results
 
 
@@ -59,10 +61,49 @@ def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
     )
 
 
-def client_for(uri: str):
+def client_for(uri: str) -> "RetryingClient":
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return RetryingClient(MlflowClient(tracking_uri=uri), uri)
+
+
+class RetryingClient:
+    """An MlflowClient whose calls ride out a tracking store that is briefly away (a
+    restarting server, a locked SQLite file), and fail loudly when it stays away.
+
+    Safe for metrics: a retried `log_batch` resends the same (key, step, timestamp,
+    value) rows, which the store de-duplicates, so nothing is logged twice.
+    """
+
+    def __init__(self, client, uri: str, seconds: float | None = None):
+        self._client = client
+        self._uri = uri
+        self._seconds = float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_SECONDS)) if seconds is None else seconds
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            return _retry(lambda: method(*args, **kwargs), self._seconds, f"{name} on {redact_uri(self._uri)}")
+
+        return call
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store stayed unreachable; the chain's checkpoint keeps its progress."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, for printing and for files on disk."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_reachable(uri: str) -> None:
@@ -77,7 +118,13 @@ def check_reachable(uri: str) -> None:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
         except OSError as err:
-            raise SpecError(f"tracking server {uri} is unreachable: {err}") from None
+            raise SpecError(f"tracking server {redact_uri(uri)} is unreachable: {err}") from None
+        return
+    try:  # a database URL: one cheap query, without MLflow's long retries
+        client_for(uri)._client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any driver error means "cannot use it"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"tracking store {redact_uri(uri)} is unusable: {first_line}") from None
 
 
 def ensure_experiment(client, name: str) -> str:
@@ -163,8 +210,7 @@ class MlflowChainSink:
                 if len(seeds) > 1:
                     metrics.append(Metric(f"{name}_se", se, now, iteration))
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            batch = metrics[i : i + MAX_METRICS_PER_BATCH]
-            _retry(lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch))
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
 
 
 def finish_chain_run(client, run_id: str, job: ChainJob, table: pd.DataFrame) -> None:
@@ -172,7 +218,7 @@ def finish_chain_run(client, run_id: str, job: ChainJob, table: pd.DataFrame) ->
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CHAIN_TABLE
         table.to_parquet(path, index=False)
-        _retry(lambda: client.log_artifact(run_id, str(path)))
+        client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -254,12 +300,42 @@ def _seed_range(seeds: Sequence[int]) -> str:
     return ",".join(map(str, seeds))[:500]
 
 
-def _retry(call, attempts: int = 5, delay: float = 0.5):
-    """Retry a tracking call through brief store hiccups (locked SQLite, server restart)."""
-    for attempt in range(attempts):
+def _retry(call, seconds: float, what: str):
+    """Call until it succeeds or `seconds` have passed (backing off up to 8 s)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
         try:
             return call()
-        except Exception:
-            if attempt == attempts - 1:
+        except Exception as err:
+            if not _is_transient(err) or time.monotonic() + delay > deadline:
+                if _is_transient(err):
+                    raise TrackingUnavailable(
+                        f"tracking store unavailable for {seconds:g} s ({what}); progress is kept in the "
+                        f"chain checkpoints: rerun with --resume once it is back. Last error: {_first_line(err)}"
+                    ) from err
                 raise
-            time.sleep(delay * 2**attempt)
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+
+
+def _is_transient(err: Exception) -> bool:
+    """Connection trouble or a busy store, not a request the store refused."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    if isinstance(err, (OSError, RequestException, sqlite3.OperationalError)):
+        return True
+    if isinstance(err, MlflowException):
+        text = str(err)
+        return err.error_code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED") or any(
+            marker in text for marker in ("Max retries exceeded", "Connection", "database is locked", "timed out")
+        )
+    return "database is locked" in str(err)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
