@@ -28,10 +28,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 
 from .tasks import TASKS, Task
-from .validation import SpecError, as_flat_dict, check_min, describe, fail, from_mapping, require
-from .workflows import KNOBS, PRESETS, WORKFLOW_NAMES, MixingPolicy, make_workflow, max_rows_held
+from .validation import (
+    INT_BITS,
+    SpecError,
+    as_flat_dict,
+    check_min,
+    describe,
+    fail,
+    from_mapping,
+    key_name,
+    require,
+)
+from .workflows import (
+    KNOBS,
+    PRESETS,
+    WORKFLOW_NAMES,
+    MixingPolicy,
+    make_workflow,
+    max_rows_held,
+)
 
 WorkflowName = Literal[
     "replace", "accumulate", "accumulate_subsample", "fresh_data", "iterative_retraining", "real_fraction"
@@ -89,7 +108,7 @@ class ChainConfig:
                 users = sorted(name for name, (_, knobs) in PRESETS.items() if knob in knobs)
                 fail(f"{where}.{knob}", f"null unless workflow is one of {{{', '.join(users)}}}", value)
 
-    def resolved(self) -> "ChainConfig":
+    def resolved(self) -> ChainConfig:
         """Defaults that depend on other fields made explicit (this is what gets logged)."""
         takes = PRESETS[self.workflow][1]
 
@@ -178,7 +197,7 @@ class ChainJob:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ChainJob":
+    def from_dict(cls, data: Mapping[str, Any]) -> ChainJob:
         point = GridPoint(
             key=data["point_key"],
             swept=tuple((k, v) for k, v in data["swept"]),
@@ -216,7 +235,14 @@ class SweepSpec:
         workflow = chain.policy()
         held = max_rows_held(workflow, point.task, chain.n_real, chain.n_synthetic, chain.n_iterations)
         per_chain = max(1, held * point.task.row_nbytes()) * 2  # pool + a training-set copy
-        return max(1, int(self.run.memory_per_trial_gb * 2**30 // per_chain))
+        memory = self.run.memory_per_trial_gb * 2**30  # inf when a huge budget overflows
+        if memory >= per_chain * len(self.seeds):
+            return len(self.seeds)
+        return max(1, int(memory // per_chain))
+
+    def n_trials(self) -> int:
+        """len(self.jobs()), without making them."""
+        return sum(math.ceil(len(self.seeds) / self._seeds_per_trial(p)) for p in self.points)
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with defaults filled in, for logging next to the results."""
@@ -232,6 +258,11 @@ class SweepSpec:
 
 
 TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "cases", "run")
+MAPPING_KEYS = ("task", "chain", "run")  # top-level keys whose sub-keys `--set` reaches
+MAX_SEEDS = 100_000
+MAX_GRID_POINTS = 10_000
+MAX_TRIALS = 100_000
+MAX_YAML_DEPTH = 32  # a spec is 3 levels deep; deeper is a mistake (and recursion in PyYAML)
 
 
 def _work_estimate(job: ChainJob) -> float:
@@ -249,7 +280,7 @@ def build_task(data: Any, where: str) -> Task:
     if not isinstance(data, Mapping):
         fail(where, "a mapping with a 'name' key", data)
     name = data.get("name")
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         fail(f"{where}.name", "one of {" + ", ".join(TASKS) + "}", name)
     return from_mapping(TASKS[name], {k: v for k, v in data.items() if k != "name"}, where)
 
@@ -259,9 +290,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SpecError(f"--set must look like dotted.key=value; got {describe(text)}")
     key, value = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise SpecError(f"--set {key}: value is not valid YAML; got {describe(value)}") from None
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError as err:
+        raise SpecError(f"--set {key_name(key.strip())}: value {describe(value)} is not valid YAML"
+                        f"{_yaml_problem(err, value)}") from None
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -269,36 +301,119 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     if parts[0] not in TOP_LEVEL_KEYS or not all(parts):
         raise SpecError(f"{where}: unknown key {describe(key)}; keys start with one of: {', '.join(TOP_LEVEL_KEYS)}")
     if parts[0] == "grid" and len(parts) > 1:  # grid keys are themselves dotted
-        if not isinstance(raw.get("grid") or {}, dict):
-            fail("grid", "a mapping", raw["grid"])
-        raw.setdefault("grid", {})
-        if raw["grid"] is None:
-            raw["grid"] = {}
-        raw["grid"][".".join(parts[1:])] = value
+        grid = raw.get("grid")
+        if grid is None:
+            grid = raw["grid"] = {}
+        if not isinstance(grid, dict):
+            fail("grid", "a mapping of dotted keys (task.x, chain.x) to lists of values", grid)
+        grid[".".join(parts[1:])] = value
         return
+    if len(parts) > 1 and parts[0] not in MAPPING_KEYS:
+        raise SpecError(f"{where}: unknown key {describe(key)}; {parts[0]} has no sub-keys")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            fail(".".join(parts[: i + 1]), "a mapping", child)
+            if i == 0:
+                fail(part, "a mapping of keys to values", child)
+            raise SpecError(f"{where}: unknown key {describe(key)}; {'.'.join(parts[: i + 1])} is a value, "
+                            f"not a mapping; got {describe(child)}")
         node = child
     node[parts[-1]] = value
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, failing with a YAMLError (and its line) on everything a
+    document can get wrong: too deep (PyYAML recurses), recursive aliases, and scalars
+    its constructors choke on (2001-13-45, an integer of 5000 digits)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _node_height(node, 1, set(), {})  # aliases can nest deeper than the text does
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ArithmeticError, LookupError, TypeError, ValueError) as err:  # PyYAML's constructors on bad
+            # scalars (`!!int ''` is an IndexError); YAMLErrors pass through
+            raise ConstructorError(None, None, f"cannot read {describe(node.value)}: {err}", node.start_mark) from None
+
+
+def _node_height(node, level: int, open_nodes: set[int], heights: dict[int, int]) -> int:
+    if id(node) in open_nodes:
+        raise ComposerError(None, None, "an alias refers to a node that contains it", node.start_mark)
+    height = heights.get(id(node))
+    if height is None:
+        if level > MAX_YAML_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (through aliases)",
+                                node.start_mark)
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        open_nodes.add(id(node))
+        height = 1 + max((_node_height(c, level + 1, open_nodes, heights) for c in children), default=0)
+        open_nodes.discard(id(node))
+        heights[id(node)] = height
+    if level - 1 + height > MAX_YAML_DEPTH:
+        raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (through aliases)",
+                            node.start_mark)
+    return height
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, raising only yaml.YAMLError on bad input."""
+    return yaml.load(text, Loader=_SpecLoader)
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """' at line L, column C: what is wrong' for a YAML error."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None)
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        code = err.character if isinstance(err.character, int) else ord(err.character[:1] or "\0")
+        return f" at line {line}, column {column}: {err.reason} (character U+{code:04X})"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {' '.join(str(problem).split())}" if problem else where
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
-        raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror}") from None
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror or err}") from None
+    except ValueError as err:  # e.g. a NUL in the path
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {err}") from None
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text: byte {data[err.start]:#04x} at line {line}, "
+                        f"offset {err.start}") from None
+    try:
+        raw = load_yaml(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"spec file {str(path)!r} is not valid YAML{where}") from None
+        raise SpecError(f"spec file {str(path)!r} is not valid YAML{_yaml_problem(err, text)}") from None
     return parse_spec(raw, default_name=path.stem, overrides=overrides)
 
 
@@ -316,7 +431,9 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         raise SpecError(f"spec: unknown key {describe(unknown[0])}; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
 
     name = raw.get("name", default_name)
-    require(isinstance(name, str) and name.strip() != "", "name", "a non-empty string", name)
+    require(isinstance(name, str) and name.strip() not in ("", ".", "..") and name.isprintable()
+            and not any(c in name for c in "/\\"), "name",
+            "a non-empty string without '/', '\\' or control characters (it names a folder)", name)
     seeds = _parse_seeds(raw.get("seeds", 1))
     run = from_mapping(ExecutionConfig, raw.get("run"), "run")
     grid = _parse_grid(raw.get("grid"), "grid")
@@ -324,27 +441,39 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
     for i, case in enumerate(cases):
         shared = sorted({k for k, _ in grid} & {k for k, _ in case})
         if shared:
-            raise SpecError(f"cases[{i}].{shared[0]} is also a grid key; put it in one of the two")
+            raise SpecError(f"cases[{i}].{key_name(shared[0])} is also a grid key; put it in one of the two")
 
     task_raw = raw.get("task")
     if task_raw is None:
         raise SpecError("task is required: a mapping with 'name' (one of {" + ", ".join(TASKS) + "})")
+    n_points = sum(math.prod(len(v) for _, v in grid + case) for case in cases or ((),))
+    if n_points > MAX_GRID_POINTS:
+        raise SpecError(f"grid{' and cases' if cases else ''} must make at most {MAX_GRID_POINTS} grid points; "
+                        f"got {n_points}")
     points = []
     for case in cases or ((),):
         axes = grid + case
         for values in itertools.product(*(v for _, v in axes)):
             swept = tuple((key, value) for (key, _), value in zip(axes, values))
-            points.append(_grid_point(task_raw, raw.get("chain") or {}, swept))
-    keys = [p.key for p in points]
-    if len(set(keys)) != len(keys):
-        raise SpecError("grid: two cells give the same run; remove duplicate values")
+            points.append(_grid_point(task_raw, raw.get("chain"), swept))
+    seen = set()
+    for point in points:
+        if point.key in seen:
+            raise SpecError(f"{'grid and cases' if cases else 'grid'}: two cells give the same run "
+                            f"{describe(point.key)}; remove duplicate values")
+        seen.add(point.key)
     for point in points:  # task-specific rules for the run block (e.g. Ray Train trials)
         check_run = getattr(point.task, "check_run", None)
         if check_run is not None:
             check_run(run, "run")
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
-    return SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points))
+    spec = SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points))
+    n_trials = spec.n_trials()
+    if n_trials > MAX_TRIALS:
+        raise SpecError(f"run.seeds_per_trial: the sweep would run {n_trials} trials ({len(points)} grid points x "
+                        f"blocks of seeds), at most {MAX_TRIALS}: raise run.seeds_per_trial or use fewer seeds")
+    return spec
 
 
 def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...]) -> GridPoint:
@@ -364,8 +493,11 @@ def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...
 def _parse_seeds(value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         require(value >= 1, "seeds", "a count >= 1 or a list of distinct integers >= 0", value)
+        require(value <= MAX_SEEDS, "seeds", f"a count <= {MAX_SEEDS}", value)
         return tuple(range(value))
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        require(len(value) <= MAX_SEEDS, "seeds", f"a list of at most {MAX_SEEDS} seeds", value)
+        require(max(value) < 2**INT_BITS, "seeds", f"a list of integers in [0, 2**{INT_BITS})", value)
         require(len(set(value)) == len(value), "seeds", "a list of distinct integers", value)
         return tuple(value)
     fail("seeds", "a count >= 1 or a list of distinct integers >= 0", value)
@@ -378,10 +510,14 @@ def _parse_grid(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ..
         fail(where, "a mapping of dotted keys (task.x, chain.x) to lists of values", value)
     grid = []
     for key, values in value.items():
-        if not (isinstance(key, str) and key.split(".")[0] in ("task", "chain") and key.count(".") == 1):
+        if not (isinstance(key, str) and key.count(".") == 1 and key.split(".")[0] in ("task", "chain")
+                and key.split(".")[1]):
             fail(f"{where} key", "task.<field> or chain.<field>", key)
         if not isinstance(values, list) or not values:
-            fail(f"{where}.{key}", "a non-empty list of values", values)
+            fail(f"{where}.{key_name(key)}", "a non-empty list of values", values)
+        for i, item in enumerate(values):
+            if not (item is None or isinstance(item, (str, int, float))):  # bool is an int
+                fail(f"{where}.{key_name(key)}[{i}]", "a single value (a string, number, true/false or null)", item)
         grid.append((key, tuple(values)))
     return tuple(grid)
 
@@ -391,6 +527,9 @@ def _parse_cases(value: Any) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], .
         return ()
     if not isinstance(value, list) or not value:
         fail("cases", "a non-empty list of grids (mappings of dotted keys to lists)", value)
+    for i, case in enumerate(value):
+        if not isinstance(case, Mapping) or not case:  # an empty case would repeat the grid's cells
+            fail(f"cases[{i}]", "a non-empty mapping of dotted keys (task.x, chain.x) to lists of values", case)
     return tuple(_parse_grid(case, f"cases[{i}]") for i, case in enumerate(value))
 
 

@@ -8,25 +8,74 @@ allowed and what was given, in scikit-learn's manner:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+INT_BITS = 63
+"""Integers must fit numpy's int64: |value| < 2**63."""
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other unprintable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 class SpecError(ValueError):
-    """A sweep spec or config value that cannot be used; the message is one line."""
+    """A sweep spec or config value that cannot be used; the message is one line.
+
+    `field` and `allowed` are set when the error came from `fail` (what the field is
+    and what it may be), so callers can compose messages without parsing them."""
+
+    def __init__(self, message: str, field: str | None = None, allowed: str | None = None):
+        super().__init__(one_line(str(message)))
+        self.field = field
+        self.allowed = allowed
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib, bounded in depth and width (YAML aliases can make huge shared
+    structures), and safe for integers too long for `repr`."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel = 3
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = 6
+        self.maxstring = self.maxlong = self.maxother = 60
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 200:
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+_SHORT_REPR = _ShortRepr()
 
 
 def describe(value: Any) -> str:
-    """Short repr of a user value for error messages."""
-    text = repr(value)
+    """Short repr of a user value for error messages (one line, at most 60 characters)."""
+    text = _SHORT_REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]+")
+
+
+def key_name(key: Any) -> str:
+    """A user-given key as it appears in a dotted field name: as is when it is plain,
+    else quoted (so a key with spaces, line breaks or of another type stays readable)."""
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else describe(key)
+
+
 def fail(field: str, allowed: str, got: Any) -> typing.NoReturn:
-    raise SpecError(f"{field} must be {allowed}; got {describe(got)}")
+    raise SpecError(f"{field} must be {allowed}; got {describe(got)}", field=field, allowed=allowed)
 
 
 def require(condition: bool, field: str, allowed: str, got: Any) -> None:
@@ -52,7 +101,7 @@ def _coerce(annotation: Any, value: Any, field: str) -> Any:
             try:
                 return _coerce(option, value, field)
             except SpecError as err:
-                errors.append(str(err).split(" must be ", 1)[1].rsplit("; got", 1)[0])
+                errors.append(err.allowed)
         allowed = " or ".join(errors) + (" or null" if type(None) in args else "")
         fail(field, allowed, value)
     if origin is tuple:
@@ -66,6 +115,7 @@ def _coerce(annotation: Any, value: Any, field: str) -> Any:
         fail(field, "true or false", value)
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            require(abs(value) < 2**INT_BITS, field, f"an integer in (-2**{INT_BITS}, 2**{INT_BITS})", value)
             return value
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)
@@ -73,8 +123,11 @@ def _coerce(annotation: Any, value: Any, field: str) -> Any:
     if annotation is float:
         if isinstance(value, bool):
             fail(field, "a number", value)
-        if isinstance(value, (int, float)):
+        if isinstance(value, int):
+            require(abs(value) < 2**1023, field, "a number in (-2**1023, 2**1023)", value)  # float() overflows
             return float(value)
+        if isinstance(value, float):
+            return value
         if isinstance(value, str):  # PyYAML reads `1e-3` as a string
             try:
                 return float(value)
@@ -98,11 +151,11 @@ def from_mapping(cls: type, data: Any, where: str, **fixed: Any) -> Any:
         data = {}
     if not isinstance(data, Mapping):
         fail(where, "a mapping of keys to values", data)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in fixed}
     kwargs = dict(fixed)
     for key, value in data.items():
-        if key not in fields:
+        if not isinstance(key, str) or key not in fields:
             allowed = ", ".join(sorted(fields))
             raise SpecError(f"{where}: unknown key {describe(key)}; allowed keys: {allowed}")
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
@@ -120,6 +173,11 @@ def from_mapping(cls: type, data: Any, where: str, **fixed: Any) -> Any:
     if check is not None:
         check(where)
     return obj
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # evaluates string annotations: slow, and fixed per class
 
 
 def check_finite_positive(value: float, field: str) -> None:

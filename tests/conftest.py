@@ -8,13 +8,28 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is a dev dependency; only the fuzz tests need it
+    pass
+else:
+    # Fuzz tests (tests/test_fuzz_spec_cli.py) run a fixed number of examples. `ci`
+    # (chosen when CI is set) is also derandomised and keeps no example database, so
+    # every CI run tries the same examples; `dev` draws new ones each run and replays
+    # failures from .hypothesis/. HYPOTHESIS_PROFILE=... picks one explicitly.
+    _hypothesis_settings.register_profile(
+        "ci", max_examples=200, derandomize=True, database=None, deadline=None, print_blob=True
+    )
+    _hypothesis_settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
 
 @pytest.fixture(scope="session")
 def local_ray():
     """A real local Ray cluster (2 CPUs, no dashboard) for the whole session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.spec import ChainJob, ChainConfig, load_spec, parse_spec
+from collapse_ray.spec import ChainConfig, ChainJob, load_spec, parse_spec
 from collapse_ray.tasks import TASKS
 from collapse_ray.validation import SpecError
 
@@ -150,3 +150,85 @@ def test_cases_are_a_union_of_partial_grids_crossed_with_the_grid():
         parse_spec({**BASE, "grid": {"chain.workflow": ["replace"]}, "cases": [{"chain.workflow": ["accumulate"]}]})
     with pytest.raises(SpecError, match=r"cases\[1\].task.dim must be a non-empty list"):
         parse_spec({**BASE, "cases": [{"task.dim": [1]}, {"task.dim": []}]})
+
+
+# -- regressions found by tests/test_fuzz_spec_cli.py: each was a traceback, a hang, or a
+# -- line that did not name the field
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("task: {name: gaussian}\nname: 2001-13-45\n", "at line 2, column 7: cannot read '2001-13-45': month must be"),
+        ("task: !!int ''\n", "at line 1, column 7: cannot read ''"),  # PyYAML: IndexError
+        ("task: {name: gaussian, dim: 1" + "0" * 5000 + "}\n", "at line 1, column 29: cannot read"),  # int() digit limit
+        ("task: " + "[" * 5000 + "]" * 5000, "nested deeper than 32 levels"),  # RecursionError
+        ("task: &t {name: gaussian, dim: *t}\n", "at line 1, column 7: an alias refers to a node that contains it"),
+        ("task:\n\tname: gaussian\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
+    ],
+)
+def test_yaml_the_loader_chokes_on_is_one_line_with_file_and_line(tmp_path, capsys, text, message):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    assert cli.main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: spec file '{spec}' is not valid YAML " in err and message in err, err
+
+
+def test_unreadable_spec_files_are_one_line(tmp_path, capsys):
+    (tmp_path / "b.yaml").write_bytes(b"task:\n  name: \xff\xfe")
+    for path, message in [(tmp_path / "b.yaml", "is not UTF-8 text: byte 0xff at line 2, offset 14"),
+                          (tmp_path, "cannot be read: Is a directory"), ("a\x00b", "cannot be read: embedded null byte")]:
+        assert cli.main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"task": {"name": ["gaussian"]}}, "task.name must be one of {gaussian"),  # was TypeError: unhashable
+        ({"task": {"name": "gaussian", "dim": 2**64}}, "task.dim must be an integer in (-2**63, 2**63); got 1844"),
+        ({"task": {"name": "gaussian", "sigma2": 10**400}}, "task.sigma2 must be a number in (-2**1023, 2**1023)"),
+        ({"seeds": 10**9}, "seeds must be a count <= 100000; got 1000000000"),  # was tuple(range(10**9))
+        ({"seeds": [2**64]}, "seeds must be a list of integers in [0, 2**63)"),
+        ({"seeds": 100_000, "run": {"seeds_per_trial": 1}, "grid": {"chain.n_real": [10, 20]}},
+         "run.seeds_per_trial: the sweep would run 200000 trials"),
+        ({"grid": {f"task.{k}": list(range(30)) for k in ("dim", "n_test", "sigma2")}},
+         "grid must make at most 10000 grid points; got 27000"),
+        ({"grid": {"chain.n_real": [[10, 20]]}}, "grid.chain.n_real[0] must be a single value"),  # was unhashable
+        ({"grid": {"task.": [1]}}, "grid key must be task.<field> or chain.<field>; got 'task.'"),
+        ({"grid": {"task.a\nb": 1}}, "grid.'task.a\\nb' must be a non-empty list of values; got 1"),  # two lines
+        ({"cases": [None, None]}, "cases[0] must be a non-empty mapping"),  # was "two cells give the same run"
+        ({"name": "../elsewhere"}, "name must be a non-empty string without '/'"),
+        ({"chain": 0}, "chain must be a mapping of keys to values; got 0"),
+    ],
+)
+def test_fuzzed_bad_values_are_one_line_naming_the_field(change, message):
+    with pytest.raises(SpecError) as err:
+        parse_spec({**BASE, **change})
+    assert "\n" not in str(err.value) and message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "raw, overrides, message",
+    [
+        ({**BASE, "grid": 0}, ["grid.chain.n_real=[1]"], "grid must be a mapping"),  # was TypeError
+        (BASE, ["name.x=1"], "--set: unknown key 'name.x'; name has no sub-keys"),
+        (BASE, ["chain.n_real.x=1"], "--set: unknown key 'chain.n_real.x'; chain.n_real is a value, not a mapping"),
+        (BASE, ["task.dim=2001-13-45"], "--set task.dim: value '2001-13-45' is not valid YAML at line 1, column 1"),
+        (BASE, ["task.dim=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["], "nested deeper than 32 levels"),
+    ],
+)
+def test_fuzzed_bad_overrides_are_one_line_naming_the_key(raw, overrides, message):
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw, overrides=overrides)
+    assert "\n" not in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_a_huge_memory_budget_puts_all_seeds_in_one_trial():
+    spec = parse_spec({**BASE, "seeds": 7, "run": {"memory_per_trial_gb": 1e300}})  # was int(nan): ValueError
+    assert [len(j.seeds) for j in spec.jobs()] == [7] and spec.n_trials() == 1
+
+
+def test_bad_command_line_is_one_error_line(capsys):
+    assert cli.main(["run", "sweeps/quickstart.yaml", "--out"]) == 2  # argparse: usage block, then SystemExit
+    assert capsys.readouterr().err == "error: argument --out: expected one argument (see collapse-ray run --help)\n"

@@ -89,7 +89,7 @@ class SFTTask(LanguageModelSettings):
         if self.value_pool_size and chain.n_iterations != 1:
             fail(f"{where}.n_iterations", "1 for value-grid cells (task.value_pool_size > 0)", chain.n_iterations)
         if chain.n_real == 0 and not self.value_pool_size:
-            fail(f"{where}.n_real", "an integer >= 1 (0 only in value-grid cells)", chain.n_real)
+            fail(f"{where}.n_real", "an integer >= 1 (0 only in value-grid cells: task.value_pool_size > 0)", chain.n_real)
 
     # -- data --------------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
