@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# A one-machine rehearsal of the cluster path: a Ray head that accepts `ray job submit`
+# and an MLflow tracking server, both bound to loopback (127.0.0.1) only.
+#
+#   cluster/local_cluster.sh start    # start both; prints the exports to use
+#   cluster/local_cluster.sh env      # print the exports again
+#   cluster/local_cluster.sh stop     # stop both
+#
+# Then, from the repository root:
+#   eval "$(cluster/local_cluster.sh env)"
+#   ray job submit --address "$RAY_DASHBOARD" --working-dir . \
+#     --runtime-env-json "{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$MLFLOW_TRACKING_URI\"}}" \
+#     -- collapse-ray run sweeps/quickstart.yaml --out "$COLLAPSE_RAY_SHARED/results"
+#
+# Ray 2.60 turns token authentication on for local clusters: this script sets
+# RAY_AUTH_MODE=token and uses $RAY_AUTH_TOKEN, else ~/.ray/auth_token, generating that
+# file (`ray get-auth-token --generate`) when neither exists. `ray job submit` needs the
+# same token (the `env` exports carry RAY_AUTH_MODE; the token stays in its file).
+#
+# Settings (environment): COLLAPSE_RAY_SHARED (default /tmp/collapse_ray_shared: the
+# results folder every node would share, the MLflow database and artifacts, logs),
+# RAY_PORT (6379), DASHBOARD_PORT (8265), MLFLOW_PORT (5000), RAY_NUM_CPUS (all),
+# RAY_TEMP_DIR (Ray's default), RAY_START_ARGS (more `ray start` flags, e.g. ports).
+set -euo pipefail
+
+SHARED=${COLLAPSE_RAY_SHARED:-/tmp/collapse_ray_shared}
+RAY_PORT=${RAY_PORT:-6379}
+DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+MLFLOW_PORT=${MLFLOW_PORT:-5000}
+LOOPBACK=127.0.0.1
+export RAY_AUTH_MODE=token
+
+temp_dir_args=()
+if [[ -n "${RAY_TEMP_DIR:-}" ]]; then temp_dir_args=(--temp-dir "$RAY_TEMP_DIR"); fi
+
+print_env() {
+  echo "export RAY_AUTH_MODE=token"
+  echo "export RAY_DASHBOARD=http://$LOOPBACK:$DASHBOARD_PORT"
+  echo "export MLFLOW_TRACKING_URI=http://$LOOPBACK:$MLFLOW_PORT"
+  echo "export COLLAPSE_RAY_SHARED=$SHARED"
+}
+
+wait_for() {  # wait_for URL SECONDS NAME
+  for _ in $(seq "$2"); do
+    if python - "$1" <<'EOF' 2>/dev/null; then return 0; fi
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=2).read()
+EOF
+    sleep 1
+  done
+  echo "error: $3 did not answer at $1 within $2 s (see $SHARED/logs)" >&2
+  return 1
+}
+
+start() {
+  mkdir -p "$SHARED/results" "$SHARED/mlflow-artifacts" "$SHARED/logs"
+  if [[ -z "${RAY_AUTH_TOKEN:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
+    ray get-auth-token --generate >/dev/null
+  fi
+  num_cpus_args=()
+  if [[ -n "${RAY_NUM_CPUS:-}" ]]; then num_cpus_args=(--num-cpus "$RAY_NUM_CPUS"); fi
+  # --block keeps `ray start` as the parent of the head's processes, so `stop` ends
+  # exactly this head (a plain `ray stop` kills every Ray on the machine).
+  # shellcheck disable=SC2086  # RAY_START_ARGS is a list of flags
+  setsid ray start --head --block --node-ip-address "$LOOPBACK" --port "$RAY_PORT" \
+    --dashboard-host "$LOOPBACK" --dashboard-port "$DASHBOARD_PORT" \
+    "${num_cpus_args[@]}" "${temp_dir_args[@]}" ${RAY_START_ARGS:-} --disable-usage-stats \
+    >"$SHARED/logs/ray-head.log" 2>&1 &
+  echo $! >"$SHARED/ray.pid"
+
+  # One worker process is plenty for a rehearsal; artifacts are proxied by the server.
+  setsid mlflow server --host "$LOOPBACK" --port "$MLFLOW_PORT" --workers 1 \
+    --backend-store-uri "sqlite:///$SHARED/mlflow.db" \
+    --artifacts-destination "$SHARED/mlflow-artifacts" \
+    >"$SHARED/logs/mlflow.log" 2>&1 &
+  echo $! >"$SHARED/mlflow.pid"
+  wait_for "http://$LOOPBACK:$MLFLOW_PORT/health" 120 "mlflow server"
+  wait_for "http://$LOOPBACK:$DASHBOARD_PORT/api/gcs_healthz" 60 "Ray dashboard"
+  echo "Ray head: $LOOPBACK:$RAY_PORT, dashboard and job server http://$LOOPBACK:$DASHBOARD_PORT" >&2
+  echo "MLflow tracking server and UI: http://$LOOPBACK:$MLFLOW_PORT (store $SHARED/mlflow.db)" >&2
+  echo "Use these exports:" >&2
+  print_env
+}
+
+stop_group() {  # stop_group PIDFILE: TERM the process group, KILL what is left
+  [[ -f "$1" ]] || return 0
+  pid=$(cat "$1")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 5); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$1"
+}
+
+stop() {
+  stop_group "$SHARED/mlflow.pid"
+  stop_group "$SHARED/ray.pid"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  env) print_env ;;
+  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+esac
