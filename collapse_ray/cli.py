@@ -4,8 +4,9 @@
     collapse-ray run sweeps/quickstart.yaml [--set chain.n_iterations=5 ...] [--resume]
     collapse-ray results quickstart --out results/quickstart.csv
 
-Bad input exits with status 2 and one line on stderr naming the field, before any
-Ray or MLflow work starts.
+Bad input (the spec, a --set override or the command line itself) exits with status 2
+and one line on stderr, `error: ...`, naming the field, before any Ray or MLflow work
+starts.
 """
 
 from __future__ import annotations
@@ -15,13 +16,26 @@ import sys
 from pathlib import Path
 
 from .spec import SweepSpec, load_spec
-from .validation import SpecError
+from .tracking import TrackingUnavailable
+from .validation import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
 
 
+class UsageError(Exception):
+    """A command line argparse refuses; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one `error:` line (no usage block), like bad specs.
+    Subparsers are made with the parent's class, so they share this."""
+
+    def error(self, message):
+        raise UsageError(one_line(f"{message} (see {self.prog} --help)"))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="collapse-ray", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="collapse-ray", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def spec_args(p):
@@ -63,7 +77,11 @@ def _describe(spec: SweepSpec) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)  # --help prints and raises SystemExit(0), as usual
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         if args.command == "validate":
             spec = load_spec(args.spec, args.overrides)
@@ -79,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
         return 130
+    except TrackingUnavailable as err:  # progress is in the checkpoints: say how to go on
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        return 1
     return 1  # pragma: no cover
 
 
@@ -99,8 +120,10 @@ def _run(args) -> int:
     print(f"  MLflow store : {ui_uri} (experiment {outcome.experiment!r}, sweep run {outcome.sweep_run_id})")
     if ui_uri.startswith("sqlite:"):
         print(f"  MLflow UI    : mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
-    print(f"  results table: collapse-ray results {outcome.experiment} --out {Path(args.out) / (outcome.experiment + '.csv')}"
-          + ("" if args.out == "results" else f" --results-dir {args.out}"))
+    where = (f" --tracking-uri {ui_uri}" if not ui_uri.startswith("sqlite:")
+             else "" if args.out == "results" else f" --results-dir {args.out}")
+    print(f"  results table: collapse-ray results {outcome.experiment} "
+          f"--out {Path(args.out) / (outcome.experiment + '.csv')}{where}")
     if outcome.n_failed:
         print(f"  {outcome.n_failed} trials failed; fix the cause and rerun with --resume", file=sys.stderr)
         return 1
@@ -108,11 +131,19 @@ def _run(args) -> int:
 
 
 def _results(args) -> int:
-    from .tracking import resolve_tracking_uri, results_table, sqlite_path, write_table
+    from .tracking import (
+        check_reachable,
+        resolve_tracking_uri,
+        results_table,
+        sqlite_path,
+        write_table,
+    )
 
     uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
     if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
         raise SpecError(f"no MLflow store at {uri}; pass --tracking-uri or --results-dir")
+    if sqlite_path(uri) is None:
+        check_reachable(uri)  # a server that is down: one line now, not MLflow's retries
     table = results_table(uri, args.experiment, sweep_run_id=args.sweep_run_id, all_sweeps=args.all_sweeps)
     out = write_table(table, args.out)
     print(f"wrote {len(table)} rows ({table['run_key'].nunique()} runs x seeds x iterations) to {out}")

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from .pool import ArrayPool
+from .pool import ArrayPool, remove_stale_temporaries
 from .spec import ChainConfig
 from .tasks import Metrics, Task
 from .workflows import by_statistics as uses_statistics
@@ -108,6 +108,8 @@ def run_chain(
     real = task.real_data(chain.n_real, [g[0] for g in generators])
 
     state = _load_state(ckpt)
+    if pool_dir is not None and pool_dir.exists():
+        remove_stale_temporaries(pool_dir)  # left by a writer killed mid-shard
     if state is None:
         state = _State(0, [g[1] for g in generators], None, [])
         pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)

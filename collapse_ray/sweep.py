@@ -102,7 +102,7 @@ def run_sweep(
         check_reachable,
         client_for,
         ensure_experiment,
-        redact_uri,
+        credentials_to_environment,
         resolve_tracking_uri,
         start_sweep_run,
     )
@@ -120,6 +120,9 @@ def run_sweep(
     else:
         sweep_dir = new_sweep_dir(out_root, spec.name)
         tracking_uri = resolve_tracking_uri(tracking_uri, out_root)
+    # A password in the URI moves to MLflow's own variables, which the embedded Ray's
+    # workers inherit: the URI then goes into Tune's files, sweep.json and output as is.
+    tracking_uri = credentials_to_environment(tracking_uri)
     check_reachable(tracking_uri)
     jobs = spec.jobs()
 
@@ -149,7 +152,7 @@ def run_sweep(
         sweep_run_id = start_sweep_run(client, experiment_id, sweep_dir.name, sweep_dir, resolved)
     state = {
         "spec": resolved,
-        "tracking_uri": redact_uri(tracking_uri),  # credentials stay in the environment
+        "tracking_uri": tracking_uri,
         "experiment": spec.name,
         "sweep_run_id": sweep_run_id,
         "status": "running",
@@ -193,21 +196,18 @@ def run_sweep(
     state["status"] = "finished" if n_failed == 0 else "failed"
     _write_json(sweep_dir / SWEEP_FILE, state)
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
-    return SweepOutcome(sweep_dir, redact_uri(tracking_uri), spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
+    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
 
 
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
-    """The store a sweep was started with. sweep.json keeps it without its password, so
-    a redacted one must be given again (flag or MLFLOW_TRACKING_URI) and match."""
-    from .tracking import redact_uri
+    """The store a sweep was started with (sweep.json keeps it without credentials); a
+    given URI is used instead when it names the same store, for its credentials."""
+    from .tracking import split_credentials
 
-    if "***" not in saved:
-        return saved
     given = given or os.environ.get("MLFLOW_TRACKING_URI")
-    if not given or redact_uri(given) != saved:
-        raise SpecError(f"--resume: tracking URI must be the one the sweep was started with ({saved}, with its "
-                        "password) via --tracking-uri or MLFLOW_TRACKING_URI")
-    return given
+    if given and split_credentials(given)[0] == saved:
+        return given
+    return saved
 
 
 def _check_chain_folders(sweep_dir: Path, spec: SweepSpec) -> None:

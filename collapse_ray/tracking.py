@@ -95,15 +95,39 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store stayed unreachable; the chain's checkpoint keeps its progress."""
 
 
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced, for printing and for files on disk."""
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(URI without user:password@, user, password)."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(uri)
-    if parts.password is None:
+    if parts.username is None:
+        return uri, None, None
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host)), parts.username, parts.password
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, for messages."""
+    public, user, password = split_credentials(uri)
+    if password is None:
         return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    scheme, rest = public.split("://", 1)
+    return f"{scheme}://{user}:***@{rest}"
+
+
+def credentials_to_environment(uri: str) -> str:
+    """Move user:password out of an http(s) tracking URI into MLFLOW_TRACKING_USERNAME /
+    _PASSWORD (MLflow's own variables) and return the URI without them, so it can be
+    logged, printed and stored. Database URLs keep theirs (SQLAlchemy needs them) and
+    are only ever shown redacted."""
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    public, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        if password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return public
 
 
 def check_reachable(uri: str) -> None:
@@ -115,8 +139,17 @@ def check_reachable(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         import urllib.request
 
+        import base64
+
+        public, user, password = split_credentials(uri)  # urllib does not read URL credentials
+        request = urllib.request.Request(public.rstrip("/") + "/health")
+        user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+        if user:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+            urllib.request.urlopen(request, timeout=10).read()
         except OSError as err:
             raise SpecError(f"tracking server {redact_uri(uri)} is unreachable: {err}") from None
         return

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
+
+
+def free_ports(n: int) -> list[int]:
+    """n loopback ports nobody listens on right now."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
 
 
 
@@ -37,3 +56,36 @@ class WithoutStatistics:
     def row_nbytes(self):
         return self.inner.row_nbytes()
 
+
+class TrackingServer:
+    """A real `mlflow server` on loopback that a test can stop and start again."""
+
+    def __init__(self, folder: Path):
+        self.port = free_ports(1)[0]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.folder = folder
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import urllib.request
+
+        def healthy():
+            try:
+                return urllib.request.urlopen(self.uri + "/health", timeout=2).read() == b"OK"
+            except OSError:
+                return False
+
+        deadline = time.time() + 120
+        while not healthy():
+            assert time.time() < deadline, "the tracking server did not start"
+            time.sleep(0.2)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

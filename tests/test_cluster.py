@@ -1,0 +1,198 @@
+"""The cluster path for real, on loopback only.
+
+`cluster/local_cluster.sh` starts a Ray head (token authentication on, dashboard and job
+server on 127.0.0.1) and an `mlflow server` (SQLite backend, artifacts proxied by the
+server); a quick sweep goes in with `ray job submit`, exactly as cluster/README.md says;
+its runs and per-iteration metrics are read back through the server; and the MLflow UI
+is checked in headless Chromium (Debian's, installed by `make test`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from collapse_ray.tracking import client_for, results_table
+from tests.helpers import free_ports
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = ROOT / "cluster" / "local_cluster.sh"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = ROOT / "results" / "screenshots"
+N_ITERATIONS, N_SEEDS = 6, 8
+pytestmark = pytest.mark.ray
+
+
+def listening_addresses(port: int) -> set[str]:
+    import psutil
+
+    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.laddr.port == port}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    shared = tmp_path_factory.mktemp("shared")
+    ray_temp = tempfile.mkdtemp(prefix="crr", dir="/tmp")  # Ray's socket paths must stay short
+    ray_port, dashboard, mlflow_port, client_port, agent_port, metrics_port = free_ports(6)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        COLLAPSE_RAY_SHARED=str(shared),
+        RAY_PORT=str(ray_port),
+        DASHBOARD_PORT=str(dashboard),
+        MLFLOW_PORT=str(mlflow_port),
+        RAY_TEMP_DIR=ray_temp,
+        RAY_NUM_CPUS="2",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),  # this cluster's own token; ~/.ray is left alone
+        RAY_START_ARGS=f"--ray-client-server-port {client_port} --dashboard-agent-listen-port {agent_port} "
+        f"--metrics-export-port {metrics_port}",
+    )
+    started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.split("\n") if line)
+        env.update(exports)  # what `eval "$(cluster/local_cluster.sh env)"` does (RAY_AUTH_MODE=token among them)
+        yield SimpleNamespace(env=env, shared=shared, dashboard=exports["RAY_DASHBOARD"],
+                              tracking=exports["MLFLOW_TRACKING_URI"], dashboard_port=dashboard, mlflow_port=mlflow_port)
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def job_submit(cluster, env, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ray", "job", "submit", "--address", cluster.dashboard, *command],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster):
+    """The quickstart sweep, submitted the README's way; returns where its results are."""
+    results = cluster.shared / "results"
+    job_id = f"collapse-ray-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    done = job_submit(
+        cluster, cluster.env,
+        "--submission-id", job_id, "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", ".",
+        "--", "collapse-ray", "run", "sweeps/quickstart.yaml", "--out", str(results),
+        "--tracking-uri", cluster.tracking,
+        "--set", f"chain.n_iterations={N_ITERATIONS}", "--set", f"seeds={N_SEEDS}",
+    )
+    seconds = time.perf_counter() - started
+    log = done.stdout[-4000:] + done.stderr[-4000:]
+    status = subprocess.run(["ray", "job", "status", "--address", cluster.dashboard, job_id],
+                            env=cluster.env, capture_output=True, text=True, timeout=120)
+    return SimpleNamespace(job_id=job_id, returncode=done.returncode, log=log, status=status.stdout + status.stderr,
+                           results=results, seconds=seconds)
+
+
+def test_ray_job_submit_needs_the_clusters_token(cluster, tmp_path):
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    refused = job_submit(cluster, env, "--", "python", "-c", "print('should not run')")
+    assert refused.returncode != 0
+    assert "token" in (refused.stdout + refused.stderr).lower()
+
+
+def test_submitted_sweep_logs_every_iteration_to_the_tracking_server(cluster, submitted):
+    assert submitted.returncode == 0, submitted.log
+    assert f"Job '{submitted.job_id}' succeeded" in submitted.status, submitted.status
+    print(f"\nray job submit: quickstart ({6 * N_SEEDS} chains x {N_ITERATIONS} iterations) in {submitted.seconds:.0f} s")
+
+    client = client_for(cluster.tracking)
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 6
+    for run in children:
+        assert run.info.status == "FINISHED"
+        for key in ("test_loss", "cov_trace_ratio"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, N_ITERATIONS + 1)), (run.info.run_name, key, steps)
+
+    table = results_table(cluster.tracking, "quickstart")  # per-seed rows, via the server's artifact proxy
+    assert len(table) == 6 * N_SEEDS * N_ITERATIONS
+    assert not table.duplicated(["run_key", "seed", "iteration"]).any()
+
+    # checkpoints, pool and Tune's storage live under --out, the path every node shares
+    sweep_dir = Path(parents[0].data.tags["collapse_ray.sweep_dir"])
+    assert sweep_dir.is_relative_to(submitted.results)
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "finished"
+    assert len(list(sweep_dir.glob("chains/*/checkpoint.pkl"))) == 6
+    assert any((sweep_dir / "tune").iterdir())
+
+
+def test_dashboard_and_tracking_server_listen_on_loopback_only(cluster):
+    assert listening_addresses(cluster.dashboard_port) == {"127.0.0.1"}
+    assert listening_addresses(cluster.mlflow_port) == {"127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make test` installs Debian's chromium (apt-get install chromium)")
+        pytest.skip("chromium is not installed (make test installs it where it can)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --disable-background-networking & co: no calls to Google's hosts on a closed network
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+def test_mlflow_ui_shows_the_sweep_runs_and_their_metric_charts(cluster, submitted, browser):
+    assert submitted.returncode == 0, submitted.log
+    client = client_for(cluster.tracking)
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = sorted(r.info.run_name for r in runs if r is not parent)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+    # the experiment's runs: the sweep's parent run, expanded to its chain runs
+    page.goto(f"{cluster.tracking}/#/experiments/{experiment.experiment_id}/runs", wait_until="load")
+    row = page.get_by_role("row").filter(has_text=parent.info.run_name).first
+    row.wait_for(timeout=60_000)
+    row.locator("button[data-component-id*='runnamecellrenderer']").click()  # the +: show child runs
+    page.get_by_text(children[0]).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SCREENSHOTS / "mlflow_ui_runs.png"))
+    text = page.inner_text("body")
+    assert "quickstart" in text
+    assert all(name in text for name in children), (children, text[:2000])
+    assert "7 matching runs" in text
+
+    # one chain run's metric charts: test_loss over iterations 1..N
+    chain = next(r for r in runs if r.info.run_name == children[0])
+    page.goto(f"{cluster.tracking}/#/experiments/{experiment.experiment_id}/runs/{chain.info.run_id}/model-metrics",
+              wait_until="load")
+    chart = page.locator(".js-plotly-plot").first
+    chart.wait_for(timeout=60_000)
+    page.screenshot(path=str(SCREENSHOTS / "mlflow_ui_metrics.png"))
+    text = page.inner_text("body")
+    assert children[0] in text and "test_loss" in text and "Step" in text
+    assert page.locator(".js-plotly-plot").count() >= 4  # test_loss, cov_trace_ratio, ... and their _se
+    # each chart is one line with a point per iteration, its step axis ending at the last one
+    chart = page.locator(".js-plotly-plot").first
+    assert chart.locator(".scatterlayer .points path").count() == N_ITERATIONS
+    ticks = [float(t) for t in chart.locator(".xtick text").all_text_contents()]
+    assert N_ITERATIONS - 1 <= max(ticks) <= N_ITERATIONS and min(ticks) >= 1, ticks
+    print(f"\nscreenshots: {SCREENSHOTS / 'mlflow_ui_runs.png'}, {SCREENSHOTS / 'mlflow_ui_metrics.png'}")
+    page.close()
