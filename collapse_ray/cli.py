@@ -133,13 +133,14 @@ def _run(args) -> int:
 def _results(args) -> int:
     from .tracking import (
         check_reachable,
+        credentials_to_environment,
         resolve_tracking_uri,
         results_table,
         sqlite_path,
         write_table,
     )
 
-    uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
+    uri = credentials_to_environment(resolve_tracking_uri(args.tracking_uri, args.results_dir))
     if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
         raise SpecError(f"no MLflow store at {uri}; pass --tracking-uri or --results-dir")
     if sqlite_path(uri) is None:

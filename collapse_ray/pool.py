@@ -204,11 +204,15 @@ def check_shards(root: str | Path, chain_ids: Sequence[int]) -> None:
             raise ValueError(f"{path} is not a pool shard (expected iteration=T/source=S/{SHARD_NAME})")
         try:
             schema = pq.read_schema(path)
-            chains = np.unique(pq.read_table(path, columns=["chain"])["chain"].to_numpy())
         except Exception as err:  # noqa: BLE001 - any reader error: the file is unusable
             raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
-        if schema.metadata is None or b"collapse_ray.shapes" not in schema.metadata or "row" not in schema.names:
+        if (schema.metadata is None or b"collapse_ray.shapes" not in schema.metadata
+                or not {"chain", "row"} <= set(schema.names)):
             raise ValueError(f"{path} was not written by collapse_ray's pool (no chain/row columns and shapes)")
+        try:
+            chains = np.unique(pq.read_table(path, columns=["chain"])["chain"].to_numpy())
+        except Exception as err:  # noqa: BLE001 - a footer that reads but data that does not
+            raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
         if chains.tolist() != expected:
             raise ValueError(f"{path} holds chains {chains.tolist()}, expected {expected}")
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,8 @@ from .workflows import (
     make_workflow,
     max_rows_held,
 )
+
+MAX_SYNTHETIC_RATIO = 1e6  # synthetic rows per real row; beyond this the row count overflows
 
 WorkflowName = Literal[
     "replace", "accumulate", "accumulate_subsample", "fresh_data", "iterative_retraining", "real_fraction"
@@ -97,8 +101,8 @@ class ChainConfig:
         if self.n_fresh_real is not None:
             check_min(self.n_fresh_real, 0, f"{where}.n_fresh_real")
         if self.synthetic_ratio is not None:
-            require(math.isfinite(self.synthetic_ratio) and self.synthetic_ratio >= 0,
-                    f"{where}.synthetic_ratio", "a number in [0, inf)", self.synthetic_ratio)
+            require(math.isfinite(self.synthetic_ratio) and 0 <= self.synthetic_ratio <= MAX_SYNTHETIC_RATIO,
+                    f"{where}.synthetic_ratio", f"a number in [0, {MAX_SYNTHETIC_RATIO:g}]", self.synthetic_ratio)
         if self.real_fraction is not None:
             require(0 <= self.real_fraction <= 1, f"{where}.real_fraction", "a number in [0, 1]", self.real_fraction)
         takes = PRESETS[self.workflow][1]
@@ -539,8 +543,18 @@ def _point_key(task: Task, chain: ChainConfig, swept: tuple[tuple[str, Any], ...
         field = key.split(".", 1)[1]
         if key in ("task.name", "chain.workflow"):
             continue
-        parts.append(f"{field}{value}")
+        parts.append(f"{field}{_key_safe(value)}")
     return "__".join(parts)
+
+
+def _key_safe(value: Any) -> str:
+    """A swept value as it may appear in a key, which names folders and MLflow runs:
+    paths and odd characters are flattened, with a digest so distinct values stay distinct."""
+    text = str(value)
+    safe = re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+    if safe == text and len(text) <= 40:
+        return text
+    return f"{safe[-32:].lstrip('_.')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def _seed_blocks(seeds: tuple[int, ...], per_trial: int) -> list[tuple[int, ...]]:

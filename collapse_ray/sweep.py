@@ -202,10 +202,10 @@ def run_sweep(
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
     """The store a sweep was started with (sweep.json keeps it without credentials); a
     given URI is used instead when it names the same store, for its credentials."""
-    from .tracking import split_credentials
+    from .tracking import redact_uri, split_credentials
 
     given = given or os.environ.get("MLFLOW_TRACKING_URI")
-    if given and split_credentials(given)[0] == saved:
+    if given and saved in (split_credentials(given)[0], redact_uri(given)):
         return given
     return saved
 

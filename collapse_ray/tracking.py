@@ -64,7 +64,7 @@ def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
 def client_for(uri: str) -> "RetryingClient":
     from mlflow.tracking import MlflowClient
 
-    return RetryingClient(MlflowClient(tracking_uri=uri), uri)
+    return RetryingClient(MlflowClient(tracking_uri=with_credentials(uri)), uri)
 
 
 class RetryingClient:
@@ -116,18 +116,38 @@ def redact_uri(uri: str) -> str:
 
 
 def credentials_to_environment(uri: str) -> str:
-    """Move user:password out of an http(s) tracking URI into MLFLOW_TRACKING_USERNAME /
-    _PASSWORD (MLflow's own variables) and return the URI without them, so it can be
-    logged, printed and stored. Database URLs keep theirs (SQLAlchemy needs them) and
-    are only ever shown redacted."""
-    if not uri.startswith(("http://", "https://")):
-        return uri
+    """Keep credentials out of everything that is logged, printed or stored (Tune's
+    trial configs, sweep.json): returns the URI to pass around instead.
+
+    http(s): user:password moves to MLFLOW_TRACKING_USERNAME / _PASSWORD, MLflow's own
+    variables. A database URL needs its password in the URL, so the full URL goes to
+    MLFLOW_TRACKING_URI and a redacted one is passed around; `client_for` swaps it back.
+    Workers of the embedded Ray inherit these variables; on a cluster, set them on the
+    nodes (cluster/README.md, Secrets).
+    """
     public, user, password = split_credentials(uri)
-    if user is not None:
+    if user is None:
+        return uri
+    if uri.startswith(("http://", "https://")):
         os.environ["MLFLOW_TRACKING_USERNAME"] = user
         if password is not None:
             os.environ["MLFLOW_TRACKING_PASSWORD"] = password
-    return public
+        return public
+    if password is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return redact_uri(uri)
+
+
+def with_credentials(uri: str) -> str:
+    """The full URI behind a redacted one (see credentials_to_environment)."""
+    if "***" not in uri:
+        return uri
+    full = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if redact_uri(full) != uri:
+        raise TrackingUnavailable(f"tracking URI {uri} needs its password: set MLFLOW_TRACKING_URI to the full URL "
+                                  "in this process's environment (on a cluster: on every node)")
+    return full
 
 
 def check_reachable(uri: str) -> None:
@@ -268,8 +288,6 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
 
     Reads the newest sweep of the experiment unless `sweep_run_id` or `all_sweeps` says otherwise.
     """
-    import mlflow.artifacts
-
     client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -293,9 +311,7 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
             if run.info.status != "FINISHED":
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                local = mlflow.artifacts.download_artifacts(
-                    run_id=run.info.run_id, artifact_path=CHAIN_TABLE, dst_path=tmp, tracking_uri=tracking_uri
-                )
+                local = client.download_artifacts(run.info.run_id, CHAIN_TABLE, tmp)
                 frames.append(pd.read_parquet(local).assign(sweep_run_id=parent))
     if not frames:
         raise SpecError(f"experiment {experiment!r} has no finished chain runs yet")

@@ -45,6 +45,9 @@ class PretrainingTask(LanguageModelSettings):
         if chain.n_fresh_real and self.source != corpora.PROCEDURAL:
             fail(f"{where}.n_fresh_real", "0 unless task.source is 'procedural'", chain.n_fresh_real)
 
+    def source_columns(self) -> tuple[str, ...]:
+        return ("text",)
+
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         texts = corpora.load_rows(self.source, "stories", "train", n_real, ("text",), self.corpus_seed)["text"]
         test = corpora.load_rows(self.source, "stories", "validation", self.n_test, ("text",), self.corpus_seed)["text"]

@@ -92,6 +92,9 @@ class SFTTask(LanguageModelSettings):
             fail(f"{where}.n_real", "an integer >= 1 (0 only in value-grid cells: task.value_pool_size > 0)", chain.n_real)
 
     # -- data --------------------------------------------------------------------------
+    def source_columns(self) -> tuple[str, ...]:
+        return (self.prompt_column, self.response_column)
+
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         n_train = max(n_real, self.value_pool_real)
         loaded = self._load_fitting("train", self._first_ask(n_train))

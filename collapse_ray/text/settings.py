@@ -92,6 +92,34 @@ class LanguageModelSettings:
         check_finite_positive(self.max_grad_norm, f"{where}.max_grad_norm")
         if self.top_p is not None:
             require(0 < self.top_p <= 1, f"{where}.top_p", "a number in (0, 1] or null", self.top_p)
+        self._check_local_paths(where)
+
+    def source_columns(self) -> tuple[str, ...]:
+        """The columns the task reads from a named data source."""
+        return ()
+
+    def _check_local_paths(self, where: str) -> None:
+        """Local paths are checked with the spec, not when a trial first reaches them: a
+        missing model folder or a Parquet file of another shape fails before work starts."""
+        for field in ("model", "source"):
+            value = getattr(self, field)
+            if _looks_like_path(value) and not Path(value).expanduser().exists():
+                fail(f"{where}.{field}", "an existing file or folder, a preset or a hub id", value)
+        model = Path(self.model).expanduser()
+        if _looks_like_path(self.model) and not (model / "config.json").is_file():
+            fail(f"{where}.model", "a saved model folder (save_pretrained: config.json and weights)", self.model)
+        source = Path(self.source).expanduser()
+        if _looks_like_path(self.source) and source.is_file() and source.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                names = pq.read_schema(source).names
+            except Exception as err:  # noqa: BLE001 - any reader error: not usable
+                fail(f"{where}.source", "a readable Parquet file", f"{self.source} ({str(err).splitlines()[0][:80]})")
+            missing = [c for c in self.source_columns() if c not in names]
+            if missing:
+                fail(f"{where}.source", f"a Parquet file with columns {list(self.source_columns())}",
+                     f"{self.source} with columns {names}")
 
     def check_run(self, run, where: str) -> None:
         """A trial that drives Ray Train workers or Ray Data actors must not hold the
@@ -150,6 +178,12 @@ class LanguageModelSettings:
 
 
 # -- shared steps of the language-model tasks -------------------------------------------
+def _looks_like_path(value: str) -> bool:
+    """A local path rather than a preset, 'procedural' or a hub id ('org/name')."""
+    return value.startswith(("/", "./", "../", "~")) or Path(value).suffix in (".parquet", ".jsonl", ".json") or (
+        "/" in value and Path(value).expanduser().exists())
+
+
 @dataclass(frozen=True)
 class TextContext:
     """Per-chain facts: where the tokenizer is, and the chain's seed."""
