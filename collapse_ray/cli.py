@@ -133,19 +133,19 @@ def _run(args) -> int:
 def _results(args) -> int:
     from .tracking import (
         check_reachable,
-        credentials_to_environment,
+        credentials_in_environment,
         resolve_tracking_uri,
         results_table,
         sqlite_path,
         write_table,
     )
 
-    uri = credentials_to_environment(resolve_tracking_uri(args.tracking_uri, args.results_dir))
-    if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
-        raise SpecError(f"no MLflow store at {uri}; pass --tracking-uri or --results-dir")
-    if sqlite_path(uri) is None:
-        check_reachable(uri)  # a server that is down: one line now, not MLflow's retries
-    table = results_table(uri, args.experiment, sweep_run_id=args.sweep_run_id, all_sweeps=args.all_sweeps)
+    with credentials_in_environment(resolve_tracking_uri(args.tracking_uri, args.results_dir)) as uri:
+        if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
+            raise SpecError(f"no MLflow store at {uri}; pass --tracking-uri or --results-dir")
+        if sqlite_path(uri) is None:
+            check_reachable(uri)  # a server that is down: one line now, not MLflow's retries
+        table = results_table(uri, args.experiment, sweep_run_id=args.sweep_run_id, all_sweeps=args.all_sweeps)
     out = write_table(table, args.out)
     print(f"wrote {len(table)} rows ({table['run_key'].nunique()} runs x seeds x iterations) to {out}")
     return 0

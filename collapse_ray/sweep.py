@@ -98,14 +98,7 @@ def run_sweep(
     resume: bool | str | Path = False,
 ) -> SweepOutcome:
     """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are."""
-    from .tracking import (
-        check_reachable,
-        client_for,
-        ensure_experiment,
-        credentials_to_environment,
-        resolve_tracking_uri,
-        start_sweep_run,
-    )
+    from .tracking import check_reachable, credentials_in_environment, resolve_tracking_uri
 
     started = time.perf_counter()
     out_root = Path(out_root).resolve()
@@ -120,10 +113,19 @@ def run_sweep(
     else:
         sweep_dir = new_sweep_dir(out_root, spec.name)
         tracking_uri = resolve_tracking_uri(tracking_uri, out_root)
-    # A password in the URI moves to MLflow's own variables, which the embedded Ray's
-    # workers inherit: the URI then goes into Tune's files, sweep.json and output as is.
-    tracking_uri = credentials_to_environment(tracking_uri)
-    check_reachable(tracking_uri)
+    # A password in the URI moves to MLflow's own variables for the sweep's duration (the
+    # embedded Ray's workers inherit them): the URI then goes into Tune's files,
+    # sweep.json and output without it.
+    with credentials_in_environment(tracking_uri) as tracking_uri:
+        check_reachable(tracking_uri)
+        return _fan_out(spec, resolved, sweep_dir, tracking_uri, address, resume, started)
+
+
+def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str, address: str | None,
+             resume, started: float) -> SweepOutcome:
+    """The sweep proper, once its folder and tracking store are settled."""
+    from .tracking import client_for, ensure_experiment, start_sweep_run
+
     jobs = spec.jobs()
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -145,7 +147,7 @@ def run_sweep(
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, spec.name)
     if resume:
-        sweep_run_id = saved["sweep_run_id"]
+        sweep_run_id = json.loads((sweep_dir / SWEEP_FILE).read_text())["sweep_run_id"]
         client.update_run(sweep_run_id, status="RUNNING")
     else:
         sweep_dir.mkdir(parents=True)

@@ -14,7 +14,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ JOB_KEY_TAG = "collapse_ray.job_key"
 SWEEP_TAG = "collapse_ray.sweep_dir"
 PARENT_TAG = "mlflow.parentRunId"
 CHAIN_TABLE = "chains.parquet"
+SAMPLES = "samples"  # per-iteration pictures of tasks that draw them: samples/iteration_TTT/<file>
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 SQLITE = "sqlite:///"
 RETRY_ENV = "COLLAPSE_RAY_TRACKING_RETRY_SECONDS"
@@ -137,6 +139,24 @@ def credentials_to_environment(uri: str) -> str:
         return uri
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return redact_uri(uri)
+
+
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI")
+
+
+@contextmanager
+def credentials_in_environment(uri: str) -> Iterator[str]:
+    """credentials_to_environment for the duration of the block, then the environment
+    as it was (a library call must not leave credentials behind)."""
+    saved = {name: os.environ.get(name) for name in CREDENTIAL_VARIABLES}
+    try:
+        yield credentials_to_environment(uri)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def with_credentials(uri: str) -> str:
@@ -264,6 +284,22 @@ class MlflowChainSink:
                     metrics.append(Metric(f"{name}_se", se, now, iteration))
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+
+
+    def log_artifacts(self, iteration: int, files: dict[str, bytes]) -> None:
+        """Files of one iteration under samples/iteration_TTT/ (rewriting is harmless)."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / iteration_folder(iteration)
+            folder.mkdir()
+            for name, content in files.items():
+                (folder / name).write_bytes(content)
+            self.client.log_artifacts(self.run_id, str(folder), f"{SAMPLES}/{folder.name}")
+
+
+def iteration_folder(iteration: int) -> str:
+    return f"iteration_{iteration:03d}"
 
 
 def finish_chain_run(client, run_id: str, job: ChainJob, table: pd.DataFrame) -> None:

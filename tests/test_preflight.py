@@ -6,6 +6,7 @@ tracking store."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -124,8 +125,10 @@ def test_an_unreachable_tracking_store_is_refused_before_ray_starts(uri, tmp_pat
     spec.write_text(yaml.safe_dump(SPEC))
     uri = uri.format(port=free_ports(1)[0])
     was_running = ray.is_initialized()
+    environment = dict(os.environ)
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--tracking-uri", uri]) == 2
     line = one_error_line(capsys)
     assert "tracking" in line and ("unreachable" in line or "unusable" in line), line
     assert "pw@" not in line, "the password is not printed"
     assert ray.is_initialized() == was_running and not (tmp_path / "r").exists()
+    assert dict(os.environ) == environment, "credentials are not left in the environment"
