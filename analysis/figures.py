@@ -22,7 +22,11 @@ into --out, each path printed:
   workflow;
 * pretraining and sft: `pretraining_workflows.png`, `fig3_sft.png`, and for value-grid
   sweeps Fig. 5, `fig5_value_grid.png` and `fig5_value_heatmap.png`
-  (analysis/lm_figures.py).
+  (analysis/lm_figures.py);
+* vae and diffusion: `{task}_workflows.png` (test loss and sample quality over
+  iterations) and `{task}_{data}_samples.png` (sample grids at iterations 1, 5 and the
+  last, replace vs accumulate, from the pictures logged to MLflow: `--tracking-uri`)
+  (analysis/neural_figures.py).
 
 Means are over seeds, of finite values only, with +-1 standard-error bands; settings are
 never averaged together (see analysis/toy_figures.py). Bad input (a missing file, a
@@ -50,6 +54,7 @@ def _sibling(name: str):
 
 toy = _sibling("toy_figures")
 lm = _sibling("lm_figures")
+neural = _sibling("neural_figures")
 fig1 = toy.fig1
 EXIT_BAD_INPUT = 2
 
@@ -96,14 +101,15 @@ def load_tables(paths: list[str | Path]) -> pd.DataFrame:
         raise InputError(
             f"chain {first['run_key']} seed {first['seed']} iteration {first['iteration']} appears more than once "
             f"({where}); keep one sweep per experiment (collapse-ray results without --all-sweeps)")
-    known = sorted(set(table["task"]) & set(toy.TASKS + lm.LM_TASKS))
+    tasks = toy.TASKS + lm.LM_TASKS + neural.NEURAL_TASKS
+    known = sorted(set(table["task"]) & set(tasks))
     if not known:
-        raise InputError(f"no rows of a known task ({', '.join(toy.TASKS + lm.LM_TASKS)}); got tasks "
+        raise InputError(f"no rows of a known task ({', '.join(tasks)}); got tasks "
                          f"{sorted(map(str, set(table['task'])))}")
     return table
 
 
-def draw_all(table: pd.DataFrame, out: Path) -> list[Path]:
+def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None) -> list[Path]:
     """Every figure that applies to the table; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -144,6 +150,7 @@ def draw_all(table: pd.DataFrame, out: Path) -> list[Path]:
             written.append(toy.save(toy.plot_mixing(task, summary), out / f"mixing_policies_{task}.png"))
 
     written += lm.write_figures(table, out)
+    written += neural.write_figures(table, out, tracking_uri)
     return written
 
 
@@ -151,18 +158,30 @@ def _classic(summary: pd.DataFrame) -> bool:
     return bool(summary["workflow"].isin(toy.CLASSIC).any())
 
 
+def _tracking_uri(given: str | None) -> str | None:
+    import os
+
+    if given or os.environ.get("MLFLOW_TRACKING_URI"):
+        return given or os.environ["MLFLOW_TRACKING_URI"]
+    default = Path("results") / "mlflow.db"
+    return f"sqlite:///{default.resolve()}" if default.exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tables", nargs="+", metavar="TABLE",
                         help="results table from `collapse-ray results` (.csv or .parquet)")
     parser.add_argument("--out", required=True, help="folder for the PNG files (created if needed)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store the sweeps logged to, for figures made of logged pictures (sample grids); "
+                             "default: $MLFLOW_TRACKING_URI, else results/mlflow.db when it exists")
     args = parser.parse_args(argv)
     try:
         table = load_tables(args.tables)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for path in draw_all(table, Path(args.out)):
+    for path in draw_all(table, Path(args.out), _tracking_uri(args.tracking_uri)):
         print(path)
     return 0
 

@@ -131,6 +131,9 @@ def run_chain(
         else:
             model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)), real.context)
         state.records.append((t, task.evaluate(model, real.test)))
+        if sink is not None and t > logged and hasattr(task, "iteration_artifacts") and hasattr(sink, "log_artifacts"):
+            # pictures of this iteration's model (a recomputed iteration redraws the same ones)
+            sink.log_artifacts(t, task.iteration_artifacts(model, real.context))
         if t < chain.n_iterations:  # the last fit's samples would train nothing
             new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, state.rngs, real, by_statistics)
             if by_statistics:

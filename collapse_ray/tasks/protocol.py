@@ -26,6 +26,10 @@ Optional hooks a task may define (looked up with getattr, so most tasks ignore t
   check_run(run, where)          task-specific rules on the `run:` block (SpecError)
   check_cluster(run, cpus, where)  one chain must fit the cluster's CPUs (SpecError)
   fits_empty_training_set        class flag: chain.n_real = 0 is meaningful (value grids)
+  iteration_artifacts(model, context) -> {file name: bytes}
+                                 pictures of an iteration's model (e.g. samples.png of the
+                                 batch's first chain); sweeps log them to the chain's MLflow
+                                 run under samples/iteration_TTT/
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""Figures of the neural tasks (vae, diffusion) from a `collapse-ray results` table:
+
+* `{task}_workflows.png`: (B)'s image and diffusion panels: held-out test loss over
+  model-fitting iterations, a line per workflow, with a sample-quality row below (kernel
+  MMD to held-out real data; the digit classifier's confidence where it applies), a
+  column per data set;
+* `{task}_{data}_samples.png`: sample grids at iterations 1, 5 and the last, replace
+  above accumulate, side by side. They are the per-iteration pictures the chains logged
+  to MLflow (samples/iteration_TTT/samples.png of each run's first seed), so these need
+  the tracking store (`--tracking-uri`); without one they are skipped with a note.
+
+Means over seeds with +-1 standard-error bands. Called by analysis/figures.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+NEURAL_TASKS = ("vae", "diffusion")
+DATA_COLUMN = {"vae": "source", "diffusion": "data"}
+ORDER = ("replace", "accumulate_subsample", "accumulate")
+COLORS = {"replace": "tab:red", "accumulate_subsample": "tab:orange", "accumulate": "tab:blue"}
+QUALITY = (("mmd", "kernel MMD$^2$ to held-out real (lower is better)"),
+           ("classifier_confidence", "digit classifier confidence (higher is sharper)"))
+LOSS_LABEL = {"vae": "test loss: -ELBO (nats/image, held-out real)",
+              "diffusion": "test loss: denoising MSE (held-out real)"}
+GRID_ITERATIONS = (1, 5)  # and the last
+
+
+def _mean_se(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    out = frame.groupby(["workflow", "iteration"])[metric].agg(["mean", "std", "count"]).reset_index()
+    out["se"] = out["std"] / out["count"] ** 0.5
+    return out
+
+
+def _workflows(names) -> list[str]:
+    names = set(names)
+    return [w for w in ORDER if w in names] + sorted(names - set(ORDER))
+
+
+def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
+    """Test loss (top) and sample quality (bottom) over iterations, a column per data set."""
+    column = DATA_COLUMN[task]
+    datasets = sorted(rows[column].astype(str).unique())
+    quality = [(m, label) for m, label in QUALITY if m in rows and rows[m].notna().any()]
+    metrics = [("test_loss", LOSS_LABEL[task])] + quality[:1]
+    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(4.5 * len(datasets), 3.4 * len(metrics)),
+                             squeeze=False)
+    for j, data in enumerate(datasets):
+        sub = rows[rows[column].astype(str) == data]
+        for i, (metric, label) in enumerate(metrics):
+            ax = axes[i][j]
+            if metric not in sub or sub[metric].isna().all():
+                ax.set_axis_off()
+                continue
+            summary = _mean_se(sub, metric)
+            for workflow in _workflows(summary.workflow):
+                line = summary[summary.workflow == workflow].sort_values("iteration")
+                color = COLORS.get(workflow)
+                ax.plot(line.iteration, line["mean"], marker="o", ms=3, color=color, label=workflow)
+                if line["count"].max() > 1:
+                    ax.fill_between(line.iteration, line["mean"] - line.se, line["mean"] + line.se,
+                                    color=color, alpha=0.2)
+            ax.set_xlabel("model-fitting iteration")
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(f"{task} on {data}", fontsize=10)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{task}: replace collapses, accumulate holds" if {"replace", "accumulate"} <= set(rows.workflow)
+                 else task)
+    fig.tight_layout()
+    return fig
+
+
+def grid_iterations(last: int) -> list[int]:
+    return sorted({t for t in GRID_ITERATIONS if t <= last} | {last})
+
+
+def plot_sample_grids(pictures: dict[tuple[str, int], Path], title: str) -> plt.Figure:
+    """pictures[(workflow, iteration)] -> PNG; a row per workflow, a column per iteration."""
+    workflows = _workflows({w for w, _ in pictures})
+    iterations = sorted({t for _, t in pictures})
+    fig, axes = plt.subplots(len(workflows), len(iterations), figsize=(3.2 * len(iterations), 3.4 * len(workflows)),
+                             squeeze=False)
+    for i, workflow in enumerate(workflows):
+        for j, iteration in enumerate(iterations):
+            ax = axes[i][j]
+            ax.set_axis_off()
+            path = pictures.get((workflow, iteration))
+            if path is not None:
+                ax.imshow(matplotlib.image.imread(path))
+            ax.set_title(f"{workflow}, iteration {iteration}", fontsize=9, color=COLORS.get(workflow, "black"))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fetch_pictures(rows: pd.DataFrame, tracking_uri: str, folder: Path) -> dict[tuple[str, int], Path]:
+    """The logged samples.png of iterations 1, 5 and the last, for the first run (lowest
+    seeds) of replace and accumulate."""
+    from collapse_ray.tracking import SAMPLES, client_for, iteration_folder
+
+    client = client_for(tracking_uri)
+    last = int(rows["iteration"].max())
+    pictures = {}
+    for workflow in ("replace", "accumulate"):
+        runs = rows[rows.workflow == workflow].sort_values(["seed", "run_id"])
+        if runs.empty:
+            continue
+        run_id = runs["run_id"].iloc[0]
+        for iteration in grid_iterations(last):
+            target = folder / workflow / str(iteration)
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                local = client.download_artifacts(run_id, f"{SAMPLES}/{iteration_folder(iteration)}/samples.png",
+                                                  str(target))
+            except Exception:  # noqa: BLE001 - not logged (an older run): leave the cell empty
+                continue
+            pictures[(workflow, iteration)] = Path(local)
+    return pictures
+
+
+def write_figures(table: pd.DataFrame, out: Path, tracking_uri: str | None = None) -> list[Path]:
+    written = []
+    for task in NEURAL_TASKS:
+        rows = table[table["task"] == task]
+        if rows.empty:
+            continue
+        written.append(_save(plot_workflows(rows, task), out / f"{task}_workflows.png"))
+        if tracking_uri is None:
+            print(f"note: {task} sample grids need the MLflow store (--tracking-uri); skipped", file=sys.stderr)
+            continue
+        for data, sub in rows.groupby(rows[DATA_COLUMN[task]].astype(str)):
+            with tempfile.TemporaryDirectory() as tmp:
+                pictures = fetch_pictures(sub, tracking_uri, Path(tmp))
+                if not pictures:
+                    print(f"note: no sample pictures logged for {task} on {data}; grid skipped", file=sys.stderr)
+                    continue
+                name = f"{task}_{Path(data).name.replace('.', '_')}_samples.png"
+                fig = plot_sample_grids(pictures, f"{task} on {data}: samples of the first seed")
+                written.append(_save(fig, out / name))
+    return written
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
