@@ -130,3 +130,39 @@ def test_persist_pool_writes_every_iteration(tmp_path):
 
     run_chain(TASK, chain("replace", persist_pool=True, checkpoint_every=0), range(2), checkpoint_dir=tmp_path)
     assert list(iterations_on_disk(tmp_path / "pool")) == list(range(0, 10))  # real + samples of fits 1..9
+
+
+class PictureSink(ListSink):
+    """Also records the pictures a task draws, per iteration, as a tracking store would
+    keep them (a rewrite replaces the file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pictures: dict[int, dict[str, bytes]] = {}
+        self.writes = 0
+
+    def log_artifacts(self, iteration, files):
+        self.writes += 1
+        self.pictures[iteration] = dict(files)
+
+
+class Drawing(GaussianTask):
+    """The Gaussian task with a 'picture' of each fit: its mean vectors as text."""
+
+    def iteration_artifacts(self, model, context):
+        return {"samples.png": np.asarray(model.mean).round(12).tobytes()}
+
+
+def test_iteration_pictures_are_drawn_once_per_iteration_and_identically_on_resume(tmp_path):
+    task = Drawing(dim=3, n_test=100)
+    cfg = chain("replace", checkpoint_every=3)
+    whole = PictureSink()
+    run_chain(task, cfg, range(4), sink=whole)
+    assert sorted(whole.pictures) == list(range(1, 11)) and whole.writes == 10
+
+    sink = PictureSink()
+    with pytest.raises(Crash):
+        run_chain(task, cfg, range(4), checkpoint_dir=tmp_path, sink=sink, progress=crash_at(5))
+    run_chain(task, cfg, range(4), checkpoint_dir=tmp_path, sink=sink)
+    assert sink.pictures == whole.pictures, "a resumed chain draws the same pictures"
+    assert sink.writes == 10 + 2  # iterations 4 and 5 were drawn before the crash and redrawn after
