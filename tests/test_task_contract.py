@@ -18,7 +18,8 @@ from collapse_ray.validation import SpecError
 # (trained enough that SFT samples keep the user/assistant format the sampler requires)
 SMALL_LM = {"backend": "local", "sampler": "local", "max_length": 64, "n_test": 20, "vocab_size": 300,
             "sampling_batch_size": 100, "epochs": 3, "learning_rate": 3e-3}
-SMALL = {"gaussian": {"dim": 3, "n_test": 50}, "pretraining": SMALL_LM, "sft": SMALL_LM}
+SMALL = {"gaussian": {"dim": 3, "n_test": 50}, "pretraining": SMALL_LM, "sft": SMALL_LM,
+         "vae": {"hidden": 32, "epochs": 2, "n_test": 50, "n_eval_samples": 50, "n_grid": 16}}
 
 
 def make(name: str) -> Task:

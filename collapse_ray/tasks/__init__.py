@@ -12,6 +12,7 @@ from .linear_regression import LinearRegressionTask
 from .pretraining import PretrainingTask
 from .protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
 from .sft import SFTTask
+from .vae import VAETask
 
 TASKS: dict[str, type] = {
     "gaussian": GaussianTask,
@@ -20,9 +21,10 @@ TASKS: dict[str, type] = {
     "kde": KDETask,
     "pretraining": PretrainingTask,
     "sft": SFTTask,
+    "vae": VAETask,
 }
 
 __all__ = [
     "TASKS", "AdditiveStatisticsTask", "DiscreteTask", "GaussianTask", "KDETask", "LinearRegressionTask",
-    "Metrics", "PretrainingTask", "RealData", "Rows", "SFTTask", "Task",
+    "Metrics", "PretrainingTask", "RealData", "Rows", "SFTTask", "Task", "VAETask",
 ]
