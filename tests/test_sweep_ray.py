@@ -103,7 +103,8 @@ LM_CHAINS = ("pretraining_quick", "sft_quick")  # fits on 2 Ray Train workers wi
 
 # quick neural specs: the metric that shows collapse, the margin the task's own tests
 # measured over seeds (tests/test_vae.py, tests/test_diffusion.py), the sample-grid figure
-NEURAL_CHAINS = {"vae_digits_quick": ("test_loss", 0.4, "vae_digits_samples.png")}
+NEURAL_CHAINS = {"vae_digits_quick": ("test_loss", 0.4, "vae_digits_samples.png"),
+                 "diffusion_points_quick": ("test_loss", 0.05, "diffusion_moons_samples.png")}
 
 
 def _replace_is_worse_than_accumulate(table: pd.DataFrame, name: str, metric: str = "test_loss",

@@ -19,7 +19,9 @@ from collapse_ray.validation import SpecError
 SMALL_LM = {"backend": "local", "sampler": "local", "max_length": 64, "n_test": 20, "vocab_size": 300,
             "sampling_batch_size": 100, "epochs": 3, "learning_rate": 3e-3}
 SMALL = {"gaussian": {"dim": 3, "n_test": 50}, "pretraining": SMALL_LM, "sft": SMALL_LM,
-         "vae": {"hidden": 32, "epochs": 2, "n_test": 50, "n_eval_samples": 50, "n_grid": 16}}
+         "vae": {"hidden": 32, "epochs": 2, "n_test": 50, "n_eval_samples": 50, "n_grid": 16},
+         "diffusion": {"n_steps": 20, "hidden": 32, "epochs": 2, "n_test": 50, "n_eval_noise": 2, "n_quality": 50,
+                       "n_grid": 16}}
 
 
 def make(name: str) -> Task:

@@ -5,6 +5,7 @@ Adding a task: write `tasks/<key>.py` with a frozen dataclass implementing
 tests/test_task_contract.py then cover it automatically.
 """
 
+from .diffusion import DiffusionTask
 from .discrete import DiscreteTask
 from .gaussian import GaussianTask
 from .kde import KDETask
@@ -22,9 +23,10 @@ TASKS: dict[str, type] = {
     "pretraining": PretrainingTask,
     "sft": SFTTask,
     "vae": VAETask,
+    "diffusion": DiffusionTask,
 }
 
 __all__ = [
-    "TASKS", "AdditiveStatisticsTask", "DiscreteTask", "GaussianTask", "KDETask", "LinearRegressionTask",
+    "TASKS", "AdditiveStatisticsTask", "DiffusionTask", "DiscreteTask", "GaussianTask", "KDETask", "LinearRegressionTask",
     "Metrics", "PretrainingTask", "RealData", "Rows", "SFTTask", "Task", "VAETask",
 ]
