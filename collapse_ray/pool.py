@@ -158,7 +158,6 @@ class ArrayPool:
         Later shards (written by a run that crashed before its checkpoint) are ignored.
         """
         root = Path(root)
-        remove_stale_temporaries(root)
         pool = cls(chain_ids, keep_history=keep_history, capacity=capacity)
         iterations = [i for i in iterations_on_disk(root) if i <= up_to_iteration]
         if not keep_history:

@@ -118,12 +118,14 @@ def run_sweep(
     # sweep.json and output without it.
     with credentials_in_environment(tracking_uri) as tracking_uri:
         check_reachable(tracking_uri)
-        return _fan_out(spec, resolved, sweep_dir, tracking_uri, address, resume, started)
+        resumed_run_id = saved["sweep_run_id"] if resume else None
+        return _fan_out(spec, resolved, sweep_dir, tracking_uri, address, resumed_run_id, started)
 
 
 def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str, address: str | None,
-             resume, started: float) -> SweepOutcome:
-    """The sweep proper, once its folder and tracking store are settled."""
+             resumed_run_id: str | None, started: float) -> SweepOutcome:
+    """The sweep proper, once its folder and tracking store are settled (resumed_run_id:
+    the parent run of the sweep being resumed, else None for a new sweep)."""
     from .tracking import client_for, ensure_experiment, start_sweep_run
 
     jobs = spec.jobs()
@@ -146,8 +148,8 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
 
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, spec.name)
-    if resume:
-        sweep_run_id = json.loads((sweep_dir / SWEEP_FILE).read_text())["sweep_run_id"]
+    if resumed_run_id is not None:
+        sweep_run_id = resumed_run_id
         client.update_run(sweep_run_id, status="RUNNING")
     else:
         sweep_dir.mkdir(parents=True)

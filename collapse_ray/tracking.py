@@ -79,7 +79,7 @@ class RetryingClient:
 
     def __init__(self, client, uri: str, seconds: float | None = None):
         self._client = client
-        self._uri = uri
+        self._shown_uri = redact_uri(uri)  # for messages; parsed once, not per call
         self._seconds = float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_SECONDS)) if seconds is None else seconds
 
     def __getattr__(self, name: str):
@@ -88,7 +88,7 @@ class RetryingClient:
             return method
 
         def call(*args, **kwargs):
-            return _retry(lambda: method(*args, **kwargs), self._seconds, f"{name} on {redact_uri(self._uri)}")
+            return _retry(lambda: method(*args, **kwargs), self._seconds, f"{name} on {self._shown_uri}")
 
         return call
 
