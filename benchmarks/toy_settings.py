@@ -38,12 +38,11 @@ def reference_kde_chain(dataset: str, bandwidth: float, n: int, workflow: str, i
     from sklearn.neighbors import KernelDensity
 
     make = {"blobs": lambda m, s: datasets.make_blobs(m, centers=3, random_state=s),
-            "circles": lambda m, s: datasets.make_circles(m, noise=0.05, factor=0.5, random_state=s),
+            "circles": lambda m, s: datasets.make_circles(m, noise=0.05, random_state=s),  # factor 0.8
             "moons": lambda m, s: datasets.make_moons(m, noise=0.05, random_state=s),
             "swiss_roll": lambda m, s: datasets.make_swiss_roll(m, noise=0.05, random_state=s)}[dataset]
     rng = np.random.default_rng(seed)
-    x = make(n + 500, seed)[0]
-    data, test = [x[:n]], x[n:]
+    data, test = [make(n, seed)[0]], make(500, seed + 2**30)[0]  # two draws, as (A)
     losses = []
     for _ in range(iterations):
         start = time.perf_counter()

@@ -104,3 +104,41 @@ def test_replace_variance_follows_the_kernel_recursion():
                     range(300)).table.groupby("iteration")["train_var"].mean()
     assert acc.iloc[-1] - acc.iloc[0] < 1.5 * h * h * np.log(t) + 0.05
     assert grouped["train_var"].mean().iloc[-1] - v[0] > 2 * (acc.iloc[-1] - acc.iloc[0])
+
+
+def _reference_circles_nll(seeds, n, h, factor=0.8):
+    """(A)'s protocol in its own calls: make_circles(n, noise=0.05) for training and a
+    separate make_circles(500, noise=0.05) test set, sklearn's KernelDensity."""
+    from sklearn import datasets
+
+    nll = []
+    for s in seeds:
+        x = datasets.make_circles(n, noise=0.05, factor=factor, random_state=s)[0]
+        test = datasets.make_circles(500, noise=0.05, factor=factor, random_state=s + 10_000)[0]
+        nll.append(-KernelDensity(bandwidth=h).fit(x).score_samples(test).mean())
+    return np.array(nll)
+
+
+def test_circles_iteration_one_matches_a_code():
+    # issue 14: (A) uses sklearn's default factor 0.8; at h = 0.5, n = 100 its iteration-1
+    # test NLL is about 1.95 nats (factor 0.5 gives about 1.84, 30+ standard errors off)
+    seeds = range(200)
+    ours = KDETask(dataset="circles", bandwidth=0.5, n_test=500)
+    real = ours.real_data(100, gens(seeds))
+    nll = ours.evaluate(ours.fit(real.train), real.test)["test_loss"]
+    reference = _reference_circles_nll(seeds, 100, 0.5)
+    se = np.sqrt(nll.var(ddof=1) / len(nll) + reference.var(ddof=1) / len(reference))
+    assert abs(nll.mean() - reference.mean()) < 4 * se  # independent draws: 4 SE never flakes here
+    assert nll.mean() == pytest.approx(1.95, abs=0.01)  # (A)'s number, to its two digits
+    # the old factor is still available and clearly different
+    old = KDETask(dataset="circles", bandwidth=0.5, n_test=500, factor=0.5)
+    real_old = old.real_data(100, gens(seeds))
+    nll_old = old.evaluate(old.fit(real_old.train), real_old.test)["test_loss"]
+    assert nll.mean() - nll_old.mean() > 20 * se
+
+
+def test_circles_factor_is_validated():
+    from collapse_ray.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"task.factor must be a number in \[0, 1\)"):
+        KDETask(dataset="circles", factor=1.5).validate("task")

@@ -1,8 +1,8 @@
 """Kernel density estimation ("kde") on sklearn's toy datasets, the setting of (A)'s Fig. 2.
 
 Real data: `make_blobs` (2-D, 3 centres, cluster_std 1, centres in (-10, 10)),
-`make_circles` (factor 0.5), `make_moons` (both with `noise`), `make_swiss_roll` (3-D,
-with `noise`). Train and test rows come from the same distribution: for blobs the centres
+`make_circles` (`factor`, sklearn's default 0.8 as in (A)'s sweeps), `make_moons` (both
+with `noise`), `make_swiss_roll` (3-D, with `noise`). Train and test rows come from the same distribution: for blobs the centres
 are drawn once per chain and shared by train, test and fresh real rows. (A)'s code calls
 `make_blobs` twice without fixing centres, so its blobs test set is a different mixture
 from its training set; we do not copy that.
@@ -97,6 +97,8 @@ class KDETask:
     """Kernel bandwidth h, or a rule recomputed at each fit."""
     noise: float = 0.05
     """Noise of circles, moons and swiss roll (blobs use cluster_std 1)."""
+    factor: float = 0.8
+    """Circles only: inner radius over outer; 0.8 is sklearn's default, which (A) uses."""
     n_test: int = 500
     """Held-out real points for the test NLL, drawn once per chain."""
 
@@ -106,6 +108,8 @@ class KDETask:
         if not (math.isfinite(self.noise) and self.noise >= 0):
             fail(f"{where}.noise", "a number in [0, inf)", self.noise)
         check_min(self.n_test, 1, f"{where}.n_test")
+        if not (0 <= self.factor < 1):  # sklearn's own range for make_circles
+            fail(f"{where}.factor", "a number in [0, 1)", self.factor)
 
     @property
     def dim(self) -> int:
@@ -127,10 +131,14 @@ class KDETask:
         centres = None
         if self.dataset == "blobs":
             centres = np.stack([rng.uniform(-10.0, 10.0, size=(3, 2)) for rng in rngs])  # make_blobs' centre box
-        x = self._draw(n_real + self.n_test, rngs, centres)
-        test = x[:, n_real:]
+        # two draws, as (A)'s code does: circles and moons then split their rows exactly
+        # in half between the two components in both sets (one draw of n_real + n_test
+        # rows split afterwards would give the training set a random share of each,
+        # which raises circles' iteration-1 NLL by ~0.013 nats at n = 100, h = 0.5)
+        train = self._draw(n_real, rngs, centres)
+        test = self._draw(self.n_test, rngs, centres)
         return RealData(
-            train={"x": x[:, :n_real]},
+            train={"x": train},
             test=KDETestSet(test, np.einsum("cnd,cnd->cn", test, test)),
             context=centres,
         )
@@ -147,7 +155,7 @@ class KDETask:
             if self.dataset == "blobs":
                 out[i] = datasets.make_blobs(n, n_features=2, centers=centres[i], cluster_std=1.0, random_state=seed)[0]
             elif self.dataset == "circles":
-                out[i] = datasets.make_circles(n, noise=self.noise, factor=0.5, random_state=seed)[0]
+                out[i] = datasets.make_circles(n, noise=self.noise, factor=self.factor, random_state=seed)[0]
             elif self.dataset == "moons":
                 out[i] = datasets.make_moons(n, noise=self.noise, random_state=seed)[0]
             else:
