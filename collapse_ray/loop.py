@@ -26,7 +26,6 @@ state is restored) yet not logged again.
 from __future__ import annotations
 
 import os
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from .tasks import Metrics, Task
 from .workflows import by_statistics as uses_statistics
 from .workflows import max_rows_held
 
-CHECKPOINT_FILE = "checkpoint.pkl"
+CHECKPOINT_FILE = "checkpoint.json"  # plus the state-*.npz it names: data only (state_file.py)
 
 
 class MetricSink(Protocol):
@@ -107,15 +106,17 @@ def run_chain(
     generators = [chain_generators(s) for s in seeds]
     real = task.real_data(chain.n_real, [g[0] for g in generators])
 
-    state = _load_state(ckpt)
+    state, manifest = _load_checkpoint(ckpt)
     if pool_dir is not None and pool_dir.exists():
         remove_stale_temporaries(pool_dir)  # left by a writer killed mid-shard
     if state is None:
         state = _State(0, [g[1] for g in generators], None, [])
         pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
         pool.add(dict(real.train), iteration=0, source="real")
-    else:
-        pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity)
+    elif state.iteration >= chain.n_iterations:  # finished: no iteration left to train
+        pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
+    else:  # exactly the shards the checkpoint lists, each checked against its hash
+        pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity, manifest=manifest)
     resumed_from = state.iteration
     logged = sink.last_logged_iteration() if sink is not None else 0
     if pool_dir is not None and chain.persist_pool:
@@ -152,7 +153,7 @@ def run_chain(
             if ckpt is not None:
                 if t < chain.n_iterations:  # a finished chain resumes nothing from its pool
                     pool.write_shards(pool_dir)
-                _save_state(ckpt, state)
+                _save_state(ckpt, state, pool.manifest() if t < chain.n_iterations else [])
         if progress is not None:
             progress(t, chain.n_iterations)
 
@@ -197,35 +198,49 @@ def is_finished(checkpoint_dir: str | Path, n_iterations: int) -> bool:
 
 
 def check_checkpoint(checkpoint_dir: str | Path, seeds: Sequence[int]) -> None:
-    """Raise ValueError naming the file if a chain folder cannot be resumed from."""
-    from .pool import check_shards
+    """Raise ValueError naming the file if a chain folder cannot be resumed from exactly:
+    an unreadable checkpoint, another number of chains, a pool shard that is missing,
+    altered, corrupt or foreign."""
+    from .pool import check_manifest, check_shards
 
     ckpt = Path(checkpoint_dir)
-    state = _load_state(ckpt)
+    state, manifest = _load_checkpoint(ckpt)
     if state is not None and len(state.rngs) != len(seeds):
         raise ValueError(f"{ckpt / CHECKPOINT_FILE} holds {len(state.rngs)} chains, expected {len(seeds)}")
     if (ckpt / "pool").exists():
         check_shards(ckpt / "pool", seeds)
+    if manifest:
+        check_manifest(ckpt / "pool", manifest)
 
 
 def _load_state(ckpt: Path | None) -> _State | None:
+    return _load_checkpoint(ckpt)[0]
+
+
+def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | None]:
+    """The chain state and the pool manifest stored with it ((None, None) if none)."""
+    from . import state_file
+
     if ckpt is None or not (ckpt / CHECKPOINT_FILE).exists():
-        return None
+        for legacy in ckpt.glob("checkpoint.pkl") if ckpt is not None else ():
+            raise ValueError(f"{legacy} is a pickle, which collapse_ray no longer reads (unpickling a file "
+                             f"can run code); start the sweep afresh")
+        return None, None
     try:
-        with open(ckpt / CHECKPOINT_FILE, "rb") as f:
-            state = pickle.load(f)
-    except Exception as err:  # noqa: BLE001 - truncated, foreign or from an incompatible version
-        raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a readable chain checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, _State):
+        state, document = state_file.load(ckpt / CHECKPOINT_FILE)
+    except state_file.CheckpointFormatError as err:
+        raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a readable chain checkpoint: {err}") from None
+    manifest = document.get("pool")
+    if not isinstance(state, _State) or not isinstance(manifest, list):
         raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a chain checkpoint (holds {type(state).__name__})")
-    return state
+    return state, manifest
 
 
-def _save_state(ckpt: Path, state: _State) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt / CHECKPOINT_FILE)
+def _save_state(ckpt: Path, state: _State, manifest: list[dict]) -> None:
+    """Arrays first, then the JSON naming them and the pool's shards (the commit point)."""
+    from . import state_file
+
+    try:
+        state_file.save(ckpt, CHECKPOINT_FILE, state, {"pool": manifest}, tag=f"{state.iteration}-{os.getpid()}")
+    except TypeError as err:  # a field of a type the data-only format does not hold
+        raise TypeError(f"chain state cannot be checkpointed: {err}") from None

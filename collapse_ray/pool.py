@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class ArrayPool:
         self._iteration = np.empty(0, dtype=np.int64)
         self._source = np.empty(0, dtype=np.int8)
         self._written: set[tuple[int, str]] = set()
+        self._shards: dict[tuple[int, str], dict] = {}  # (iteration, source) -> its manifest entry
 
     # -- reading --------------------------------------------------------------
     def __len__(self) -> int:
@@ -128,8 +130,20 @@ class ArrayPool:
                 path = root / f"iteration={int(it)}" / f"source={source}" / SHARD_NAME
                 write_table_atomic(table, path)
                 self._written.add((int(it), source))
+                self._shards[(int(it), source)] = _manifest_entry(path, root, table.num_rows)
                 written.append(path)
         return written
+
+    def manifest(self) -> list[dict]:
+        """The shards that make up the held rows (write_shards first): path relative to
+        the pool folder, row count and sha256 of each. Stored with a checkpoint, it lets a
+        resume refuse a pool that lost or changed a shard since."""
+        held = self._iteration[: self._n]
+        blocks = {(int(it), SOURCES[code]) for it, code in zip(held, self._source[: self._n])} if self._n else set()
+        missing = blocks - set(self._shards)
+        if missing:
+            raise ValueError(f"pool blocks {sorted(missing)} are not written yet (call write_shards first)")
+        return [self._shards[b] for b in sorted(blocks)]
 
     def _block_table(self, rows: np.ndarray, block_start: int) -> pa.Table:
         n_chains, k = len(self.chain_ids), len(rows)
@@ -152,22 +166,33 @@ class ArrayPool:
         up_to_iteration: int,
         keep_history: bool = True,
         capacity: int = 0,
+        manifest: Sequence[dict] | None = None,
     ) -> "ArrayPool":
         """Rebuild the in-memory pool from shards of iterations <= `up_to_iteration`.
 
-        Later shards (written by a run that crashed before its checkpoint) are ignored.
+        With a checkpoint's `manifest`, exactly the shards it lists are read, each checked
+        against its row count and sha256 (ValueError naming the file otherwise). Without
+        one, whatever is on disk; later shards (written by a run that crashed before its
+        checkpoint) are ignored either way.
         """
         root = Path(root)
         pool = cls(chain_ids, keep_history=keep_history, capacity=capacity)
-        iterations = [i for i in iterations_on_disk(root) if i <= up_to_iteration]
-        if not keep_history:
-            iterations = iterations[-1:]
+        if manifest is not None:
+            listed = check_manifest(root, manifest)
+            iterations = sorted({it for it, _ in listed})
+        else:
+            listed = None
+            iterations = [i for i in iterations_on_disk(root) if i <= up_to_iteration]
+            if not keep_history:
+                iterations = iterations[-1:]
         for it in iterations:
             blocks = []
             for source in SOURCES:
                 path = root / f"iteration={it}" / f"source={source}" / SHARD_NAME
-                if path.exists():
+                if (listed is None and path.exists()) or (listed is not None and (it, source) in listed):
                     table = pq.read_table(path)
+                    pool._shards[(it, source)] = (listed[(it, source)] if listed is not None
+                                                  else _manifest_entry(path, root, table.num_rows))
                     blocks.append((int(pc.min(table["row"]).as_py()), source, table, path))
             # an iteration can hold a synthetic and a fresh-real block: re-add them in the
             # order they were added (their row offsets), so positional selections replay
@@ -187,6 +212,41 @@ def remove_stale_temporaries(root: str | Path) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+def _manifest_entry(path: Path, root: Path, rows: int) -> dict:
+    from .state_file import file_sha256
+
+    return {"path": path.relative_to(root).as_posix(), "rows": int(rows), "sha256": file_sha256(path)}
+
+
+_MANIFEST_PATH = re.compile(rf"iteration=(\d+)/source=({'|'.join(SOURCES)})/{re.escape(SHARD_NAME)}")
+
+
+def check_manifest(root: str | Path, manifest: Sequence[dict]) -> dict[tuple[int, str], dict]:
+    """Every shard a checkpoint's manifest lists must be there with its row count and
+    sha256 (else ValueError naming the file); returns them by (iteration, source)."""
+    from .state_file import file_sha256
+
+    root = Path(root)
+    listed = {}
+    for entry in manifest:
+        match = _MANIFEST_PATH.fullmatch(str(entry.get("path", ""))) if isinstance(entry, dict) else None
+        if match is None or not isinstance(entry.get("rows"), int) or not isinstance(entry.get("sha256"), str):
+            raise ValueError(f"the pool manifest of {root} has a malformed entry {str(entry)[:80]}")
+        path = root / entry["path"]
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: the checkpoint's pool manifest lists it, so a resume "
+                             "cannot be exact (restore the file, or start the sweep afresh)")
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as err:  # noqa: BLE001 - any reader error: the file is unusable
+            raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
+        if rows != entry["rows"] or file_sha256(path) != entry["sha256"]:
+            raise ValueError(f"{path} differs from the checkpoint's pool manifest ({rows} rows, expected "
+                             f"{entry['rows']}, or other content): it changed after the checkpoint")
+        listed[(int(match.group(1)), match.group(2))] = entry
+    return listed
 
 
 def check_shards(root: str | Path, chain_ids: Sequence[int]) -> None:

@@ -191,7 +191,7 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating(tmp_path):
     time.sleep(2)
     sweep_dir = next((out / name).iterdir())
     assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "running", "".join(lines)
-    finished_before = len(list(sweep_dir.glob("chains/*/checkpoint.pkl")))
+    finished_before = len(list(sweep_dir.glob(f"chains/*/{CHECKPOINT_FILE}")))
 
     resumed = subprocess.run(cli("run", str(spec), "--out", str(out), "--resume"), env=ENV,
                              capture_output=True, text=True, timeout=400)

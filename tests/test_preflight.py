@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from collapse_ray import cli
+from collapse_ray.loop import CHECKPOINT_FILE
 from tests.helpers import free_ports
 
 SPEC = {
@@ -66,10 +67,49 @@ DAMAGE = {
     "foreign parquet": (lambda d: pq.write_table(pa.table({"x": [1, 2, 3]}), shard(d)), "was not written by collapse_ray"),
     "stray file": (lambda d: pq.write_table(pa.table({"x": [1]}), shard(d).parent.parent.parent / "extra.parquet"),
                    "is not a pool shard"),
-    "truncated checkpoint": (lambda d: next(d.glob("chains/*/checkpoint.pkl")).write_bytes(b"\x80\x05trunc"),
+    "truncated checkpoint": (lambda d: next(d.glob(f"chains/*/{CHECKPOINT_FILE}")).write_bytes(b'{"format": "coll'),
                              "not a readable chain checkpoint"),
+    "checkpoint naming a foreign class": (lambda d: forge_checkpoint(d, "os:system"), "is not one of collapse_ray's"),
+    "checkpoint naming a class outside the allowed set": (
+        lambda d: forge_checkpoint(d, "collapse_ray.validation:SpecError"), "is not a dataclass"),
+    "altered checkpoint arrays": (lambda d: flip_last_byte(next(d.glob("chains/*/state-*.npz"))),
+                                  "differs from the sha256 it recorded"),
+    "pickle that runs code": (lambda d: plant_pickle(d), "is a pickle, which collapse_ray no longer reads"),
     "foreign chain folder": (lambda d: (d / "chains" / "someone_else").mkdir(), "belongs to no chain of this spec"),
 }
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a crafted checkpoint.pkl did)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"id > {self.marker}",)
+
+
+def plant_pickle(sweep_dir: Path) -> None:
+    """A checkpoint.pkl that runs code when unpickled, where a checkpoint used to be."""
+    import pickle
+
+    folder = next(sweep_dir.glob(f"chains/*/{CHECKPOINT_FILE}")).parent
+    (folder / CHECKPOINT_FILE).unlink()
+    (folder / "checkpoint.pkl").write_bytes(pickle.dumps(_RunsCode(sweep_dir.parent / "ran_code")))
+
+
+def forge_checkpoint(sweep_dir: Path, class_name: str) -> None:
+    """checkpoint.json edited to rebuild some other class from the file's data."""
+    path = next(sweep_dir.glob(f"chains/*/{CHECKPOINT_FILE}"))
+    document = json.loads(path.read_text())
+    document["state"] = {"dataclass": class_name, "fields": {"command": "id"}}
+    path.write_text(json.dumps(document))
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.ray
@@ -86,6 +126,7 @@ def test_resume_refuses_a_damaged_chain_folder_before_starting(damage, finished_
     assert message in line and "--resume" in line, line
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "mlflow.db"}
     assert after == before, "nothing written before the refusal"
+    assert not (out / "preflight" / "ran_code").exists(), "the checkpoint ran code"
 
 
 def lm_spec(tmp_path: Path, **task) -> Path:
