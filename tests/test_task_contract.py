@@ -21,7 +21,10 @@ SMALL_LM = {"backend": "local", "sampler": "local", "max_length": 64, "n_test": 
 SMALL = {"gaussian": {"dim": 3, "n_test": 50}, "pretraining": SMALL_LM, "sft": SMALL_LM,
          "vae": {"hidden": 32, "epochs": 2, "n_test": 50, "n_eval_samples": 50, "n_grid": 16},
          "diffusion": {"n_steps": 20, "hidden": 32, "epochs": 2, "n_test": 50, "n_eval_noise": 2, "n_quality": 50,
-                       "n_grid": 16}}
+                       "n_grid": 16},
+         # 4 small molecules x 55 conformers (200 training ones: the contract fits 200 real rows)
+         "conformer_diffusion": {"n_molecules": 4, "n_conformers": 55, "n_test_conformers": 5, "n_steps": 10,
+                                 "hidden": 8, "n_layers": 1, "epochs": 1, "batch_size": 100, "n_eval_noise": 1}}
 
 
 def make(name: str) -> Task:

@@ -5,6 +5,7 @@ Adding a task: write `tasks/<key>.py` with a frozen dataclass implementing
 tests/test_task_contract.py then cover it automatically.
 """
 
+from .conformer_diffusion import ConformerDiffusionTask
 from .diffusion import DiffusionTask
 from .discrete import DiscreteTask
 from .gaussian import GaussianTask
@@ -24,9 +25,10 @@ TASKS: dict[str, type] = {
     "sft": SFTTask,
     "vae": VAETask,
     "diffusion": DiffusionTask,
+    "conformer_diffusion": ConformerDiffusionTask,
 }
 
 __all__ = [
-    "TASKS", "AdditiveStatisticsTask", "DiffusionTask", "DiscreteTask", "GaussianTask", "KDETask", "LinearRegressionTask",
-    "Metrics", "PretrainingTask", "RealData", "Rows", "SFTTask", "Task", "VAETask",
+    "TASKS", "AdditiveStatisticsTask", "ConformerDiffusionTask", "DiffusionTask", "DiscreteTask", "GaussianTask",
+    "KDETask", "LinearRegressionTask", "Metrics", "PretrainingTask", "RealData", "Rows", "SFTTask", "Task", "VAETask",
 ]
