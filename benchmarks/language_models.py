@@ -59,7 +59,7 @@ def main() -> None:
         return FitSettings(
             model_name=args.model, tokenizer_dir=tokenizer_dir, output_dir=str(work / name), seed=0,
             epochs=args.epochs, micro_batch_size=args.micro_batch, grad_accum_steps=1, learning_rate=1e-3,
-            warmup_ratio=0.0, schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine=engine,
+            warmup_ratio=0.0, warmup_steps=None, betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine=engine,
             zero_stage=1, precision="bf16" if args.use_gpu else "fp32",
         )
 

@@ -2,8 +2,8 @@
 
 Each iteration trains a model *from scratch* (a preset: GPT-2 or Llama-2 shapes) on
 the iteration's stories; the synthetic stories of an iteration are as many unconditional
-samples (temperature 1 by default, optional top-p) as the workflow asks for, n_real by
-default. `test_loss` is the mean token cross-entropy on held-out real stories (nats;
+samples (temperature 1 by default, optional top-p; `generation` picks one of (B)'s
+strategies) as the workflow asks for, n_real by default. `test_loss` is the mean token cross-entropy on held-out real stories (nats;
 ln(vocab) is a uniform guess), also logged as `perplexity`.
 
 Rows are a `text` column; one chain per trial. Quick run (2 CPU cores, ~3 min):
@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ..text import corpora
 from ..text.models import is_preset, load_tokenizer
 from ..text.settings import (
-    LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, fit_texts,
-    prepare_tokenizer, sample_texts,
+    LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, first_token_counts,
+    fit_texts, prepare_tokenizer, sample_texts,
 )
 from ..validation import fail
 from .protocol import Metrics, RealData, Rows
@@ -34,6 +34,12 @@ class PretrainingTask(LanguageModelSettings):
 
     name: ClassVar[str] = "pretraining"
     batched: ClassVar[bool] = False
+
+    adam_beta2: float = 0.95  # (B) publishes no optimiser settings: a common LM-pretraining choice
+    generation: Literal["from_bos", "first_token", "fixed_length"] = "from_bos"
+    """(B)'s generation strategies: from BOS until EOS; from BOS plus the first token
+    of a real story (drawn by how often stories start with it, kept in the sample); or
+    a fixed max_length tokens from BOS (EOS suppressed)."""
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -50,17 +56,20 @@ class PretrainingTask(LanguageModelSettings):
 
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         texts = corpora.load_rows(self.source, "stories", "train", n_real, ("text",), self.corpus_seed)["text"]
-        test = corpora.load_rows(self.source, "stories", "validation", self.n_test, ("text",), self.corpus_seed)["text"]
+        n_test = None if self.n_test == "all" else self.n_test  # stories are cut, never dropped: all fit
+        test = corpora.load_rows(self.source, "stories", "validation", n_test, ("text",), self.corpus_seed)["text"]
         tokenizer_dir = prepare_tokenizer(self, texts)
-        context = TextContext(tokenizer_dir, chain_seed(rngs[0]))
-        test_examples = encode(load_tokenizer(tokenizer_dir), test, self.max_length, drop_long=False)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        firsts = first_token_counts(tokenizer, texts) if self.generation == "first_token" else ((), ())
+        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), *firsts)
+        test_examples = encode(tokenizer, test, self.max_length, drop_long=False)
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 
     def fit(self, train: Rows, context: Any = None):
         return fit_texts(self, train["text"][0], context)
 
     def sample(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
-        return as_rows(sample_texts(self, model, n, chain_seed(rngs[0])))
+        return as_rows(sample_texts(self, model, n, chain_seed(rngs[0]), self.generation, context))
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
         return as_rows([corpora.procedural_story(rngs[0]) for _ in range(n)])

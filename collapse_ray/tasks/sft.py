@@ -8,22 +8,35 @@ split into exactly one user part and one assistant part are kept, until the quot
 met. `test_loss` is the mean token cross-entropy on the real validation split only.
 
 Value grid (Fig. 5): with `value_pool_size > 0` a chain is one fit on the first n_real
-real rows plus the first `value_synthetic` rows of a synthetic pool that is sampled once
-(seeded by the task, shared by every cell and seed of the sweep) from a fine-tune on
-`value_pool_real` real rows. n_real = value_synthetic = 0 evaluates the base model.
+real rows plus the first `value_synthetic` rows of synthetic pool number `value_pool`
+(of `n_value_pools`). Pool p is sampled (seed p) from its own fine-tune (seed p) on
+`value_pool_real` real rows, as (A) samples three pools from three iteration-1
+fine-tunes; it is shared by every cell and seed that names it. n_real =
+value_synthetic = 0 evaluates the base model.
+
+Pools are built once per sweep by the sweep's driver, before any cell starts
+(`prepare_sweep`), and cells only read them: no lock is needed. A lock was not safe to
+rely on: on the file systems cluster/README.md recommends, flock holds on EFS
+(NFSv4.1; Linux emulates flock with NFS byte-range locks since 2.6.12) but not on an
+NFS mount with `nolock` or `local_lock=flock`, on NFSv3 without lockd (e.g. some
+Filestore/NFS provisioners), on SMB before Linux 5.5 (Azure Files), nor on S3 FUSE
+mounts. A chain run outside a sweep builds its pool itself if it is missing.
 
 Quick run (2 CPU cores): collapse-ray run sweeps/sft_quick.yaml
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
+import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..text import corpora
 from ..text.models import load_tokenizer
@@ -31,10 +44,11 @@ from ..text.settings import (
     LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, fit_texts,
     prepare_tokenizer, sample_texts,
 )
-from ..validation import check_min, fail, require
+from ..validation import SpecError, check_min, fail, require
 from .protocol import Metrics, RealData, Rows
 
 USER, ASSISTANT = "user: ", "\nassistant: "
+SHARED_FOLDER = "_shared"  # beside the chains' folders: files every chain of a sweep reads
 MAX_SAMPLING_ROUNDS = 30
 MAX_DRAWS_PER_SAMPLE = 20  # a model that parses under 1 in 20 is not worth waiting on
 
@@ -61,13 +75,18 @@ class SFTTask(LanguageModelSettings):
     batched: ClassVar[bool] = False
 
     learning_rate: float = 1e-3
-    schedule: Literal["constant", "cosine"] = "constant"  # (A): constant with 5% warm-up
+    schedule: Literal["constant", "cosine"] = "constant"  # (A): constant_with_warmup
+    long_rows: Literal["drop", "cut"] = "drop"  # (A) drops rows longer than max_length, synthetic ones too
     prompt_column: str = "prompt"
     response_column: str = "response"
     value_pool_size: int = 0
-    """Value grid: synthetic rows sampled once for all cells (0: an ordinary chain)."""
+    """Value grid: synthetic rows in each pool (0: an ordinary chain)."""
     value_pool_real: int = 0
-    """Value grid: real rows the pool's sampler is fine-tuned on."""
+    """Value grid: real rows each pool's sampler is fine-tuned on."""
+    n_value_pools: int = 1
+    """Value grid: synthetic pools, each from its own fine-tune ((A): 3)."""
+    value_pool: int = 0
+    """Value grid: the pool this cell draws from (0 .. n_value_pools - 1; a grid axis)."""
     value_synthetic: int = 0
     """Value grid: first rows of the pool added to this cell's training set."""
 
@@ -76,10 +95,13 @@ class SFTTask(LanguageModelSettings):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        for name in ("value_pool_size", "value_pool_real", "value_synthetic"):
+        for name in ("value_pool_size", "value_pool_real", "value_synthetic", "value_pool"):
             check_min(getattr(self, name), 0, f"{where}.{name}")
+        check_min(self.n_value_pools, 1, f"{where}.n_value_pools")
         require(self.value_synthetic <= self.value_pool_size, f"{where}.value_synthetic",
                 f"<= value_pool_size ({self.value_pool_size})", self.value_synthetic)
+        require(self.value_pool < self.n_value_pools, f"{where}.value_pool",
+                f"< n_value_pools ({self.n_value_pools})", self.value_pool)
         if self.value_pool_size:
             check_min(self.value_pool_real, 1, f"{where}.value_pool_real")
 
@@ -90,6 +112,19 @@ class SFTTask(LanguageModelSettings):
             fail(f"{where}.n_iterations", "1 for value-grid cells (task.value_pool_size > 0)", chain.n_iterations)
         if chain.n_real == 0 and not self.value_pool_size:
             fail(f"{where}.n_real", "an integer >= 1 (0 only in value-grid cells: task.value_pool_size > 0)", chain.n_real)
+        self._check_local_test_set()
+
+    def _check_local_test_set(self) -> None:
+        """A local source is read at spec time: asking for more test rows than fit in
+        max_length fails here, naming both counts (a hub source fails in its first
+        trial, with the same message)."""
+        if self.source == corpora.PROCEDURAL or self.n_test == "all" or not Path(self.source).expanduser().exists():
+            return
+        fitting = _local_fitting_count(self.source, self.model, self.max_length, self.vocab_size,
+                                       self.prompt_column, self.response_column)
+        if fitting < self.n_test:
+            raise SpecError(f"task.n_test must be <= the {fitting} validation rows of {self.source} that fit in "
+                            f"max_length={self.max_length} tokens (or 'all'); got {self.n_test}")
 
     # -- data --------------------------------------------------------------------------
     def source_columns(self) -> tuple[str, ...]:
@@ -101,13 +136,20 @@ class SFTTask(LanguageModelSettings):
         tokenizer_dir = prepare_tokenizer(self, loaded)
         tokenizer = load_tokenizer(tokenizer_dir)
         train = self._fitting(tokenizer, "train", n_train, loaded)
-        test = self._fitting(tokenizer, "validation", self.n_test)
+        test = self._fitting(tokenizer, "validation", None if self.n_test == "all" else self.n_test)
         context = TextContext(tokenizer_dir, chain_seed(rngs[0]))
         texts = train[:n_real]
         if self.value_synthetic:
-            texts = texts + self._value_pool(train, context)[: self.value_synthetic]
+            # in a sweep the driver built the pool (prepare_sweep); alone, the chain builds it
+            texts = texts + self._value_pool(self.workdir.parent.parent / SHARED_FOLDER, self.value_synthetic)
         return RealData(train=as_rows(texts), test=encode(tokenizer, test, self.max_length, drop_long=True),
                         context=context)
+
+    def prepare_sweep(self, shared_dir: Path) -> None:
+        """Called by the sweep's driver for every cell before any starts: builds this
+        cell's synthetic pool if no earlier cell's call did (one writer, no lock)."""
+        if self.value_pool_size:
+            self._value_pool(shared_dir, 0)
 
     def _load_fitting(self, split: str, ask: int | None) -> list[str]:
         """Formatted examples of `split`: the first `ask` of the procedural stream, or
@@ -120,42 +162,53 @@ class SFTTask(LanguageModelSettings):
         """Procedural rows to generate so that about n fit (None: all of a named source)."""
         return int(n * 1.25) + 16 if self.source == corpora.PROCEDURAL else None
 
-    def _fitting(self, tokenizer, split: str, n: int, loaded: list[str] | None = None) -> list[str]:
+    def _fitting(self, tokenizer, split: str, n: int | None, loaded: list[str] | None = None) -> list[str]:
         """The first n formatted examples of `split` that fit in max_length tokens
-        ((A) drops the rest). A procedural stream is read further until n fit.
-        `loaded`: the split as `_load_fitting(split, _first_ask(n))` already returned it."""
-        ask = self._first_ask(n)
+        ((A) drops the rest; n None: all that fit, of a named source). A procedural
+        stream is read further until n fit. `loaded`: the split as
+        `_load_fitting(split, _first_ask(n))` already returned it."""
+        ask = self._first_ask(n) if n is not None else None
         while True:
             texts = loaded if loaded is not None else self._load_fitting(split, ask)
             loaded = None
             lengths = [len(ids) + 2 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             kept = [t for t, k in zip(texts, lengths) if k <= self.max_length]
+            if n is None:
+                return kept
             if len(kept) >= n or ask is None or ask > 64 * n + 1024:
                 break
             ask *= 2
         if len(kept) < n:
-            raise ValueError(f"source {self.source!r} split {split!r}: {len(kept)} examples fit in "
-                             f"max_length={self.max_length} tokens; {n} were asked for")
+            raise ValueError(f"source {self.source!r} split {split!r}: {len(kept)} of {len(texts)} examples fit in "
+                             f"max_length={self.max_length} tokens; {n} were asked for (n_test: all takes every one)")
         return kept[:n]
 
-    def _value_pool(self, train: list[str], context: TextContext) -> list[str]:
-        """The value grid's shared synthetic pool: made by the first cell that needs it
-        (under a file lock), read by the rest. Its seed is the task's, not the chain's."""
-        pool_task = replace(self, value_synthetic=0)
-        folder = self.workdir.parent.parent / "_shared" / f"value_pool-{pool_task.config_digest()}"
-        path = folder / "pool.json"
+    def _value_pool(self, shared_dir: Path, n: int) -> list[str]:
+        """The first n rows of synthetic pool `value_pool`, built if it is missing.
+
+        Its folder is keyed by everything that makes the pool (not by the cell's
+        n_real, value_synthetic or chain seed); the file appears whole, by rename."""
+        pool_task = replace(self, value_synthetic=0, n_value_pools=1)
+        path = Path(shared_dir) / f"value_pool-{pool_task.config_digest()}" / "pool.parquet"
+        if not path.exists():
+            self._build_value_pool(pool_task, path)
+        return pq.read_table(path).column("text").to_pylist()[:n]
+
+    def _build_value_pool(self, pool_task: SFTTask, path: Path) -> None:
+        """Pool p: a fine-tune on the first value_pool_real real rows (seed p), sampled
+        (seed p) until value_pool_size samples parse, as (A)'s pools 0, 1, 2."""
+        folder = path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.exists():
-                shared = TextContext(context.tokenizer_dir, self.corpus_seed)
-                fitter = pool_task.with_workdir(folder)
-                model = fit_texts(fitter, train[: self.value_pool_real], shared)
-                texts = fitter._accepted_samples(model, self.value_pool_size, self.corpus_seed)
-                tmp = folder / ".pool.json.tmp"
-                tmp.write_text(json.dumps(texts))
-                tmp.replace(path)
-        return json.loads(path.read_text())
+        fitter = pool_task.with_workdir(folder)
+        seed = self.value_pool
+        loaded = self._load_fitting("train", self._first_ask(self.value_pool_real))
+        tokenizer_dir = prepare_tokenizer(fitter, loaded)
+        train = self._fitting(load_tokenizer(tokenizer_dir), "train", self.value_pool_real, loaded)
+        model = fit_texts(fitter, train, TextContext(tokenizer_dir, seed))
+        texts = fitter._accepted_samples(model, self.value_pool_size, seed)
+        tmp = folder / f".pool.parquet.tmp-{os.getpid()}"
+        pq.write_table(pa.table({"text": pa.array(texts, type=pa.string())}), tmp)
+        os.replace(tmp, path)
 
     # -- protocol ----------------------------------------------------------------------
     def fit(self, train: Rows, context: Any = None):
@@ -191,3 +244,25 @@ class SFTTask(LanguageModelSettings):
     def row_nbytes(self) -> int:
         return 4 * self.max_length
 
+
+
+@functools.lru_cache(maxsize=16)
+def _local_fitting_count(source: str, model: str, max_length: int, vocab_size: int, prompt_column: str,
+                         response_column: str) -> int:
+    """Validation rows of a local source that fit, tokenized as a chain would: by the
+    model's own tokenizer, or for a preset by the one trained on the train split."""
+    from ..text.models import is_preset, train_tokenizer
+
+    columns = (prompt_column, response_column)
+
+    def formatted(split: str) -> list[str]:
+        rows = corpora.load_rows(source, "instructions", split, None, columns)
+        return [format_example(p, r) for p, r in zip(rows[columns[0]], rows[columns[1]])]
+
+    try:
+        test = formatted("validation")
+        tokenizer = train_tokenizer(formatted("train"), vocab_size) if is_preset(model) else load_tokenizer(model)
+    except (ValueError, OSError) as err:
+        raise SpecError(f"task.source {source}: {str(err).splitlines()[0]}") from None
+    lengths = [len(ids) + 2 for ids in tokenizer(test, add_special_tokens=False)["input_ids"]]
+    return sum(k <= max_length for k in lengths)

@@ -147,26 +147,47 @@ class SampleSettings:
     max_new_tokens: int
     batch_size: int
     use_cache: bool = True
+    generation: str = "from_bos"
+    """from_bos: from BOS until EOS; first_token: from BOS and a first token drawn from
+    the real stories' first tokens (kept in the sample); fixed_length: from BOS,
+    always max_new_tokens tokens (EOS suppressed)."""
+    first_tokens: tuple[int, ...] = ()  # first_token: the real first tokens ...
+    first_token_counts: tuple[int, ...] = ()  # ... and how many stories start with each
 
 
 def generate(model, tokenizer, n: int, seed: int, s: SampleSettings, device: str = "cpu") -> list[str]:
     """n unconditional samples (from the BOS token), in batches, with the KV cache."""
+    texts = []
+    for ids in generate_ids(model, tokenizer, n, seed, s, device):
+        texts.extend(tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True))
+    return [t.strip() for t in texts]
+
+
+def generate_ids(model, tokenizer, n: int, seed: int, s: SampleSettings, device: str = "cpu"):
+    """Token ids per batch, BOS first (padding after an EOS), as `s.generation` says."""
     import torch
 
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    texts = []
     for start in range(0, n, s.batch_size):
         b = min(s.batch_size, n - start)
         prompt = torch.full((b, 1), bos, dtype=torch.long, device=device)
+        new_tokens, min_new = s.max_new_tokens, 0
+        if s.generation == "first_token":
+            weights = np.asarray(s.first_token_counts, dtype=float)
+            first = rng.choice(np.asarray(s.first_tokens), size=b, p=weights / weights.sum())
+            prompt = torch.cat([prompt, torch.as_tensor(first, dtype=torch.long, device=device)[:, None]], dim=1)
+            new_tokens -= 1  # the sample stays within max_length tokens
+        elif s.generation == "fixed_length":
+            min_new = new_tokens
         with torch.no_grad():
-            out = model.generate(
+            yield model.generate(
                 prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=s.temperature,
-                top_p=s.top_p if s.top_p is not None else 1.0, top_k=0, max_new_tokens=s.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=s.use_cache,
-            )
-        texts.extend(tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True))
-    return [t.strip() for t in texts]
+                top_p=s.top_p if s.top_p is not None else 1.0, top_k=0, max_new_tokens=new_tokens,
+                min_new_tokens=min_new, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                use_cache=s.use_cache,
+            ).cpu()
 
 
 def load_for_inference(model_dir: str, tokenizer_dir: str):

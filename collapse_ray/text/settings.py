@@ -32,8 +32,9 @@ class LanguageModelSettings:
     .parquet/.jsonl file or folder, or a Hugging Face dataset id."""
     corpus_seed: int = 0
     """Seed of the procedural corpus (the real data set is fixed across chain seeds)."""
-    n_test: int = 200
-    """Held-out real examples (validation split) that test_loss is measured on."""
+    n_test: int | Literal["all"] = 200
+    """Held-out real examples (the first of the validation split that fit) that
+    test_loss is measured on; 'all': every one that fits ((A)'s test set)."""
     max_length: int = 128
     """Tokens per example, EOS included."""
     # -- model --
@@ -47,9 +48,18 @@ class LanguageModelSettings:
     epochs: int = 1
     learning_rate: float = 1e-3
     schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_ratio: float = 0.05
+    warmup_ratio: float | None = None
+    """Warm-up as a share of the fit's optimiser steps (0.05 when neither this nor
+    warmup_steps is given)."""
+    warmup_steps: int | None = None
+    """Warm-up in optimiser steps ((A)'s Fig. 5: 16); not together with warmup_ratio."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    """AdamW's betas; (0.9, 0.999) are torch's defaults, which (A)'s `adamw_torch` uses."""
+    long_rows: Literal["drop", "cut"] = "cut"
+    """Training rows longer than max_length tokens: dropped, or cut to max_length."""
     micro_batch_size: int = 16
     grad_accum_steps: int = 1
     engine: Literal["deepspeed", "torch"] = "deepspeed"
@@ -77,7 +87,9 @@ class LanguageModelSettings:
                 "'procedural', a local path or a dataset id", self.source)
         require(isinstance(self.model, str) and self.model.strip() != "", f"{where}.model",
                 "a preset, a saved model folder or a hub id", self.model)
-        for name in ("n_test", "epochs", "micro_batch_size", "grad_accum_steps", "sampling_batch_size",
+        if self.n_test != "all":
+            check_min(self.n_test, 1, f"{where}.n_test")
+        for name in ("epochs", "micro_batch_size", "grad_accum_steps", "sampling_batch_size",
                      "num_workers", "sampling_concurrency"):
             check_min(getattr(self, name), 1, f"{where}.{name}")
         check_min(self.max_length, 8, f"{where}.max_length")
@@ -86,7 +98,17 @@ class LanguageModelSettings:
         require(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "one of {0, 1, 2, 3}", self.zero_stage)
         for name in ("learning_rate", "temperature", "cpus_per_worker"):
             check_finite_positive(getattr(self, name), f"{where}.{name}")
-        require(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        if self.warmup_ratio is not None:
+            require(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio", "a number in [0, 1) or null", self.warmup_ratio)
+        if self.warmup_steps is not None:
+            check_min(self.warmup_steps, 0, f"{where}.warmup_steps")
+            require(self.warmup_ratio is None, f"{where}.warmup_ratio",
+                    "null when task.warmup_steps is set (one warm-up rule, not two)", self.warmup_ratio)
+        for name in ("adam_beta1", "adam_beta2"):
+            require(0 <= getattr(self, name) < 1, f"{where}.{name}", "a number in [0, 1)", getattr(self, name))
+        if self.n_test == "all" and self.source == "procedural":
+            fail(f"{where}.n_test", "a number for the procedural source (it is unbounded; 'all' needs a "
+                 "named source)", self.n_test)
         require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"{where}.weight_decay",
                 "a number in [0, inf)", self.weight_decay)
         check_finite_positive(self.max_grad_norm, f"{where}.max_grad_norm")
@@ -162,6 +184,11 @@ class LanguageModelSettings:
         return backends.Placement(self.backend, self.num_workers, self.use_gpu, self.cpus_per_worker,
                                   self.sampler, self.sampling_concurrency)
 
+    def resolved_warmup_ratio(self) -> float:
+        if self.warmup_steps is not None:
+            return 0.0
+        return 0.05 if self.warmup_ratio is None else self.warmup_ratio
+
     def resolved_precision(self) -> str:
         if self.precision != "auto":
             return self.precision
@@ -190,6 +217,8 @@ class TextContext:
 
     tokenizer_dir: str
     seed: int
+    first_tokens: tuple[int, ...] = ()  # generation first_token: the real first tokens ...
+    first_token_counts: tuple[int, ...] = ()  # ... and their counts
 
 
 @dataclass(frozen=True)
@@ -249,7 +278,7 @@ def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> F
     if figures_file.exists():
         return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
     tokenizer = load_tokenizer(context.tokenizer_dir)
-    examples = encode(tokenizer, texts, settings.max_length, drop_long=False)
+    examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
     if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
         return FittedLM(_initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
     fit_settings = FitSettings(
@@ -257,7 +286,8 @@ def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> F
         seed=int(key[:8], 16) % 2**31, epochs=settings.epochs,
         micro_batch_size=min(settings.micro_batch_size, max(1, len(examples) // settings.num_workers)),
         grad_accum_steps=settings.grad_accum_steps, learning_rate=settings.learning_rate,
-        warmup_ratio=settings.warmup_ratio, schedule=settings.schedule, weight_decay=settings.weight_decay,
+        warmup_ratio=settings.resolved_warmup_ratio(), warmup_steps=settings.warmup_steps,
+        betas=(settings.adam_beta1, settings.adam_beta2), schedule=settings.schedule, weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
         precision=settings.resolved_precision(),
     )
@@ -287,12 +317,24 @@ def evaluate_texts(model: FittedLM, test_examples: list[np.ndarray]) -> dict[str
     return metrics
 
 
-def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed: int) -> list[str]:
+def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed: int,
+                 generation: str = "from_bos", context: TextContext | None = None) -> list[str]:
+    """n samples; generation: see backends.SampleSettings (first_token needs the
+    context's first-token counts)."""
     s = backends.SampleSettings(
         model_dir=model.model_dir, tokenizer_dir=model.tokenizer_dir, temperature=settings.temperature,
         top_p=settings.top_p, max_new_tokens=settings.max_length - 1, batch_size=settings.sampling_batch_size,
+        generation=generation, first_tokens=context.first_tokens if context else (),
+        first_token_counts=context.first_token_counts if context else (),
     )
     return backends.sample(n, seed, s, settings.placement())
+
+
+def first_token_counts(tokenizer, texts: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The distinct first tokens of `texts` and how many texts start with each."""
+    firsts = [ids[0] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"] if ids]
+    values, counts = np.unique(np.asarray(firsts, dtype=np.int64), return_counts=True)
+    return tuple(int(v) for v in values), tuple(int(c) for c in counts)
 
 
 def chain_seed(rng: np.random.Generator) -> int:

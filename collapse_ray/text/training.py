@@ -38,6 +38,8 @@ class FitSettings:
     grad_accum_steps: int
     learning_rate: float
     warmup_ratio: float
+    warmup_steps: int | None  # when set, instead of the ratio
+    betas: tuple[float, float]
     schedule: str  # constant | cosine
     weight_decay: float
     max_grad_norm: float
@@ -64,6 +66,14 @@ def collate(batch: Sequence[np.ndarray], pad_id: int):
 def micro_steps_per_epoch(n_examples: int, world_size: int, micro_batch_size: int) -> int:
     """Micro-batches each worker takes per epoch (equal on every worker)."""
     return (n_examples // world_size) // micro_batch_size
+
+
+def warmup_length(settings: FitSettings, optimizer_steps: int) -> int:
+    """Warm-up length: fixed steps ((A)'s Fig. 5: 16, so tiny fits still warm up), or
+    a share of the fit (a 5% ratio is 0 steps below 20)."""
+    if settings.warmup_steps is not None:
+        return settings.warmup_steps
+    return int(settings.warmup_ratio * optimizer_steps)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -103,12 +113,12 @@ def train_worker(
 
     micro_steps = micro_steps_per_epoch(n_examples, world_size, settings.micro_batch_size)
     optimizer_steps = max(1, settings.epochs * micro_steps // settings.grad_accum_steps)
-    warmup = int(settings.warmup_ratio * optimizer_steps)
+    warmup = warmup_length(settings, optimizer_steps)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name or "ln_" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=settings.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(settings.schedule, warmup, optimizer_steps)
     )

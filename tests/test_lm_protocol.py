@@ -1,0 +1,180 @@
+"""(A)'s and (B)'s language-model protocol details, in process (backend local): the test
+set ('n_test: all'), warm-up, the length rule, Fig. 5's several synthetic pools built
+once, and (B)'s generation strategies. The sweeps that use them: tests/test_sweep_ray.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from collapse_ray.loop import chain_generators
+from collapse_ray.spec import parse_spec
+from collapse_ray.tasks import PretrainingTask, SFTTask
+from collapse_ray.tasks.sft import format_example
+from collapse_ray.text import backends, corpora
+from collapse_ray.text.models import load_tokenizer
+from collapse_ray.text.settings import FittedLM, fit_texts, prepare_tokenizer
+from collapse_ray.text.training import FitSettings, lr_lambda, warmup_length
+from collapse_ray.validation import SpecError
+
+LOCAL = {"backend": "local", "sampler": "local", "engine": "torch", "max_length": 64, "vocab_size": 300}
+RUN = {"cpus_per_trial": 1}
+
+
+def _helpsteer_like(folder, n_train=120, n_validation=60):
+    """A local dataset folder in HelpSteer2's columns; every third validation row is too
+    long for max_length 64, so 40 of the 60 fit (fewer than 1,000, as HelpSteer2's
+    1,038 rows do not all fit)."""
+    (folder / "data").mkdir(parents=True)
+    train = corpora.procedural_rows("instructions", "train", n_train, 0)
+    pq.write_table(pa.table(train), folder / "data" / "train-00000.parquet")
+    prompts = [f"What is {i} plus {i}?" + ("" if i % 3 else " and" * 80) for i in range(n_validation)]
+    val = {"prompt": prompts, "response": [f"{i} plus {i} is {2 * i}." for i in range(n_validation)]}
+    pq.write_table(pa.table(val), folder / "data" / "validation-00000.parquet")
+    return folder
+
+
+def test_n_test_all_evaluates_every_validation_row_that_fits(tmp_path):
+    source = str(_helpsteer_like(tmp_path / "hs"))
+    task = SFTTask(source=source, n_test="all", **LOCAL).with_workdir(tmp_path / "w")
+    real = task.real_data(50, [chain_generators(0)[0]])
+    assert len(real.test) == 40 and all(len(x) <= 64 for x in real.test)
+    spec = parse_spec({"task": {"name": "sft", "source": source, "n_test": "all", **LOCAL},
+                       "chain": {"n_real": 50}, "run": RUN})
+    assert spec.points[0].task.n_test == "all"
+    assert len(SFTTask(source=source, n_test=40, **LOCAL).with_workdir(tmp_path / "w2")
+               .real_data(50, [chain_generators(0)[0]]).test) == 40
+
+
+def test_asking_more_test_rows_than_fit_is_a_spec_error_for_local_data(tmp_path):
+    source = str(_helpsteer_like(tmp_path / "hs"))
+    with pytest.raises(SpecError, match=r"task.n_test must be <= the 40 validation rows of .* that fit in "
+                                        r"max_length=64 tokens \(or 'all'\); got 1000"):
+        parse_spec({"task": {"name": "sft", "source": source, "n_test": 1000, **LOCAL},
+                    "chain": {"n_real": 50}, "run": RUN})
+    with pytest.raises(SpecError, match="task.n_test must be a number for the procedural source"):
+        parse_spec({"task": {"name": "sft", "n_test": "all", **LOCAL}, "chain": {"n_real": 50}, "run": RUN})
+
+
+def test_a_hub_style_shortfall_fails_in_one_line_naming_the_counts(tmp_path):
+    """What a hub source (not read at spec time) raises in its first trial."""
+    task = SFTTask(source=str(_helpsteer_like(tmp_path / "hs")), n_test=50, **LOCAL).with_workdir(tmp_path / "w")
+    with pytest.raises(ValueError, match=r"split 'validation': 40 of 60 examples fit in max_length=64 tokens; "
+                                         r"50 were asked for") as err:
+        task.real_data(50, [chain_generators(0)[0]])
+    assert "\n" not in str(err.value)
+
+
+def test_warmup_steps_or_a_ratio_never_both():
+    def fit_settings(**kw):
+        base = dict(model_name="tiny", tokenizer_dir="", output_dir="", seed=0, epochs=1, micro_batch_size=1,
+                    grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.05, warmup_steps=None, betas=(0.9, 0.999),
+                    schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch", zero_stage=0,
+                    precision="fp32")
+        return FitSettings(**{**base, **kw})
+
+    assert warmup_length(fit_settings(), 19) == 0, "a 5% ratio is no warm-up below 20 steps"
+    assert warmup_length(fit_settings(warmup_ratio=0.0, warmup_steps=16), 10) == 16
+    factor = lr_lambda("constant", 16, 10)
+    assert [factor(s) for s in (0, 7, 15)] == pytest.approx([1 / 16, 0.5, 1.0])
+    assert SFTTask(warmup_steps=16).resolved_warmup_ratio() == 0.0
+    assert SFTTask().resolved_warmup_ratio() == 0.05 and SFTTask(warmup_ratio=0.1).resolved_warmup_ratio() == 0.1
+    with pytest.raises(SpecError, match="task.warmup_ratio must be null when task.warmup_steps is set"):
+        parse_spec({"task": {"name": "sft", "warmup_steps": 16, "warmup_ratio": 0.05}, "run": {"cpus_per_trial": 0.01}})
+
+
+def test_sft_uses_adamw_default_betas_and_drops_long_rows(tmp_path):
+    """(A)'s adamw_torch betas; a synthetic row longer than max_length is dropped, not cut."""
+    task = SFTTask(**{**LOCAL, "n_test": 10}).with_workdir(tmp_path)
+    assert (task.adam_beta1, task.adam_beta2) == (0.9, 0.999) and task.long_rows == "drop"
+    assert PretrainingTask().long_rows == "cut"
+    real = task.real_data(40, [chain_generators(0)[0]])
+    texts = list(real.train["text"][0]) + [format_example("a long one", " and".join(["x"] * 200))]
+    model = fit_texts(task, texts, real.context)
+    assert model.figures["train_examples"] == 40.0
+    cut = fit_texts(SFTTask(**{**LOCAL, "n_test": 10, "long_rows": "cut"}).with_workdir(tmp_path), texts, real.context)
+    assert cut.figures["train_examples"] == 41.0
+
+
+POOLS = {**LOCAL, "n_test": 10, "epochs": 4, "learning_rate": 3e-3, "value_pool_size": 30, "value_pool_real": 400,
+         "n_value_pools": 2}
+
+
+def test_value_pools_are_built_once_each_from_its_own_fine_tune(tmp_path):
+    shared = tmp_path / "chains" / "_shared"
+    pools = [SFTTask(**POOLS, value_pool=p) for p in (0, 1)]
+    for task in pools:
+        task.prepare_sweep(shared)
+    files = sorted(shared.glob("value_pool-*/pool.parquet"))
+    assert len(files) == 2, "one pool per value_pool, not per cell"
+    stamps = [f.stat().st_mtime_ns for f in files]
+    for task in pools:  # a later cell (or a resumed sweep) finds them
+        SFTTask(**{**POOLS, "value_pool": task.value_pool}).prepare_sweep(shared)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+    rows = {}
+    for p in (0, 1):
+        for n_syn in (10, 30):
+            cell = SFTTask(**POOLS, value_pool=p, value_synthetic=n_syn).with_workdir(tmp_path / "chains" / f"c{p}{n_syn}" / "task")
+            real = cell.real_data(20, [chain_generators(p)[0]])
+            rows[p, n_syn] = list(real.train["text"][0])
+            assert len(rows[p, n_syn]) == 20 + n_syn
+    assert rows[0, 10][20:] == rows[0, 30][20:30], "a cell takes the first rows of its pool"
+    assert rows[0, 10][:20] == rows[1, 10][:20], "the real rows do not depend on the pool"
+    assert rows[0, 30][20:] != rows[1, 30][20:], "two pools, two samplers"
+    assert len(list(shared.glob("value_pool-*/pool.parquet"))) == 2, "cells read the pools, never rebuild them"
+
+
+def test_value_pool_grid_is_validated():
+    base = {"task": {"name": "sft", "value_pool_size": 100, "value_pool_real": 50, "n_value_pools": 3},
+            "chain": {"n_iterations": 1}, "run": {"cpus_per_trial": 0.01}}
+    spec = parse_spec({**base, "grid": {"chain.n_real": [0, 10], "task.value_pool": [0, 1, 2]}})
+    assert len(spec.points) == 6 and len({p.key for p in spec.points}) == 6
+    with pytest.raises(SpecError, match=r"task.value_pool must be < n_value_pools \(3\)"):
+        parse_spec({**base, "grid": {"task.value_pool": [3]}})
+
+
+@pytest.fixture(scope="module")
+def story_model(tmp_path_factory):
+    """The untrained tiny preset with a tokenizer trained on procedural stories."""
+    from collapse_ray.text.settings import _initial_model
+
+    work = tmp_path_factory.mktemp("stories")
+    task = PretrainingTask(**LOCAL).with_workdir(work)
+    texts = corpora.procedural_rows("stories", "train", 100, 0)["text"]
+    tokenizer_dir = prepare_tokenizer(task, texts)
+    from collapse_ray.text.settings import TextContext
+
+    model_dir = _initial_model(task, load_tokenizer(tokenizer_dir), TextContext(tokenizer_dir, 0), work / "model")
+    return texts, FittedLM(model_dir, tokenizer_dir, {})
+
+
+def test_generation_strategies_first_token_and_fixed_length(story_model):
+    from collapse_ray.text.settings import first_token_counts
+
+    texts, model = story_model
+    loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
+    firsts, counts = first_token_counts(tokenizer, texts)
+    assert sum(counts) == 100 and set(firsts) == {tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in texts}
+    # a first token that starts most stories, so a draw by count, not uniform, shows
+    weights = tuple(1000 if i == 0 else 1 for i in range(len(firsts)))
+
+    def ids(generation, n=200):
+        s = backends.SampleSettings(model.model_dir, model.tokenizer_dir, 1.0, None, 20, 50, generation=generation,
+                                    first_tokens=firsts, first_token_counts=weights)
+        return torch.cat(list(backends.generate_ids(loaded, tokenizer, n, 0, s, device)))
+
+    import torch
+
+    eos = tokenizer.eos_token_id
+    first = ids("first_token")
+    assert first.shape[1] <= 21 and set(first[:, 1].tolist()) <= set(firsts), "BOS, a real first token, the rest"
+    assert (first[:, 1] == firsts[0]).float().mean() > 0.9
+    fixed = ids("fixed_length")
+    assert fixed.shape == (200, 21) and not (fixed[:, 1:] == eos).any(), "always 20 new tokens, never an EOS"
+    stopped = (ids("from_bos")[:, 1:] == eos).any(dim=1).float().mean()
+    assert stopped > 0.01, "from BOS, an untrained model stops early at times: what fixed_length prevents"
+    assert backends.sample_local(3, 0, backends.SampleSettings(model.model_dir, model.tokenizer_dir, 1.0, None, 20, 8,
+                                                              generation="fixed_length")) != []
