@@ -165,6 +165,10 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
     say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
 
     try:
+        for point in spec.points:  # files every cell reads (e.g. sft's synthetic pools), made once, here
+            prepare = getattr(point.task, "prepare_sweep", None)
+            if prepare is not None:
+                prepare(sweep_dir / "chains" / "_shared")
         trainable = tune.with_resources(chain_trial, {"cpu": spec.run.cpus_per_trial})
         tuner = tune.Tuner(
             trainable,
