@@ -15,7 +15,10 @@ into --out, each path printed:
 * linear_regression: `linear_regression_theory.png`, test MSE of a few (d, n, sigma2)
   cells against the closed forms, and Monte Carlo / closed form below;
 * discrete: `discrete_diversity.png`, Gini-Simpson and outcomes with zero mass against
-  the closed forms;
+  the closed forms; for chains run until collapse ((A)'s protocol, task.stop_when_collapsed)
+  `discrete_entropy.png` (fraction of initial entropy vs iteration, a panel per K) and
+  `discrete_collapse_time.png` (iteration of collapse vs n per K, with the Wright-Fisher
+  closed form);
 * any of gaussian, kde, linear_regression: Fig. 4, `fig4_workflows.png`, the three
   workflows side by side, a row per task;
 * any workflow beyond those three: `mixing_policies_{task}.png` per task, a line per
@@ -138,8 +141,15 @@ def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None) ->
         path = out / "linear_regression_theory.png"
         written.append(toy.save(toy.plot_regression_theory(summaries["linear_regression"]), path))
 
-    if "discrete" in summaries and _classic(summaries["discrete"]):
-        written.append(toy.save(toy.plot_discrete(summaries["discrete"]), out / "discrete_diversity.png"))
+    if "discrete" in summaries:
+        rows = toy.task_rows(table, "discrete")
+        collapse = toy.collapse_rows(rows)
+        if not collapse.empty:  # (A)'s protocol: replace until one outcome is left
+            written.append(toy.save(toy.plot_discrete_entropy(collapse), out / "discrete_entropy.png"))
+            written.append(toy.save(toy.plot_discrete_collapse_time(collapse), out / "discrete_collapse_time.png"))
+        fixed = rows[~toy.collapse_mask(rows)]  # chains run for a fixed number of iterations
+        if not fixed.empty and _classic(toy.summarise(fixed)):
+            written.append(toy.save(toy.plot_discrete(toy.summarise(fixed)), out / "discrete_diversity.png"))
 
     fig4 = {t: s for t, s in summaries.items() if t in toy.FIG4_TASKS and _classic(s)}
     if fig4:

@@ -49,7 +49,7 @@ TASK_METRICS = {
     # config field (the job's parameters are assigned over the metric of the same name)
     "kde": ("test_loss", "train_var"),
     "linear_regression": ("test_loss", "weight_sq_error"),
-    "discrete": ("test_loss", "entropy", "n_zero_mass", "gini_simpson"),
+    "discrete": ("test_loss", "entropy", "fraction_of_initial_entropy", "n_zero_mass", "gini_simpson"),
 }
 ALL_METRICS = frozenset(m for metrics in TASK_METRICS.values() for m in metrics)
 # Not settings: identifiers, the step, and n_iterations (a chain's value at iteration t
@@ -554,6 +554,130 @@ def plot_discrete(summary: pd.DataFrame) -> Figure:
     fig.suptitle("Discrete distributions refitted by counting: diversity\n"
                  r"(closed forms: replace $H_0(1-1/n)^t$, accumulate $H_0\prod_{k\leq t}(1-1/(nk^2))$, $H_0 = 1-1/K$)"
                  + _notes_suffix(notes), fontsize=10)
+    return fig
+
+
+# -- discrete: (A)'s collapse protocol (notebook 13) -----------------------------------
+COLLAPSED_ENTROPY = 1e-8  # collapse_ray.tasks.discrete's threshold
+
+
+def collapse_mask(rows: pd.DataFrame) -> pd.Series:
+    """Rows of chains that ran until collapse (task.stop_when_collapsed), replace only."""
+    if "stop_when_collapsed" not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows["stop_when_collapsed"].fillna(False).astype(bool) & (rows["workflow"] == "replace")
+
+
+def collapse_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[collapse_mask(rows)].reset_index(drop=True)
+
+
+def collapse_times(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per chain: K, n, its last iteration and whether it collapsed there (else it met the cap)."""
+    keys = ["n_outcomes", "n_real", "seed"] + (["run_key"] if "run_key" in rows.columns else [])
+    last = rows.sort_values("iteration").groupby(keys, sort=True).tail(1)
+    return pd.DataFrame({"n_outcomes": last["n_outcomes"].astype(int).to_numpy(),
+                         "n_real": last["n_real"].astype(int).to_numpy(),
+                         "iteration": last["iteration"].astype(int).to_numpy(),
+                         "collapsed": (last["entropy"] < COLLAPSED_ENTROPY).to_numpy()})
+
+
+def carried_to_group_end(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean and SE over seeds of `metric` per (K, n, iteration), each chain's last value
+    carried on to its group's last iteration (a collapsed chain stays collapsed), as
+    (A)'s notebook 13 replicates final rows before averaging."""
+    out = []
+    for (k, n), group in rows.groupby(["n_outcomes", "n_real"], sort=True):
+        wide = group.pivot_table(index="iteration", columns="seed", values=metric, aggfunc="first").sort_index()
+        wide = wide.ffill()
+        count = wide.notna().sum(axis=1)
+        out.append(pd.DataFrame({"n_outcomes": int(k), "n_real": int(n), "iteration": wide.index.to_numpy(),
+                                 "mean": wide.mean(axis=1).to_numpy(),
+                                 "se": (wide.std(axis=1) / np.sqrt(count)).to_numpy()}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _n_palette(ns: Sequence[int]) -> dict:
+    """(A)'s 'cool' palette on a log scale of n."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["cool"]
+    lo, hi = math.log(min(ns)), math.log(max(ns))
+    return {n: cmap(0.5 if hi == lo else (math.log(n) - lo) / (hi - lo)) for n in ns}
+
+
+def plot_discrete_entropy(rows: pd.DataFrame) -> Figure:
+    """(A)'s notebook 13: fraction of the initial entropy vs iteration, a panel per K,
+    one curve per n, collapsed chains carried at 0."""
+    data = carried_to_group_end(rows, "fraction_of_initial_entropy")
+    ks = sorted(data["n_outcomes"].unique())
+    ns = sorted(data["n_real"].unique())
+    colours = _n_palette(ns)
+    fig = _figure((3.0 * len(ks) + 0.6, 3.6))
+    axes = fig.subplots(1, len(ks), squeeze=False, sharey=True)[0]
+    for ax, k in zip(axes, ks):
+        for n in ns:
+            line = data[(data["n_outcomes"] == k) & (data["n_real"] == n)]
+            if line.empty:
+                continue
+            t, mean, se = line["iteration"].to_numpy(), line["mean"].to_numpy(), np.nan_to_num(line["se"].to_numpy())
+            ax.plot(t, mean, color=colours[n], lw=1.6)
+            ax.fill_between(t, np.clip(mean - se, 0, 1), np.clip(mean + se, 0, 1), color=colours[n], alpha=0.25, lw=0)
+        ax.set_xscale("log")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title(f"K = {k} outcomes", fontsize=10)
+        ax.set_xlabel(XLABEL)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("fraction of initial entropy")
+    handles = [Line2D([], [], color=colours[n], lw=2, label=f"n = {n:g}") for n in ns] + [_band_handle()]
+    legend_below(fig, handles)
+    fig.suptitle("Discrete distributions under replace until collapse ((A), notebook 13): "
+                 "entropy / ln K\n(a collapsed chain counts as 0 from its collapse on)", fontsize=10)
+    return fig
+
+
+def plot_discrete_collapse_time(rows: pd.DataFrame) -> Figure:
+    """(A)'s notebook 13: mean iteration of total collapse vs n, one curve per K, with
+    the neutral Wright-Fisher closed form 2n(K-1)ln(K/(K-1)); right: their ratio."""
+    times = collapse_times(rows)
+    done = times[times["collapsed"]]
+    capped = int((~times["collapsed"]).sum())
+    ks = sorted(times["n_outcomes"].unique())
+    markers = dict(zip(ks, "osD^vP*X"))
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    colours = {k: cmap(0.85 * i / max(1, len(ks) - 1)) for i, k in enumerate(ks)}
+    fig = _figure((10.0, 4.4))
+    left, right = fig.subplots(1, 2)
+    for k in ks:
+        stats = done[done["n_outcomes"] == k].groupby("n_real")["iteration"].agg(["mean", "std", "count"])
+        if stats.empty:
+            continue
+        n = stats.index.to_numpy(dtype=float)
+        se = (stats["std"] / np.sqrt(stats["count"])).fillna(0).to_numpy()
+        closed = theory.discrete_replace_collapse_time(k, n)
+        left.errorbar(n, stats["mean"], yerr=2 * se, color=colours[k], marker=markers[k], ms=6, lw=0,
+                      elinewidth=1.2, capsize=3, zorder=3)
+        grid = np.geomspace(n.min(), n.max(), 50)
+        left.plot(grid, theory.discrete_replace_collapse_time(k, grid), color=fig1.darker(colours[k]),
+                  ls=(0, (4, 2)), lw=1.1, zorder=2)
+        right.errorbar(n * (1 + 0.04 * (ks.index(k) - len(ks) / 2)), stats["mean"] / closed, yerr=2 * se / closed,
+                       color=colours[k], marker=markers[k], ms=5, lw=1, elinewidth=1.2, capsize=3)
+    left.set(xscale="log", yscale="log", xlabel="n, samples per iteration",
+             ylabel="iterations until one outcome is left")
+    right.axhline(1.0, color="0.2", ls=(0, (4, 2)), lw=1.1)
+    right.set(xscale="log", xlabel="n, samples per iteration", ylabel="mean / closed form")
+    for ax in (left, right):
+        ax.grid(True, which="major", alpha=0.3)
+    handles = [Line2D([], [], color=colours[k], marker=markers[k], lw=0, label=f"K = {k:g}") for k in ks]
+    handles += [Line2D([], [], color="0.3", marker="|", lw=0, ms=10, label="mean over seeds ± 2 SE"),
+                Line2D([], [], color="0.2", ls=(0, (4, 2)), lw=1.1,
+                       label="Wright-Fisher, diffusion approx. 2n(K-1)ln(K/(K-1))")]
+    legend_below(fig, handles)
+    note = f"; {capped} chains met the iteration cap before collapsing (left out)" if capped else ""
+    fig.suptitle("Time to total collapse under replace (neutral Wright-Fisher, population n)\n"
+                 "accumulate never collapses: every real outcome stays in the pool, E[T] = inf" + note, fontsize=10)
     return fig
 
 

@@ -15,6 +15,17 @@ workflow's next training set is the new rows alone (replace) or the old set plus
 (accumulate), the loop carries statistics instead of rows, and asks the task for the
 statistics of the new samples directly (unless chain.persist_pool wants the rows).
 
+Stopping: a task with a `stop_condition(metrics)` hook (protocol.py) may end chains
+early, with chain.n_iterations as the cap: a chain stops at the first iteration whose
+metrics meet the condition (`ChainResult.stopped_at`; its last table row), is dropped
+from the batch at once (the task is asked for the statistics, test data and context of
+the running chains only, so it costs nothing afterwards; it samples once more, in the
+iteration it stopped), and the trial ends when every chain has stopped. In the
+per-iteration records a stopped chain's final metrics are carried forward, so means over
+seeds logged to the sink count it at its end state (as (A)'s notebook 13 does); the
+table has no rows for it after its stop. A `records_iteration(t)` hook keeps a subset
+of iterations (every stopping iteration and the last one are always kept).
+
 Resuming: with a `checkpoint_dir`, the loop checkpoints every `chain.checkpoint_every`
 iterations (pool shards first, then the state file, each written atomically) and starts
 from the newest checkpoint it finds. Metrics reach the sink just before each checkpoint;
@@ -37,7 +48,7 @@ import pandas as pd
 
 from .pool import ArrayPool, remove_stale_temporaries
 from .spec import ChainConfig
-from .tasks import Metrics, Task
+from .tasks import Metrics, RealData, Task
 from .workflows import by_statistics as uses_statistics
 from .workflows import max_rows_held
 
@@ -59,6 +70,7 @@ class ChainResult:
     table: pd.DataFrame  # one row per (seed, iteration), a column per metric
     iteration_seconds: list[float] = field(default_factory=list)  # this process's iterations only
     resumed_from: int = 0  # iteration of the checkpoint it started from
+    stopped_at: np.ndarray | None = None  # per chain, the iteration it stopped at (0: ran to the cap)
 
 
 def chain_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -74,6 +86,7 @@ class _State:
     rngs: list[np.random.Generator]
     stats: Any  # statistics of the next training set on the statistics path, else None
     records: list[tuple[int, Metrics]]
+    stopped_at: np.ndarray | None = None  # int per chain: iteration it stopped at, 0 while running; None: no stopping rule
 
 
 def run_chain(
@@ -110,10 +123,11 @@ def run_chain(
     if pool_dir is not None and pool_dir.exists():
         remove_stale_temporaries(pool_dir)  # left by a writer killed mid-shard
     if state is None:
-        state = _State(0, [g[1] for g in generators], None, [])
+        stopping = np.zeros(len(seeds), dtype=np.int64) if hasattr(task, "stop_condition") else None
+        state = _State(0, [g[1] for g in generators], None, [], stopped_at=stopping)
         pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
         pool.add(dict(real.train), iteration=0, source="real")
-    elif state.iteration >= chain.n_iterations:  # finished: no iteration left to train
+    elif _finished(state, chain.n_iterations):  # finished: no iteration left to train
         pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
     else:  # exactly the shards the checkpoint lists, each checked against its hash
         pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity, manifest=manifest)
@@ -122,64 +136,132 @@ def run_chain(
     if pool_dir is not None and chain.persist_pool:
         pool.write_shards(pool_dir)
 
+    # running chains (None: no stopping rule, all run) and the real data restricted to them
+    active, live = None, real
+    if state.stopped_at is not None:
+        active = np.flatnonzero(state.stopped_at == 0)
+        if len(active) < len(seeds):  # resumed after some stopped: the saved statistics hold the rest
+            live = _take_chains(task, None, real, active)[1]
+    records_iteration = getattr(task, "records_iteration", None)
+    done = _finished(state, chain.n_iterations)
+
     seconds = []
     for t in range(state.iteration + 1, chain.n_iterations + 1):
+        if done:
+            break
         start = time.perf_counter()
+        rngs = state.rngs if active is None else [state.rngs[i] for i in active]
         if by_statistics:
             if state.stats is None:  # iteration 1: the real rows
                 state.stats = task.statistics(pool.rows_of(0), real.context)
             model = task.fit_statistics(state.stats)
         else:
-            model = task.fit(pool.take(workflow.select(pool.index, t, state.rngs)), real.context)
-        state.records.append((t, task.evaluate(model, real.test)))
+            train = pool.take(workflow.select(pool.index, t, state.rngs))
+            if active is not None and len(active) < len(seeds):
+                train = {name: column[active] for name, column in train.items()}
+            model = task.fit(train, live.context)
+        metrics = task.evaluate(model, live.test)
+        stops_now = None
+        if active is not None:
+            condition = task.stop_condition(metrics)
+            stops_now = np.zeros(len(active), dtype=bool) if condition is None else np.asarray(condition, dtype=bool)
+            state.stopped_at[active[stops_now]] = t
+            metrics = _carried_forward(metrics, active, state.records[-1][1] if state.records else None, len(seeds))
+            done = bool((state.stopped_at > 0).all())
+        if records_iteration is None or records_iteration(t) or t == chain.n_iterations or (stops_now is not None and stops_now.any()):
+            state.records.append((t, metrics))
         if sink is not None and t > logged and hasattr(task, "iteration_artifacts") and hasattr(sink, "log_artifacts"):
             # pictures of this iteration's model (a recomputed iteration redraws the same ones)
-            sink.log_artifacts(t, task.iteration_artifacts(model, real.context))
-        if t < chain.n_iterations:  # the last fit's samples would train nothing
-            new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, state.rngs, real, by_statistics)
+            sink.log_artifacts(t, task.iteration_artifacts(model, live.context))
+        if t < chain.n_iterations and not done:  # the last fit's samples would train nothing
+            new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, live, by_statistics,
+                                         None if active is None or len(active) == len(seeds) else active)
             if by_statistics:
                 state.stats = new if workflow.update == "replace" else task.merge(state.stats, new)
             if chain.persist_pool:
                 pool.write_shards(pool_dir)
+        if stops_now is not None and stops_now.any() and not done:  # drop the stopped chains from the batch
+            running = np.flatnonzero(~stops_now)
+            state.stats, live = _take_chains(task, state.stats if by_statistics else None, live, running)
+            active = active[running]
         state.iteration = t
         seconds.append(time.perf_counter() - start)
 
-        if chain.checkpoints_at(t):
+        if chain.checkpoints_at(t) or done:
             if sink is not None:
                 unlogged = [(i, m) for i, m in state.records if i > logged]
                 if unlogged:
                     sink.log_iterations(seeds, unlogged)
                     logged = unlogged[-1][0]
             if ckpt is not None:
-                if t < chain.n_iterations:  # a finished chain resumes nothing from its pool
+                if t < chain.n_iterations and not done:  # a finished chain resumes nothing from its pool
                     pool.write_shards(pool_dir)
-                _save_state(ckpt, state, pool.manifest() if t < chain.n_iterations else [])
+                _save_state(ckpt, state, pool.manifest() if t < chain.n_iterations and not done else [])
         if progress is not None:
             progress(t, chain.n_iterations)
 
-    return ChainResult(chain_table(seeds, state.records), seconds, resumed_from)
+    return ChainResult(chain_table(seeds, state.records, state.stopped_at), seconds, resumed_from, state.stopped_at)
 
 
-def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by_statistics):
+def _finished(state: _State, n_iterations: int) -> bool:
+    stopped_at = getattr(state, "stopped_at", None)
+    return state.iteration >= n_iterations or (stopped_at is not None and bool((stopped_at > 0).all()))
+
+
+def _take_chains(task, stats, real: RealData, index: np.ndarray):
+    """Statistics and real data of the chains at positions `index` (stopping tasks' hook)."""
+    stats, test, context = task.take_chains(stats, real.test, real.context, index)
+    return stats, RealData(train={}, test=test, context=context)
+
+
+def _carried_forward(metrics: Metrics, active: np.ndarray, previous: Metrics | None, n_chains: int) -> Metrics:
+    """Metrics of the running chains, placed among every chain's, stopped ones keeping their last values."""
+    if previous is None and len(active) == n_chains:
+        return metrics
+    out = {}
+    for name, values in metrics.items():
+        full = np.array(previous[name], dtype=np.float64) if previous is not None else np.full(n_chains, np.nan)
+        full[active] = values
+        out[name] = full
+    return out
+
+
+def _in_all_chains(rows, active: np.ndarray | None, n_chains: int):
+    """Rows of the running chains padded to every chain's (the pool holds all); a stopped
+    chain's padding rows are zeros, never fitted."""
+    if active is None:
+        return rows
+    out = {}
+    for name, column in rows.items():
+        out[name] = np.zeros((n_chains,) + column.shape[1:], dtype=column.dtype)
+        out[name][active] = column
+    return out
+
+
+def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by_statistics, active=None):
     """Sample iteration t's synthetic rows (and fresh real rows, if the workflow takes
     them) into the pool; on the statistics path return their statistics instead, drawn
-    directly unless the pool must be persisted."""
+    directly unless the pool must be persisted. `active`: the running chains' positions,
+    when some have stopped (rngs, model and real are then theirs alone)."""
+    n_chains = len(pool.chain_ids) if active is not None else 0
     if by_statistics and not chain.persist_pool:
         new = task.sample_statistics(model, chain.n_synthetic, rngs, real.context)
     else:
         rows = task.sample(model, chain.n_synthetic, rngs, real.context)
-        pool.add(rows, iteration=t, source="synthetic")
+        pool.add(_in_all_chains(rows, active, n_chains), iteration=t, source="synthetic")
         new = task.statistics(rows, real.context) if by_statistics else None
     if workflow.n_fresh_real:  # new real data arrive alongside the synthetic rows
         fresh = task.sample_real(workflow.n_fresh_real, rngs, real.context)
-        pool.add(fresh, iteration=t, source="real")
+        pool.add(_in_all_chains(fresh, active, n_chains), iteration=t, source="real")
         if by_statistics:
             new = task.merge(new, task.statistics(fresh, real.context))
     return new
 
 
-def chain_table(seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> pd.DataFrame:
-    """Long table of per-seed metrics: columns seed, iteration, <metric>..."""
+def chain_table(seeds: Sequence[int], records: Sequence[tuple[int, Metrics]],
+                stopped_at: np.ndarray | None = None) -> pd.DataFrame:
+    """Long table of per-seed metrics: columns seed, iteration, <metric>...; a chain that
+    stopped (stopped_at > 0) has no rows after its stopping iteration."""
     if not records:
         return pd.DataFrame({"seed": [], "iteration": []})
     n = len(seeds)
@@ -189,12 +271,16 @@ def chain_table(seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) ->
     }
     for name in records[0][1]:
         frame[name] = np.concatenate([np.asarray(m[name], dtype=np.float64) for _, m in records])
-    return pd.DataFrame(frame)
+    table = pd.DataFrame(frame)
+    if stopped_at is not None and (stopped_at > 0).any():
+        last = np.where(stopped_at > 0, stopped_at, np.iinfo(np.int64).max)
+        table = table[table["iteration"].to_numpy() <= np.tile(last, len(records))].reset_index(drop=True)
+    return table
 
 
 def is_finished(checkpoint_dir: str | Path, n_iterations: int) -> bool:
     state = _load_state(Path(checkpoint_dir))
-    return state is not None and state.iteration >= n_iterations
+    return state is not None and _finished(state, n_iterations)
 
 
 def check_checkpoint(checkpoint_dir: str | Path, seeds: Sequence[int]) -> None:

@@ -139,3 +139,32 @@ def test_bad_input_is_one_line_and_status_2(case, tables, tmp_path, capsys):
     assert figures.main([str(path), "--out", str(tmp_path / "figs")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_discrete_collapse_figures_from_chains_that_stop(tmp_path, capsys):
+    # (A)'s protocol: replace until one outcome is left; one more chain meets a cap of 2
+    table = results_table({
+        "task": {"name": "discrete", "stop_when_collapsed": True},
+        "chain": {"workflow": "replace", "n_iterations": 400},
+        "seeds": 12,
+        "grid": {"task.n_outcomes": [3, 10], "chain.n_real": [4, 16]},
+    })
+    capped = results_table({
+        "task": {"name": "discrete", "stop_when_collapsed": True, "n_outcomes": 10},
+        "chain": {"workflow": "replace", "n_iterations": 2, "n_real": 64},
+        "seeds": 1,
+    }, sweep_run_id="s")
+    both = pd.concat([table, capped], ignore_index=True)
+    times = toy.collapse_times(toy.task_rows(both, "discrete"))
+    assert len(times) == 2 * 2 * 12 + 1 and (~times.collapsed).sum() == 1
+    # a chain's collapse iteration is its last row, where its entropy first fell below 1e-8
+    first = table[table.entropy < 1e-8].groupby(["run_key", "seed"]).iteration.min().sort_index().to_numpy()
+    assert np.array_equal(np.sort(times[times.collapsed].iteration.to_numpy()), np.sort(first))
+    carried = toy.carried_to_group_end(toy.task_rows(table, "discrete"), "fraction_of_initial_entropy")
+    end = carried.groupby(["n_outcomes", "n_real"]).tail(1)
+    assert np.allclose(end["mean"], 0.0)  # every chain of the group has collapsed by its end
+    path = tmp_path / "discrete.csv"
+    both.to_csv(path, index=False)
+    out = tmp_path / "figs"
+    assert figures.main([str(path), "--out", str(out)]) == 0
+    assert {p.name for p in out.glob("*.png")} == {"discrete_entropy.png", "discrete_collapse_time.png"}

@@ -30,6 +30,15 @@ Optional hooks a task may define (looked up with getattr, so most tasks ignore t
                                  pictures of an iteration's model (e.g. samples.png of the
                                  batch's first chain); sweeps log them to the chain's MLflow
                                  run under samples/iteration_TTT/
+  stop_condition(metrics) -> bool array (chains,) or None
+                                 a chain stops at the first iteration where it holds
+                                 (chain.n_iterations is the cap; None: never); needs
+  take_chains(stats, test, context, index) -> (stats, test, context)
+                                 the same for the chains at positions `index` only (stats
+                                 is None on the rows path): the loop drops stopped chains
+                                 from the batch with it (discrete: collapse to one outcome)
+  records_iteration(t) -> bool   keep iteration t's metrics (a subset for long chains;
+                                 stopping iterations and the last are always kept)
 """
 
 from __future__ import annotations
