@@ -12,7 +12,11 @@ and writes, into --out, printing each path:
   One colour per n; solid line = Monte-Carlo mean over seeds with a +-1 standard-error
   band, dashed darker line = closed form from `collapse_ray.theory` where one exists
   (n_synthetic == n_real only), dotted = accumulate's trace-ratio limit.
-* `fig1_gaussian_overview.png`: trace ratio and mean error / (d sigma^2) against
+* `fig1_gaussian_overview.png`: (A)'s Fig. 1 layout. Top row: the fitted 1-D densities
+  N(mean_t, var_t) of one chain (seed 0, d = 1, the n closest to 32, the table's sigma^2)
+  at t = 1, 2, 5, 10, 20, 50, 100, ... for replace and accumulate, over the truth; that
+  chain is rerun through the loop (the table keeps |mean|^2, not the mean's sign), with
+  the sweep's own draws. Below: trace ratio and mean error / (d sigma^2) against
   iteration, one colour per d at the n closest to 100, replace solid, accumulate dashed.
 
 Means are taken over finite values: the test NLL is +inf once a chain's covariance is
@@ -285,8 +289,70 @@ def overview_n(summary: pd.DataFrame, dim: int, target: int = 100) -> int | None
     return int(ns[np.argmin(np.abs(np.log(ns) - np.log(target)))])
 
 
-def plot_overview(summary: pd.DataFrame) -> Figure:
-    """Trace ratio and normalised mean error vs t: colour = d, replace solid, accumulate dashed."""
+class _DensityProbe:
+    """A real GaussianTask whose evaluation also reports the 1-D fit's mean and variance
+    (the density row draws N(mean, var)); everything else is the task's own."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def evaluate(self, model, test):
+        metrics = self.inner.evaluate(model, test)
+        return {**metrics, "fit_mean": model.mean[:, 0], "fit_var": model.cov[:, 0, 0]}
+
+
+DENSITY_ITERATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+DENSITY_N_TARGET = 32  # small enough that replace visibly narrows and drifts in 100 iterations
+
+
+def density_chain(n: int, sigma2: float, n_iterations: int, workflow: str, seed: int = 0) -> pd.DataFrame:
+    """One 1-D chain (the same draws as the sweep's seed `seed` at d = 1): its fitted
+    mean and variance per iteration, through the real loop and task."""
+    from collapse_ray.loop import run_chain
+    from collapse_ray.spec import ChainConfig
+    from collapse_ray.tasks import GaussianTask
+
+    task = _DensityProbe(GaussianTask(dim=1, sigma2=sigma2, n_test=10))
+    chain = ChainConfig(workflow=workflow, n_real=n, n_iterations=n_iterations).resolved()
+    return run_chain(task, chain, [seed]).table[["iteration", "fit_mean", "fit_var"]]
+
+
+def plot_densities(axes, summary: pd.DataFrame) -> None:
+    """(A)'s Fig. 1 top row: the fitted 1-D densities of one chain across iterations,
+    replace and accumulate, over the true N(0, sigma^2)."""
+    ones = summary[summary["dim"] == 1] if (summary["dim"] == 1).any() else summary
+    n = overview_n(ones, int(ones["dim"].min()), target=DENSITY_N_TARGET) or DENSITY_N_TARGET
+    sigma2 = float(ones["sigma2"].iloc[0])
+    last = int(summary["iteration"].max())
+    shown = [t for t in DENSITY_ITERATIONS if t <= last] + ([last] if last not in DENSITY_ITERATIONS else [])
+    cmap = matplotlib.colormaps["viridis"]
+    colours = {t: cmap(0.9 * i / max(1, len(shown) - 1)) for i, t in enumerate(shown)}
+    x = np.linspace(-4 * np.sqrt(sigma2), 4 * np.sqrt(sigma2), 600)
+    peak = 1 / np.sqrt(2 * np.pi * sigma2)
+    for ax, workflow in zip(axes, ("replace", "accumulate")):
+        fits = density_chain(n, sigma2, last, workflow).set_index("iteration")
+        for t in shown:
+            mean, var = fits.loc[t, "fit_mean"], fits.loc[t, "fit_var"]
+            ax.plot(x, np.exp(-0.5 * (x - mean) ** 2 / var) / np.sqrt(2 * np.pi * var), color=colours[t], lw=1.4)
+        ax.plot(x, peak * np.exp(-0.5 * x**2 / sigma2), color="k", ls=(0, (4, 2)), lw=1.2)
+        ax.set_ylim(0, 3 * peak)  # a collapsed fit's spike is cut off here
+        ax.set_title(f"{WORKFLOW_TITLES.get(workflow, workflow)}: one chain's fitted densities\n(d = 1, n = {n}, seed 0)",
+                     fontsize=10)
+        ax.set_xlabel("x")
+        ax.set_ylabel("density")
+        ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], color=colours[t], lw=2, label=f"t = {t}") for t in shown]
+    handles.append(Line2D([], [], color="k", ls=(0, (4, 2)), lw=1.2, label=r"truth $N(0, \sigma^2)$"))
+    axes[1].legend(handles=handles, fontsize=7, loc="upper right", ncol=2, frameon=False)
+
+
+def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
+    """(A)'s Fig. 1: the fitted 1-D densities across iterations (top, one chain each of
+    replace and accumulate), then trace ratio and normalised mean error vs t:
+    colour = d, replace solid, accumulate dashed."""
     dims = sorted(summary["dim"].unique())
     cmap = matplotlib.colormaps["plasma"]
     positions = np.linspace(0.0, 0.8, len(dims)) if len(dims) > 1 else [0.3]
@@ -294,8 +360,13 @@ def plot_overview(summary: pd.DataFrame) -> Figure:
     styles = {"replace": "-", "accumulate": "--"}
     panels = [("cov_trace_ratio", YLABELS["cov_trace_ratio"]),
               ("mean_sq_error", r"$\|\hat\mu_t - \mu_0\|^2$ / ($d\,\sigma^2$)")]
-    fig = _figure((9.5, 3.8))
-    axes = fig.subplots(1, 2)
+    fig = _figure((9.5, 7.2 if densities else 3.8))
+    if densities:
+        grid = fig.subplots(2, 2)
+        plot_densities(grid[0], summary)
+        axes = grid[1]
+    else:
+        axes = fig.subplots(1, 2)
     handles = []
     for d in dims:
         n = overview_n(summary, d)

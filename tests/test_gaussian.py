@@ -110,3 +110,26 @@ def test_sampled_statistics_match_statistics_of_sampled_rows(n_fit, n_draw):
     if n_draw <= d:  # a rank-deficient result carries a factor that reproduces its scatter
         f = direct.factor
         assert np.allclose(np.matmul(f.transpose(0, 2, 1), f), direct.scatter)
+
+
+@pytest.mark.parametrize("workflow", ["replace", "accumulate"])
+def test_fig1_density_row_draws_the_sweeps_own_chain(workflow):
+    # analysis/fig1_gaussian.py's density row: the fitted 1-D mean and variance of seed
+    # 0, which must be the chain the sweep ran (same loop, same draws)
+    import importlib.util
+    from pathlib import Path
+
+    from collapse_ray.loop import run_chain
+    from collapse_ray.spec import ChainConfig
+
+    path = Path(__file__).parent.parent / "analysis" / "fig1_gaussian.py"
+    spec = importlib.util.spec_from_file_location("fig1_for_density", path)
+    fig1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fig1)
+    fits = fig1.density_chain(20, 2.0, 30, workflow)
+    sweep = run_chain(GaussianTask(dim=1, sigma2=2.0, n_test=10),
+                      ChainConfig(workflow=workflow, n_real=20, n_iterations=30).resolved(), [0]).table
+    assert np.allclose(fits["fit_var"] / 2.0, sweep["cov_trace_ratio"], rtol=1e-12)
+    assert np.allclose(fits["fit_mean"] ** 2, sweep["mean_sq_error"], rtol=1e-10)
+    if workflow == "replace":  # one chain of n = 20 over 30 fits: visibly narrower
+        assert fits["fit_var"].iloc[-1] < 0.7 * fits["fit_var"].iloc[0]
