@@ -11,7 +11,11 @@ into --out, each path printed:
 * gaussian rows (replace, accumulate_subsample, accumulate): Fig. 1,
   `fig1_gaussian_d{d}.png` and `fig1_gaussian_overview.png` (analysis/fig1_gaussian.py);
 * kde: Fig. 2, `fig2_kde_bw{h}.png` per bandwidth: test NLL vs iteration, a panel per
-  dataset, colour = n, solid replace, dashed accumulate, dotted accumulate-subsample;
+  dataset, colour = n, solid replace, dashed accumulate, dotted accumulate-subsample
+  (`--kde-layout grid`: (A)'s layout, datasets in rows, workflows in columns, log y);
+  for a dataset swept over 3+ bandwidths, `kde_nll_vs_bandwidth_{dataset}.png`, test NLL
+  against the bandwidth, a row per n, a column per workflow, a line per iteration
+  ((A)'s notebooks 11 and 12);
 * linear_regression: `linear_regression_theory.png`, test MSE of a few (d, n, sigma2)
   cells against the closed forms, and Monte Carlo / closed form below;
 * discrete: `discrete_diversity.png`, Gini-Simpson and outcomes with zero mass against
@@ -24,7 +28,7 @@ into --out, each path printed:
 * any workflow beyond those three: `mixing_policies_{task}.png` per task, a line per
   workflow;
 * pretraining and sft: `pretraining_workflows.png`, `fig3_sft.png`, and for value-grid
-  sweeps Fig. 5, `fig5_value_grid.png` and `fig5_value_heatmap.png`
+  sweeps Fig. 5, `fig5_value_grid.png`, `fig5_value_proportion.png` and `fig5_value_heatmap.png`
   (analysis/lm_figures.py);
 * vae and diffusion: `{task}_workflows.png` (test loss and sample quality over
   iterations) and `{task}_{data}_samples.png` (sample grids at iterations 1, 5 and the
@@ -112,8 +116,10 @@ def load_tables(paths: list[str | Path]) -> pd.DataFrame:
     return table
 
 
-def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None) -> list[Path]:
-    """Every figure that applies to the table; returns the paths written."""
+def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None,
+             kde_layout: str = "panels") -> list[Path]:
+    """Every figure that applies to the table; returns the paths written. kde_layout:
+    Fig. 2 as a panel per dataset ("panels") or (A)'s datasets x workflows grid ("grid")."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     summaries = {}
@@ -135,7 +141,10 @@ def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None) ->
     if "kde" in summaries:
         for bandwidth in toy.kde_bandwidths(summaries["kde"]):
             path = out / f"fig2_kde_bw{toy.safe_name(bandwidth)}.png"
-            written.append(toy.save(toy.plot_kde(summaries["kde"], bandwidth), path))
+            written.append(toy.save(toy.plot_kde(summaries["kde"], bandwidth, kde_layout), path))
+        for dataset in toy.bandwidth_study_datasets(summaries["kde"]):
+            path = out / f"kde_nll_vs_bandwidth_{toy.safe_name(dataset)}.png"
+            written.append(toy.save(toy.plot_kde_bandwidth(summaries["kde"], dataset), path))
 
     if "linear_regression" in summaries and _classic(summaries["linear_regression"]):
         path = out / "linear_regression_theory.png"
@@ -185,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store the sweeps logged to, for figures made of logged pictures (sample grids); "
                              "default: $MLFLOW_TRACKING_URI, else results/mlflow.db when it exists")
+    parser.add_argument("--kde-layout", choices=toy.KDE_LAYOUTS, default="panels",
+                        help="Fig. 2: a panel per dataset with the workflows as line styles (panels), or "
+                             "(A)'s layout, datasets in rows and workflows in columns, log y (grid)")
     args = parser.parse_args(argv)
     try:
         table = load_tables(args.tables)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for path in draw_all(table, Path(args.out), _tracking_uri(args.tracking_uri)):
+    for path in draw_all(table, Path(args.out), _tracking_uri(args.tracking_uri), args.kde_layout):
         print(path)
     return 0
 

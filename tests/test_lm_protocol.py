@@ -178,3 +178,79 @@ def test_generation_strategies_first_token_and_fixed_length(story_model):
     assert stopped > 0.01, "from BOS, an untrained model stops early at times: what fixed_length prevents"
     assert backends.sample_local(3, 0, backends.SampleSettings(model.model_dir, model.tokenizer_dir, 1.0, None, 20, 8,
                                                               generation="fixed_length")) != []
+
+
+def _lm_figures():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "analysis" / "lm_figures.py"
+    module_spec = importlib.util.spec_from_file_location("lm_figures", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_fig5_panels_band_over_pools_and_fig3_has_a_line_per_model(tmp_path):
+    import pandas as pd
+    from matplotlib.collections import PolyCollection
+
+    figures = _lm_figures()
+    rng = np.random.default_rng(0)
+    grid = pd.DataFrame([{"task": "sft", "value_pool_size": 600, "n_real": r, "value_synthetic": s, "value_pool": p,
+                          "seed": 0, "iteration": 1, "test_loss": 2.0 + rng.random()}
+                         for r in (0, 50, 400) for s in (0, 150, 600) for p in (0, 1)])
+    for plot in (figures.plot_fig5, figures.plot_fig5_proportion):
+        fig = plot(grid)
+        ax = fig.axes[0]
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert ax.get_yscale() == "log" and len(bands) == len(ax.get_lines()) > 1, "a band per curve, over the 2 pools"
+        assert "2 pools x 1 seed" in ax.get_title()
+    assert figures.plot_fig5(grid).axes[0].get_xscale() == "symlog"
+    proportion = figures.plot_fig5_proportion(grid).axes[0]
+    assert len(proportion.get_lines()) == 3, "a curve per n_real"
+    assert max(max(line.get_xdata()) for line in proportion.get_lines()) == 1.0, "no synthetic rows: all real"
+
+    chains = pd.DataFrame([{"task": "sft", "value_pool_size": 0, "model": m, "workflow": w, "iteration": t, "seed": s,
+                            "test_loss": 1.0 + t * (w == "replace") + rng.random() * 0.1}
+                           for m in ("tiny", "tiny_wide") for w in ("replace", "accumulate") for t in (1, 2, 3)
+                           for s in (0, 1)])
+    fig = figures.plot_fig3(chains)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["replace", "accumulate"], "side by side, as (A)"
+    assert all(ax.get_yscale() == "log" and len(ax.get_lines()) == 2 for ax in fig.axes[:2]), "a line per model"
+    written = figures.write_figures(pd.concat([grid, chains]), tmp_path)
+    assert {p.name for p in written} == {"fig3_sft.png", "fig5_value_grid.png", "fig5_value_proportion.png",
+                                         "fig5_value_heatmap.png"}
+
+
+PAPER_LM_SPECS = ("fig5_value_grid", "sft_helpsteer2", "sft_fig4_subsample", "pretraining_tinystories",
+                  "pretraining_ablations")
+
+
+@pytest.mark.parametrize("name", PAPER_LM_SPECS)
+def test_paper_scale_lm_specs_follow_the_papers_and_name_what_they_do_not(name):
+    from pathlib import Path
+
+    from collapse_ray.spec import load_spec
+
+    path = Path(__file__).parent.parent / "sweeps" / f"{name}.yaml"
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "deviation" in header.lower() or "assumption" in header.lower()
+    spec = load_spec(path)
+    tasks = [p.task for p in spec.points]
+    if tasks[0].name == "sft":
+        assert all(t.n_test == "all" and t.adam_beta2 == 0.999 and t.long_rows == "drop" for t in tasks)
+        assert all(t.learning_rate == 8e-6 and t.max_length == 512 for t in tasks)
+        assert all(t.micro_batch_size * t.grad_accum_steps * t.num_workers == 128 for t in tasks), "(A)'s batch"
+    if name == "fig5_value_grid":
+        assert len(spec.points) * len(spec.seeds) == 2052 and {t.value_pool for t in tasks} == {0, 1, 2}
+        assert all(t.warmup_steps == 16 and t.n_value_pools == 3 and t.value_pool_size == 200_000 for t in tasks)
+    if name == "sft_helpsteer2":
+        assert {t.model for t in tasks} == {"google/gemma-2-2b", "google/gemma-2-9b", "google/gemma-2-27b"}
+        assert all(t.zero_stage == 3 for t in tasks if t.model != "google/gemma-2-2b")
+        assert spec.points[0].chain.n_iterations == 10
+    if name == "sft_fig4_subsample":
+        assert spec.points[0].chain.workflow == "accumulate_subsample" and spec.points[0].chain.n_iterations == 20
+    if name == "pretraining_ablations":
+        assert {(t.temperature, t.epochs, t.generation) for t in tasks} == {
+            (0.3, 1, "from_bos"), (1.0, 3, "from_bos"), (1.0, 1, "first_token"), (1.0, 1, "fixed_length")}

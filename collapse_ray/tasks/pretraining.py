@@ -44,7 +44,7 @@ class PretrainingTask(LanguageModelSettings):
     def validate(self, where: str) -> None:
         super().validate(where)
         if not is_preset(self.model):
-            fail(f"{where}.model", "a preset (tiny, gpt2_9m, llama2_12m, llama2_42m, llama2_126m): "
+            fail(f"{where}.model", "a preset (tiny, tiny_wide, gpt2_9m, llama2_12m, llama2_42m, llama2_126m): "
                  "pretraining starts from scratch", self.model)
 
     def check_chain(self, chain, where: str) -> None:

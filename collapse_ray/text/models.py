@@ -5,7 +5,8 @@ configuration), a local folder written by `save_pretrained`, or a hub id
 (`google/gemma-2-2b`) on machines that can reach the hub; the last two go through the
 same `from_pretrained` call. (B)'s sizes with their 8000-token vocabulary:
     gpt2_9m 8.9M, llama2_12m 12.6M, llama2_42m 41.8M, llama2_126m 125.6M parameters
-(tests check these counts). `tiny` fits a generation in about a minute on 2 CPU cores.
+(tests check these counts). `tiny` fits a generation in about a minute on 2 CPU cores;
+`tiny_wide` (twice as wide) stands in for a larger model in the quick variants.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 # preset -> (architecture, config keywords); the vocabulary comes from the tokenizer
 PRESETS: dict[str, tuple[str, dict]] = {
     "tiny": ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 256}),
+    # a second CPU-scale size, for the quick variants of figures with a line per model
+    "tiny_wide": ("gpt2", {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 256}),
     "gpt2_9m": ("gpt2", {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_positions": 2048}),
     "llama2_12m": ("llama", {"hidden_size": 288, "intermediate_size": 768, "num_hidden_layers": 8,
                              "num_attention_heads": 6, "max_position_embeddings": 512}),

@@ -39,7 +39,7 @@ class LanguageModelSettings:
     """Tokens per example, EOS included."""
     # -- model --
     model: str = "tiny"
-    """A preset (tiny, gpt2_9m, llama2_12m, llama2_42m, llama2_126m), a saved model
+    """A preset (tiny, tiny_wide, gpt2_9m, llama2_12m, llama2_42m, llama2_126m), a saved model
     folder, or a hub model id."""
     vocab_size: int = 1024
     """Vocabulary of the tokenizer trained on the real split (presets only; saved and
