@@ -1,9 +1,10 @@
-"""Figures of the neural tasks (vae, diffusion) from a `collapse-ray results` table:
+"""Figures of the neural tasks (vae, diffusion, conformer_diffusion) from a `collapse-ray
+results` table:
 
 * `{task}_workflows.png`: (B)'s image and diffusion panels: held-out test loss over
-  model-fitting iterations, a line per workflow, with a sample-quality row below (kernel
-  MMD to held-out real data; the digit classifier's confidence where it applies), a
-  column per data set;
+  model-fitting iterations, a line per workflow, with sample-quality rows below (kernel
+  MMD to held-out real data; the digit classifier's confidence where it applies; for
+  conformers GeoDiff's COV-R and MAT-R), a column per data set;
 * `{task}_{data}_samples.png`: sample grids at iterations 1, 5 and the last, replace
   above accumulate, side by side. They are the per-iteration pictures the chains logged
   to MLflow (samples/iteration_TTT/samples.png of each run's first seed), so these need
@@ -25,14 +26,18 @@ import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-NEURAL_TASKS = ("vae", "diffusion")
-DATA_COLUMN = {"vae": "source", "diffusion": "data"}
+NEURAL_TASKS = ("vae", "diffusion", "conformer_diffusion")
+DATA_COLUMN = {"vae": "source", "diffusion": "data", "conformer_diffusion": "source"}
 ORDER = ("replace", "accumulate_subsample", "accumulate")
 COLORS = {"replace": "tab:red", "accumulate_subsample": "tab:orange", "accumulate": "tab:blue"}
 QUALITY = (("mmd", "kernel MMD$^2$ to held-out real (lower is better)"),
            ("classifier_confidence", "digit classifier confidence (higher is sharper)"))
+# conformers: both of GeoDiff's measures, each its own row
+TASK_QUALITY = {"conformer_diffusion": (("cov_r", "COV-R: references within the RMSD threshold (higher is better)"),
+                                        ("mat_r", "MAT-R: mean nearest RMSD, Å (lower is better)"))}
 LOSS_LABEL = {"vae": "test loss: -ELBO (nats/image, held-out real)",
-              "diffusion": "test loss: denoising MSE (held-out real)"}
+              "diffusion": "test loss: denoising MSE (held-out real)",
+              "conformer_diffusion": "test loss: denoising MSE (held-out conformers)"}
 GRID_ITERATIONS = (1, 5)  # and the last
 
 
@@ -51,8 +56,11 @@ def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
     """Test loss (top) and sample quality (bottom) over iterations, a column per data set."""
     column = DATA_COLUMN[task]
     datasets = sorted(rows[column].astype(str).unique())
-    quality = [(m, label) for m, label in QUALITY if m in rows and rows[m].notna().any()]
-    metrics = [("test_loss", LOSS_LABEL[task])] + quality[:1]
+    if task in TASK_QUALITY:
+        quality = [(m, label) for m, label in TASK_QUALITY[task] if m in rows and rows[m].notna().any()]
+    else:
+        quality = [(m, label) for m, label in QUALITY if m in rows and rows[m].notna().any()][:1]
+    metrics = [("test_loss", LOSS_LABEL[task])] + quality
     fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(4.5 * len(datasets), 3.4 * len(metrics)),
                              squeeze=False)
     for j, data in enumerate(datasets):

@@ -24,6 +24,22 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def run_spec_end_to_end(spec_path: Path, tmp_path: Path, *overrides: str):
+    """A spec through `collapse-ray run` (Ray Tune, MLflow) and `collapse-ray results`;
+    returns (the results table as a DataFrame, the results folder). Needs a Ray cluster
+    (the `local_ray` fixture)."""
+    import pandas as pd
+
+    from collapse_ray import cli
+    from collapse_ray.spec import load_spec
+
+    name = load_spec(spec_path).name
+    out = tmp_path / "results"
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    assert cli.main(["run", str(spec_path), "--out", str(out), *sets]) == 0
+    table_path = tmp_path / f"{name}.csv"
+    assert cli.main(["results", name, "--out", str(table_path), "--results-dir", str(out)]) == 0
+    return pd.read_csv(table_path), out
 
 
 @dataclass(frozen=True)

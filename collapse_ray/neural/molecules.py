@@ -90,15 +90,27 @@ def check_source(source: str) -> str | None:
     return None
 
 
-def bundled_count() -> int:
-    return len(_read_smiles(BUNDLED))
+def smiles_entries(source: str) -> list[tuple[str, str]]:
+    """(SMILES, name) pairs of the bundled list or a .smi file."""
+    return _read_smiles(BUNDLED if source == DRUGS else Path(source).expanduser())
+
+
+def unparsable(entries: list[tuple[str, str]]) -> str | None:
+    """The first SMILES RDKit cannot parse (with its name), or None."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.error")  # the validation message says it once
+    try:
+        return next((f"{smiles!r} ({name})" for smiles, name in entries if Chem.MolFromSmiles(smiles) is None), None)
+    finally:
+        RDLogger.EnableLog("rdApp.error")
 
 
 def max_heavy_atoms(source: str, n_molecules: int) -> int:
     """The largest heavy-atom count among a SMILES source's first n_molecules (no embedding)."""
     from rdkit import Chem
 
-    entries = _read_smiles(BUNDLED if source == DRUGS else Path(source).expanduser())[:n_molecules]
+    entries = smiles_entries(source)[:n_molecules]
     return max(Chem.MolFromSmiles(smiles).GetNumHeavyAtoms() for smiles, _ in entries)
 
 
@@ -115,7 +127,7 @@ def conformer_library(source: str, n_molecules: int, n_conformers: int, n_test_c
     from rdkit import Chem
 
     if builds_from_smiles(source):
-        entries = _read_smiles(BUNDLED if source == DRUGS else Path(source).expanduser())[:n_molecules]
+        entries = smiles_entries(source)[:n_molecules]
         if len(entries) < n_molecules:
             raise ValueError(f"source {source!r} lists {len(entries)} molecules; n_molecules = {n_molecules} asked")
         molecules = [(name, _embedded(smiles, n_conformers, seed)) for smiles, name in entries]

@@ -148,10 +148,15 @@ class ConformerDiffusionTask:
             raise SpecError(f"{where}.source must be {allowed}; got {describe(self.source)}: {problem}",
                             field=f"{where}.source", allowed=allowed)
         check_min(self.n_molecules, 1, f"{where}.n_molecules")
-        if self.source == molecules.DRUGS:
-            n_listed = molecules.bundled_count()
-            require(self.n_molecules <= n_listed, f"{where}.n_molecules",
-                    f"an integer in [1, {n_listed}] for source 'drugs' (the bundled list)", self.n_molecules)
+        if molecules.builds_from_smiles(self.source):  # SMILES are cheap to check before anything starts
+            entries = molecules.smiles_entries(self.source)
+            require(self.n_molecules <= len(entries), f"{where}.n_molecules",
+                    f"an integer in [1, {len(entries)}] for source {self.source!r} (the molecules it lists)",
+                    self.n_molecules)
+            bad = molecules.unparsable(entries[: self.n_molecules])
+            if bad:
+                raise SpecError(f"{where}.source must be a SMILES file RDKit can parse; got {describe(self.source)}: "
+                                f"cannot parse {bad}", field=f"{where}.source", allowed="a SMILES file RDKit can parse")
         check_min(self.n_conformers, 2, f"{where}.n_conformers")
         check_min(self.n_test_conformers, 1, f"{where}.n_test_conformers")
         require(self.n_test_conformers < self.n_conformers, f"{where}.n_test_conformers",
