@@ -45,9 +45,10 @@ fig1 = _load_fig1()
 TASKS = ("gaussian", "kde", "linear_regression", "discrete")
 TASK_METRICS = {
     "gaussian": ("test_loss", "mean_sq_error", "cov_trace_ratio", "cov_det_ratio", "cov_log_det_ratio"),
-    # kde also reports the bandwidth it used, but the table's `bandwidth` column is the
-    # config field (the job's parameters are assigned over the metric of the same name)
-    "kde": ("test_loss", "train_var"),
+    # kde also reports the bandwidth it used (`bandwidth_used`: a rule's value changes
+    # with n and, under accumulate, with the iteration); the `bandwidth` column is the
+    # config field
+    "kde": ("test_loss", "train_var", "bandwidth_used"),
     "linear_regression": ("test_loss", "weight_sq_error"),
     "discrete": ("test_loss", "entropy", "fraction_of_initial_entropy", "n_zero_mass", "gini_simpson"),
 }
@@ -396,14 +397,21 @@ def workflow_label(workflow: str, cfg: Mapping) -> str:
 KDE_FREE = ["task", "dataset", "bandwidth", "n_real", "n_synthetic", "workflow", *KNOBS]
 
 
-def plot_kde(summary: pd.DataFrame, bandwidth: str) -> Figure:
-    """(A)'s Fig. 2 at one bandwidth: test NLL vs iteration, one panel per dataset;
-    colour = n, solid = replace, dashed = accumulate, dotted = accumulate-subsample."""
+KDE_LAYOUTS = ("panels", "grid")
+
+
+def plot_kde(summary: pd.DataFrame, bandwidth: str, layout: str = "panels") -> Figure:
+    """(A)'s Fig. 2 at one bandwidth: test NLL vs iteration. layout "panels": one panel
+    per dataset; colour = n, solid = replace, dashed = accumulate, dotted =
+    accumulate-subsample. layout "grid", (A)'s own: datasets in rows, workflows in
+    columns, colour = n, log y."""
     data = summary[(summary["bandwidth"] == bandwidth) & summary["workflow"].isin(CLASSIC)]
     data, notes = fix_settings(data, KDE_FREE, {"dataset": DATASETS})
     data = metric_rows(data, "test_loss")
     present = set(data["dataset"])
     datasets = [d for d in DATASETS if d in present] + sorted(present - set(DATASETS))
+    if layout == "grid":
+        return _plot_kde_grid(data, datasets, bandwidth, notes)
     colours, labels = n_colours(data)
     fig = _figure((max(3.3 * len(datasets) + 0.4, 6.2), 3.9))
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
@@ -430,8 +438,111 @@ def plot_kde(summary: pd.DataFrame, bandwidth: str) -> Figure:
     return fig
 
 
+def _plot_kde_grid(data: pd.DataFrame, datasets: list[str], bandwidth: str, notes: list[str]) -> Figure:
+    workflows = [w for w in CLASSIC if w in set(data["workflow"])]
+    colours, labels = n_colours(data)
+    fig = _figure((3.2 * len(workflows) + 0.6, 2.5 * len(datasets) + 1.0))
+    axes = fig.subplots(len(datasets), len(workflows), squeeze=False, sharex=True, sharey="row")
+    for i, dataset in enumerate(datasets):
+        row = data[data["dataset"] == dataset]
+        drawn = []
+        for j, workflow in enumerate(workflows):
+            ax = axes[i, j]
+            panel = row[row["workflow"] == workflow]
+            for (n_real, n_syn), line in panel.groupby(["n_real", "n_synthetic"]):
+                drawn += draw_line(ax, line, colours[(int(n_real), int(n_syn))], "-", True)
+            _nonfinite_note(ax, panel)
+            if i == 0:
+                ax.set_title(WORKFLOW_TITLES[workflow], fontsize=10)
+            if i == len(datasets) - 1:
+                ax.set_xlabel(XLABEL)
+        for ax in axes[i]:
+            _finish_axis(ax, drawn, True)
+        axes[i, 0].set_ylabel(f"{dataset.replace('_', ' ')}\ntest NLL")
+    legend_below(fig, _n_handles(colours, labels) + [_band_handle()])
+    fig.suptitle(f"KDE refitted on its own samples, bandwidth {bandwidth_text(bandwidth)} ((A)'s layout)"
+                 + _notes_suffix(notes), fontsize=11)
+    return fig
+
+
 def kde_bandwidths(summary: pd.DataFrame) -> list[str]:
     return sorted(set(summary.loc[summary["workflow"].isin(CLASSIC), "bandwidth"]), key=label_order)
+
+
+# -- KDE: test NLL against the bandwidth ((A)'s notebooks 11 and 12) -------------------
+BANDWIDTH_STUDY_MIN = 3  # bandwidths a dataset needs before NLL-vs-bandwidth is drawn
+BANDWIDTH_ITERATIONS = (1, 10, 100, 1000)  # (A)'s notebooks plot 1 and every 100th
+
+
+def bandwidth_study_datasets(summary: pd.DataFrame) -> list[str]:
+    """Datasets swept over at least BANDWIDTH_STUDY_MIN bandwidths."""
+    data = summary[summary["workflow"].isin(CLASSIC)]
+    counts = data.groupby("dataset")["bandwidth"].nunique()
+    return [d for d in DATASETS if counts.get(d, 0) >= BANDWIDTH_STUDY_MIN] + sorted(
+        d for d in counts.index if d not in DATASETS and counts[d] >= BANDWIDTH_STUDY_MIN)
+
+
+def plot_kde_bandwidth(summary: pd.DataFrame, dataset: str) -> Figure:
+    """(A)'s notebooks 11 and 12 for one dataset: test NLL against the bandwidth (fixed
+    values on a log axis, joined; then the rules, apart), a row per n, a column per
+    workflow, one colour per iteration (1, 10, 100, 1000 where recorded, and the last),
+    log y."""
+    data = summary[(summary["dataset"] == dataset) & summary["workflow"].isin(CLASSIC)]
+    data, notes = fix_settings(data, KDE_FREE)
+    data = metric_rows(data, "test_loss")
+    labels = sorted(set(data["bandwidth"]), key=label_order)
+    numbers = [b for b in labels if label_order(b)[0] == 0]
+    rules = [b for b in labels if label_order(b)[0] != 0]
+    # fixed bandwidths at their log position, the rules one and two steps to the right
+    positions = {b: math.log10(float(b)) for b in numbers}
+    right = max(positions.values(), default=0.0)
+    positions.update({b: right + 0.75 * (i + 1) for i, b in enumerate(rules)})
+    ns = sorted(set(zip(data["n_real"].astype(int), data["n_synthetic"].astype(int))))
+    workflows = [w for w in CLASSIC if w in set(data["workflow"])]
+    last = int(data["iteration"].max())
+    shown = [t for t in BANDWIDTH_ITERATIONS if t < last] + [last]
+    shown = [t for t in shown if (data["iteration"] == t).any()]
+    from matplotlib import colormaps
+
+    cmap = colormaps["plasma"]
+    colours = {t: cmap(0.85 * i / max(1, len(shown) - 1)) for i, t in enumerate(shown)}
+    fig = _figure((3.3 * len(workflows) + 0.6, 2.3 * len(ns) + 1.1))
+    axes = fig.subplots(len(ns), len(workflows), squeeze=False, sharex=True, sharey="row")
+    for i, (n_real, n_syn) in enumerate(ns):
+        row = data[(data["n_real"] == n_real) & (data["n_synthetic"] == n_syn)]
+        drawn = []
+        for j, workflow in enumerate(workflows):
+            ax = axes[i, j]
+            panel = row[row["workflow"] == workflow]
+            for t in shown:
+                # chains capped below t (accumulate under a rule) have no point at t;
+                # the fixed bandwidths are joined by a line, the rules stand alone
+                at = panel[panel["iteration"] == t]
+                for group, style in ((numbers, "-"), (rules, "none")):
+                    points = at[at["bandwidth"].isin(group)]
+                    points = points.assign(x=points["bandwidth"].map(positions)).sort_values("x")
+                    mean = points["mean"].to_numpy(dtype=float)
+                    se = np.nan_to_num(points["se"].to_numpy(dtype=float))
+                    shown_mean = np.where(mean > 0, mean, np.nan)
+                    ax.errorbar(points["x"], shown_mean, yerr=se, color=colours[t], marker="o", ms=3.5, lw=1.2,
+                                ls=style, elinewidth=1.0, capsize=2)
+                    drawn.append(shown_mean)
+            if i == 0:
+                ax.set_title(WORKFLOW_TITLES[workflow], fontsize=10)
+            if i == len(ns) - 1:
+                ax.set_xlabel("bandwidth h")
+                ax.set_xticks([positions[b] for b in labels])
+                ax.set_xticklabels([b if b in rules else _plain_log_label(float(b)) for b in labels],
+                                   rotation=60, fontsize=7)
+        for ax in axes[i]:
+            _finish_axis(ax, drawn, True)
+        axes[i, 0].set_ylabel(f"n = {n_real}\ntest NLL")
+    handles = [Line2D([], [], color=colours[t], marker="o", lw=1.2, label=f"iteration {t}") for t in shown]
+    handles.append(Line2D([], [], color="0.4", marker="|", lw=0, ms=9, label="mean over seeds ± 1 SE"))
+    legend_below(fig, handles)
+    fig.suptitle(f"KDE on {dataset.replace('_', ' ')}: test NLL against the bandwidth ((A)'s notebooks 11, 12)"
+                 + _notes_suffix(notes), fontsize=11)
+    return fig
 
 
 # -- linear regression against its closed forms -----------------------------------

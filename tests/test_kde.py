@@ -142,3 +142,13 @@ def test_circles_factor_is_validated():
 
     with pytest.raises(SpecError, match=r"task.factor must be a number in \[0, 1\)"):
         KDETask(dataset="circles", factor=1.5).validate("task")
+
+
+def test_record_every_keeps_a_subset_of_the_same_chain():
+    task = KDETask(dataset="moons", bandwidth=0.3, n_test=50)
+    cfg = ChainConfig(workflow="accumulate", n_real=20, n_iterations=23).resolved()
+    every = run_chain(task, cfg, range(3)).table
+    some = run_chain(KDETask(dataset="moons", bandwidth=0.3, n_test=50, record_every=5), cfg, range(3)).table
+    assert sorted(some.iteration.unique()) == [1, 5, 10, 15, 20, 23]  # and the last
+    kept = every[every.iteration.isin(some.iteration.unique())].reset_index(drop=True)
+    pd.testing.assert_frame_equal(some, kept)  # what is kept changes no draw

@@ -168,3 +168,28 @@ def test_discrete_collapse_figures_from_chains_that_stop(tmp_path, capsys):
     out = tmp_path / "figs"
     assert figures.main([str(path), "--out", str(out)]) == 0
     assert {p.name for p in out.glob("*.png")} == {"discrete_entropy.png", "discrete_collapse_time.png"}
+
+
+def test_kde_bandwidth_study_and_a_layout(tmp_path):
+    table = results_table({
+        "task": {"name": "kde", "n_test": 30},
+        "chain": {"n_iterations": 4},
+        "seeds": 3,
+        "grid": {"chain.n_real": [10, 20], "chain.workflow": ["replace", "accumulate"]},
+        "cases": [{"task.dataset": ["moons", "swiss_roll"], "task.bandwidth": [0.1, 1.0, "scott"]},
+                  {"task.dataset": ["circles"], "task.bandwidth": [0.5]}],
+    })
+    summary = toy.summarise(toy.task_rows(table, "kde"))
+    assert toy.bandwidth_study_datasets(summary) == ["moons", "swiss_roll"]  # circles has one bandwidth
+    path = tmp_path / "kde.csv"
+    table.to_csv(path, index=False)
+    for layout in ("panels", "grid"):
+        out = tmp_path / layout
+        assert figures.main([str(path), "--out", str(out), "--kde-layout", layout]) == 0
+        names = {p.name for p in out.glob("*.png")}
+        assert {"kde_nll_vs_bandwidth_moons.png", "kde_nll_vs_bandwidth_swiss_roll.png", "fig2_kde_bw0.5.png",
+                "fig2_kde_bwscott.png"} <= names
+        assert all(p.stat().st_size > 20_000 for p in out.glob("*.png"))
+    grid = toy.plot_kde(summary, "1", layout="grid")
+    assert len(grid.axes) == 2 * 2  # datasets in rows, workflows in columns
+    assert all(ax.get_yscale() == "log" for ax in grid.axes)

@@ -101,6 +101,9 @@ class KDETask:
     """Circles only: inner radius over outer; 0.8 is sklearn's default, which (A) uses."""
     n_test: int = 500
     """Held-out real points for the test NLL, drawn once per chain."""
+    record_every: int = 1
+    """Keep the metrics of iteration 1 and every record_every-th (the bandwidth study's
+    1000-iteration chains keep 1, 100, ..., 1000, the iterations (A)'s notebooks plot)."""
 
     def validate(self, where: str) -> None:
         if not isinstance(self.bandwidth, str):
@@ -108,6 +111,7 @@ class KDETask:
         if not (math.isfinite(self.noise) and self.noise >= 0):
             fail(f"{where}.noise", "a number in [0, inf)", self.noise)
         check_min(self.n_test, 1, f"{where}.n_test")
+        check_min(self.record_every, 1, f"{where}.record_every")
         if not (0 <= self.factor < 1):  # sklearn's own range for make_circles
             fail(f"{where}.factor", "a number in [0, 1)", self.factor)
 
@@ -125,6 +129,10 @@ class KDETask:
         if self.bandwidth == "silverman":
             return (n_points * (d + 2) / 4.0) ** (-1.0 / (d + 4))
         return float(self.bandwidth)
+
+    def records_iteration(self, t: int) -> bool:
+        """Loop hook: which iterations' metrics are kept (the last always is)."""
+        return t == 1 or t % self.record_every == 0
 
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
