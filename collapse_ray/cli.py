@@ -12,14 +12,26 @@ starts.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .spec import SweepSpec, load_spec
-from .tracking import TrackingUnavailable
+from .tracking import TrackingUnavailable, scrub
 from .validation import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a sweep, handled like Ctrl-C."""
+
+    signum = signal.SIGTERM
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 class UsageError(Exception):
@@ -88,31 +100,59 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {_describe(spec)}")
             return 0
         if args.command == "run":
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGTERM, _terminated)  # (a sweep sets its own meanwhile)
+                try:
+                    return _run(args)
+                finally:
+                    signal.signal(signal.SIGTERM, previous)
             return _run(args)
         if args.command == "results":
             return _results(args)
     except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {scrub(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # outside a sweep (which says for itself whether it can be resumed)
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}; no sweep was left unfinished by it, so there is "
+              "nothing to resume", file=sys.stderr)
+        return 128 + signum
     except TrackingUnavailable as err:  # progress is in the checkpoints: say how to go on
-        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        print(f"error: {scrub(one_line(str(err)))}", file=sys.stderr)
         return 1
     return 1  # pragma: no cover
 
 
+def _check_out(out: str) -> None:
+    """--out is a results folder of its own: not the filesystem root (it would get
+    /mlflow.db and a folder per sweep there), not an existing file."""
+    path = Path(out).resolve()
+    if path == path.parent:
+        raise SpecError(f"--out must be a folder of its own below the filesystem root; got {out!r}")
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"--out must be a folder; {out!r} is an existing file")
+
+
 def _run(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate everything before Ray starts
-    from .sweep import run_sweep
+    _check_out(args.out)
+    from .sweep import SweepInterrupted, run_sweep
     from .tracking import resolve_tracking_uri
 
     if not args.resume:
         resolve_tracking_uri(args.tracking_uri, args.out)  # a bad URI fails here, before Ray
     print(f"running {_describe(spec)}", flush=True)
-    outcome = run_sweep(spec, out_root=args.out, tracking_uri=args.tracking_uri, address=args.address,
-                        resume=args.resume)
+    try:
+        outcome = run_sweep(spec, out_root=args.out, tracking_uri=args.tracking_uri, address=args.address,
+                            resume=args.resume)
+    except SweepInterrupted as stop:
+        if stop.resumable:
+            print(f"\n{stop}: progress is kept in the chain checkpoints of {stop.sweep_dir}; "
+                  f"rerun with --resume to continue", file=sys.stderr)
+        else:
+            print(f"\n{stop} before the sweep started; nothing was written, so there is nothing to resume",
+                  file=sys.stderr)
+        return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     ui_uri = outcome.tracking_uri
     print(f"\n{'finished' if outcome.n_failed == 0 else 'FAILED'}: {outcome.n_trials - outcome.n_failed}/"
           f"{outcome.n_trials} trials in {outcome.seconds:.1f}s")

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import itertools
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -400,10 +401,32 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
     return f"{where}: {' '.join(str(problem).split())}" if problem else where
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few KiB; a bigger file is a mistake (and slow YAML)
+
+
+def _read_spec_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_SPEC_BYTES (a FIFO would block, a
+    device never end): SpecError otherwise."""
+    import stat
+
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a folder fails to open, saying so)
+        raise SpecError(f"spec file {str(path)!r} must be a regular file; got a "
+                        f"{'FIFO' if stat.S_ISFIFO(mode) else 'device or socket'}")
+    with open(path, "rb") as f:
+        data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {str(path)!r} must be at most {MAX_SPEC_BYTES >> 10} KiB; it is "
+                        f"{os.stat(path).st_size >> 10} KiB")
+    return data
+
+
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = _read_spec_file(path)
+    except SpecError:
+        raise
     except OSError as err:
         raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror or err}") from None
     except ValueError as err:  # e.g. a NUL in the path
@@ -470,6 +493,7 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         check_run = getattr(point.task, "check_run", None)
         if check_run is not None:
             check_run(run, "run")
+    _check_chain_memory(points, run)
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
     spec = SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points))
@@ -478,6 +502,34 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         raise SpecError(f"run.seeds_per_trial: the sweep would run {n_trials} trials ({len(points)} grid points x "
                         f"blocks of seeds), at most {MAX_TRIALS}: raise run.seeds_per_trial or use fewer seeds")
     return spec
+
+
+def chain_nbytes(point: GridPoint) -> int:
+    """Memory one chain of a grid point needs at least: its pool at its largest, held
+    twice (pool + the selected training set), plus what the task says its fitted state
+    takes beyond that (`state_nbytes`, e.g. a d x d covariance), when it says."""
+    chain = point.chain
+    held = max_rows_held(chain.policy(), point.task, chain.n_real, chain.n_synthetic, chain.n_iterations)
+    state = getattr(point.task, "state_nbytes", None)
+    return 2 * held * point.task.row_nbytes() + (state() if state is not None else 0)
+
+
+def _check_chain_memory(points: Sequence[GridPoint], run: ExecutionConfig) -> None:
+    """A chain that cannot fit its trial's memory budget fails here, in one line, not
+    three times in Ray with "Unable to allocate 14.6 TiB"."""
+    budget = run.memory_per_trial_gb * 2**30
+    for point in points:
+        if not point.task.batched:
+            # the budget sizes seed batches; one-chain tasks (language models) hold their
+            # pool as their own code decides, and their specs do not set it
+            continue
+        need = chain_nbytes(point)
+        if need > budget:
+            raise SpecError(
+                f"run.memory_per_trial_gb must be at least {need / 2**30:.3g} for one chain of {point.key} "
+                f"(pool of {need // (2 * point.task.row_nbytes())} rows x {point.task.row_nbytes()} bytes, held "
+                f"twice); got {run.memory_per_trial_gb:g}. Raise it, or make the chain smaller",
+                field="run.memory_per_trial_gb")
 
 
 def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...]) -> GridPoint:

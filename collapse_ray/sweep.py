@@ -15,8 +15,13 @@ Output layout (`--out`, default ./results):
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +36,96 @@ from .validation import SpecError
 
 SWEEP_FILE = "sweep.json"
 RESUMED_TAG = "collapse_ray.resumed_from_iteration"
+
+
+class SweepInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the sweep. `resumable`: its sweep.json was written (and
+    now says "interrupted"), so `--resume` continues from the chain checkpoints."""
+
+    def __init__(self, signum: int, sweep_dir: Path, resumable: bool):
+        self.signum, self.sweep_dir, self.resumable = signum, sweep_dir, resumable
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class _Signalled(BaseException):  # BaseException: Ray's and Tune's `except Exception` let it through
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; `ray job stop` and cluster schedulers
+
+
+class _Interrupts:
+    """What the driver's handlers saw. A signal is only recorded (raising inside Ray's
+    C code turns into a SystemError there); while Tune runs, it is passed on to Tune's
+    own stop handler (its SIGUSR1), which ends the run cleanly. The sweep then raises
+    _Signalled at the next point it checks."""
+
+    signum: int | None = None
+    tune_running = False
+
+
+_SEEN = _Interrupts()
+
+
+def _on_interrupt(signum, frame):
+    for s in INTERRUPTS:  # a second signal is handled as usual (stops at once)
+        signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+    if _SEEN.signum is None:
+        _SEEN.signum = signum
+    if _SEEN.tune_running:
+        stop_tune = signal.getsignal(signal.SIGUSR1)  # set by tune.run for this purpose
+        if callable(stop_tune):
+            stop_tune(signum, frame)
+
+
+def _raise_if_interrupted() -> None:
+    if _SEEN.signum is not None:
+        raise _Signalled(_SEEN.signum)
+
+
+def _arm_interrupts() -> None:
+    """(Re)install the handlers: ray.init installs SIGTERM handlers of its own that exit
+    at once, so this runs again after it."""
+    if threading.current_thread() is threading.main_thread() and _SEEN.signum is None:
+        for s in INTERRUPTS:
+            signal.signal(s, _on_interrupt)
+
+
+class _QuietWhenInterrupted(logging.Filter):
+    """Tune's own messages about an interrupted run ("Tuner.restore(...)") name the wrong
+    way to continue: the driver's message names --resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _SEEN.signum is None
+
+
+@contextmanager
+def _interrupts_recorded() -> Iterator[None]:
+    """SIGINT and SIGTERM are recorded in the driver (see _Interrupts) instead of Tune's
+    own SIGINT handling, which ends the run as if it had finished. Only in the main
+    thread, where handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in INTERRUPTS}
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    quiet = _QuietWhenInterrupted()
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addFilter(quiet)
+    _SEEN.signum, _SEEN.tune_running = None, False
+    try:
+        _arm_interrupts()
+        yield
+    finally:
+        for s, previous in saved.items():
+            signal.signal(s, previous)
+        tune_logger.removeFilter(quiet)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
 
 
 @dataclass(frozen=True)
@@ -85,9 +180,32 @@ def find_resumable(out_root: Path, name: str) -> Path:
     """The newest sweep folder of this name that did not finish."""
     candidates = sorted((out_root / name).glob(f"*/{SWEEP_FILE}"), reverse=True)
     for path in candidates:
-        if json.loads(path.read_text()).get("status") != "finished":
+        if read_sweep_file(path.parent).get("status") != "finished":
             return path.parent.resolve()
     raise SpecError(f"--resume: no unfinished sweep named {name!r} under {out_root}")
+
+
+SWEEP_KEYS = ("spec", "tracking_uri", "experiment", "sweep_run_id", "status")
+MAX_SWEEP_FILE_BYTES = 16 * 2**20
+
+
+def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
+    """A sweep folder's sweep.json, or SpecError naming what is wrong with it."""
+    if not sweep_dir.is_dir():
+        raise SpecError(f"--resume: {sweep_dir} is not a folder (give the sweep folder that holds {SWEEP_FILE})")
+    path = sweep_dir / SWEEP_FILE
+    if not path.is_file():
+        raise SpecError(f"--resume: {path} is missing: {sweep_dir} is not a sweep folder")
+    if path.stat().st_size > MAX_SWEEP_FILE_BYTES:
+        raise SpecError(f"--resume: {path} is larger than {MAX_SWEEP_FILE_BYTES >> 20} MiB, so not a sweep file")
+    try:
+        saved = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SpecError(f"--resume: {path} is not readable JSON ({err})") from None
+    if not isinstance(saved, dict) or any(key not in saved for key in SWEEP_KEYS) or not all(
+            isinstance(saved[key], str) for key in SWEEP_KEYS[1:]):
+        raise SpecError(f"--resume: {path} is not a sweep file (it needs the keys {', '.join(SWEEP_KEYS)})")
+    return saved
 
 
 def run_sweep(
@@ -98,14 +216,14 @@ def run_sweep(
     resume: bool | str | Path = False,
 ) -> SweepOutcome:
     """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are."""
-    from .tracking import check_reachable, credentials_in_environment, resolve_tracking_uri
+    from .tracking import check_reachable, credentials_in_environment, refuse_if_secret_in, resolve_tracking_uri
 
     started = time.perf_counter()
     out_root = Path(out_root).resolve()
     resolved = json.loads(json.dumps(spec.resolved_dict()))  # as it reads back from sweep.json
     if resume:
         sweep_dir = Path(resume).resolve() if not isinstance(resume, bool) else find_resumable(out_root, spec.name)
-        saved = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        saved = read_sweep_file(sweep_dir)
         if saved["spec"] != resolved:
             raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with")
         tracking_uri = _resumed_tracking_uri(saved["tracking_uri"], tracking_uri)
@@ -116,29 +234,63 @@ def run_sweep(
     # A password in the URI moves to MLflow's own variables for the sweep's duration (the
     # embedded Ray's workers inherit them): the URI then goes into Tune's files,
     # sweep.json and output without it.
+    refuse_if_secret_in(tracking_uri, **{"sweep folder's path": str(sweep_dir), "spec": json.dumps(resolved)})
     with credentials_in_environment(tracking_uri) as tracking_uri:
+        refuse_if_secret_in(tracking_uri, **{"URI passed to the trials": tracking_uri})
         check_reachable(tracking_uri)
         resumed_run_id = saved["sweep_run_id"] if resume else None
-        return _fan_out(spec, resolved, sweep_dir, tracking_uri, address, resumed_run_id, started)
+        written: dict[str, Any] = {}  # the sweep's state once sweep.json holds it, and its client
+        try:
+            with _interrupts_recorded():
+                return _fan_out(spec, resolved, sweep_dir, tracking_uri, address, resumed_run_id, started, written)
+        except _Signalled as stop:
+            _mark_interrupted(sweep_dir, written)
+            raise SweepInterrupted(stop.signum, sweep_dir, resumable=bool(written)) from None
+
+
+def _mark_interrupted(sweep_dir: Path, written: dict[str, Any]) -> None:
+    """sweep.json and the parent run say "interrupted" / KILLED (the chains' own runs
+    stay open: a resume reuses them)."""
+    if not written:
+        return
+    state = {**written["state"], "status": "interrupted"}
+    _write_json(sweep_dir / SWEEP_FILE, state)
+    try:
+        written["client"].set_terminated(state["sweep_run_id"], "KILLED")
+    except Exception as err:  # noqa: BLE001 - the store may be what is away; sweep.json says it
+        say(f"  (could not mark MLflow run {state['sweep_run_id']} KILLED: {str(err).splitlines()[0][:200]})")
 
 
 def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str, address: str | None,
-             resumed_run_id: str | None, started: float) -> SweepOutcome:
+             resumed_run_id: str | None, started: float, written: dict[str, Any]) -> SweepOutcome:
     """The sweep proper, once its folder and tracking store are settled (resumed_run_id:
-    the parent run of the sweep being resumed, else None for a new sweep)."""
-    from .tracking import client_for, ensure_experiment, start_sweep_run
+    the parent run of the sweep being resumed, else None for a new sweep). Fills
+    `written` once sweep.json exists, so an interrupt knows whether a resume can work."""
+    from .tracking import client_for, default_artifact_root, ensure_experiment, start_sweep_run
 
     jobs = spec.jobs()
 
     address = address or os.environ.get("RAY_ADDRESS")
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:
-            # An embedded local Ray ("local": never a cluster some `ray start` left running);
-            # the dashboard is only needed for `ray job submit`.
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING", configure_logging=True)
+        armed = signal.getsignal(signal.SIGTERM) is _on_interrupt
+        try:
+            if address:
+                ray.init(address=address, logging_level="WARNING")
+            else:
+                # An embedded local Ray ("local": never a cluster some `ray start` left running);
+                # the dashboard is only needed for `ray job submit`.
+                ray.init(address="local", include_dashboard=False, logging_level="WARNING", configure_logging=True)
+        except SystemExit:  # ray.init's own SIGTERM handlers exit (sys.exit) while it starts
+            if not armed or signal.getsignal(signal.SIGTERM) is _on_interrupt:
+                raise
+            ray.shutdown()
+            raise _Signalled(signal.SIGTERM) from None
+        if armed:  # ray.init sets SIGTERM handlers that exit at once: ours again
+            _arm_interrupts()
+        if _SEEN.signum is not None:  # while Ray was starting: stop what it started
+            ray.shutdown()
+            _raise_if_interrupted()
     try:  # before anything is written: a chain that cannot be placed is a spec error
         _check_fits_cluster(spec)
     except SpecError:
@@ -147,7 +299,7 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
         raise
 
     client = client_for(tracking_uri)
-    experiment_id = ensure_experiment(client, spec.name)
+    experiment_id = ensure_experiment(client, spec.name, default_artifact_root(tracking_uri))
     if resumed_run_id is not None:
         sweep_run_id = resumed_run_id
         client.update_run(sweep_run_id, status="RUNNING")
@@ -162,6 +314,7 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
         "status": "running",
     }
     _write_json(sweep_dir / SWEEP_FILE, state)
+    written.update(state=state, client=client)
     say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
 
     try:
@@ -195,11 +348,22 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
                 verbose=0,
             ),
         )
-        grid = tuner.fit()
+        _raise_if_interrupted()
+        _SEEN.tune_running = True
+        try:
+            grid = tuner.fit()
+        finally:
+            _SEEN.tune_running = False
+        _raise_if_interrupted()
         n_failed = sum(1 for r in grid if r.error is not None)
+        # a trial Tune stopped without an error (it was interrupted) did not finish either
+        unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("iteration") !=
+                      r.config["job"]["chain"]["n_iterations"]]
     finally:
         if owns_ray:
             ray.shutdown()
+    if unfinished:
+        raise _Signalled(signal.SIGINT)
 
     state["status"] = "finished" if n_failed == 0 else "failed"
     _write_json(sweep_dir / SWEEP_FILE, state)

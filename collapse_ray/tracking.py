@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -40,7 +42,7 @@ EXECUTION_ONLY = ("checkpoint_every", "persist_pool")  # chain fields that do no
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI, else None."""
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+    return Path(uri[len(SQLITE):].split("?", 1)[0]) if uri.startswith(SQLITE) else None
 
 
 def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
@@ -54,7 +56,8 @@ def resolve_tracking_uri(uri: str | None, out_root: str | Path) -> str:
         return f"{SQLITE}{(Path(out_root) / 'mlflow.db').resolve()}"
     path = sqlite_path(uri)
     if path is not None and not path.is_absolute():
-        return f"{SQLITE}{path.resolve()}"
+        query = uri.partition("?")[1] + uri.partition("?")[2]
+        return f"{SQLITE}{path.resolve()}{query}"
     if uri.startswith(("http://", "https://", "sqlite:////", "postgresql", "mysql", "databricks")):
         return uri
     raise SpecError(
@@ -97,24 +100,76 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store stayed unreachable; the chain's checkpoint keeps its progress."""
 
 
-def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """(URI without user:password@, user, password)."""
-    from urllib.parse import urlsplit, urlunsplit
+# userinfo as SQLAlchemy reads it: the user up to ':' (no '/'), the password up to the
+# first '@', so a raw '#', '/' or '?' in it stays in the password (urlsplit would end the
+# authority there and see no password at all)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:(?P<user>[^:/@]*)(?::(?P<password>[^@]*))?@)?(?P<rest>.*)",
+                       re.DOTALL)
+# query parameters that carry credentials (libpq's password/sslpassword, tokens, keys)
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|auth|credential|api[_-]?key|signature|^sig$|^key$",
+                               re.IGNORECASE)
+MIN_SCRUBBED = 4  # shorter credentials are not searched for in text (they match by chance)
+_SECRETS: set[str] = set()  # every credential seen in a tracking URI, scrubbed from messages
 
-    parts = urlsplit(uri)
-    if parts.username is None:
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(URI without user:password@, user, password), userinfo as written (not decoded)."""
+    match = _USERINFO.fullmatch(uri)
+    if match is None or match["user"] is None:
         return uri, None, None
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=host)), parts.username, parts.password
+    return match["scheme"] + match["rest"], match["user"], match["password"]
+
+
+def _query_secrets(uri: str) -> list[tuple[int, int]]:
+    """(start, end) of each credential-carrying query parameter's value."""
+    spans = []
+    if "?" not in uri:
+        return spans
+    offset = uri.index("?") + 1
+    for pair in re.finditer(r"[^&;#]+", uri[offset:]):
+        name, equals, _ = pair.group().partition("=")
+        if equals and _SECRET_PARAMETER.search(unquote(name)):
+            spans.append((offset + pair.start() + len(name) + 1, offset + pair.end()))
+    return spans
+
+
+def uri_secrets(uri: str) -> set[str]:
+    """The credentials in a URI (password, secret query values), as written and decoded."""
+    public, _, password = split_credentials(uri)
+    found = {password} if password else set()
+    found |= {public[a:b] for a, b in _query_secrets(public)}
+    return {form for value in found for form in (value, unquote(value)) if form and form != "***"}
 
 
 def redact_uri(uri: str) -> str:
-    """The URI with any password replaced, for messages."""
+    """The URI with every credential (password, secret query values) replaced by ***."""
+    _SECRETS.update(uri_secrets(uri))
     public, user, password = split_credentials(uri)
-    if password is None:
-        return uri
-    scheme, rest = public.split("://", 1)
-    return f"{scheme}://{user}:***@{rest}"
+    if password is not None:
+        scheme, rest = public.split("://", 1)
+        uri = f"{scheme}://{user}:***@{rest}"
+    for a, b in reversed(_query_secrets(uri)):
+        uri = uri[:a] + "***" + uri[b:]
+    return uri
+
+
+def scrub(text: str) -> str:
+    """`text` with every credential seen in a tracking URI replaced by *** (for messages
+    that quote a driver's error, which may quote the URL)."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if len(secret) >= MIN_SCRUBBED:  # a 1-3 character password would blank out words
+            text = text.replace(secret, "***")
+    return text
+
+
+def refuse_if_secret_in(uri: str, **written: str) -> None:
+    """Refuse to start when a credential would end up in something the sweep writes
+    (its folder's name, the spec, a URI that could not be redacted)."""
+    secrets = uri_secrets(uri)
+    for what, text in written.items():
+        if any(len(secret) >= MIN_SCRUBBED and secret in text for secret in secrets):
+            raise SpecError(f"refusing to start: a credential of the tracking URI would be written into the {what}; "
+                            "pass it in the environment instead (MLFLOW_TRACKING_PASSWORD, PGPASSWORD)")
 
 
 def credentials_to_environment(uri: str) -> str:
@@ -122,23 +177,24 @@ def credentials_to_environment(uri: str) -> str:
     trial configs, sweep.json): returns the URI to pass around instead.
 
     http(s): user:password moves to MLFLOW_TRACKING_USERNAME / _PASSWORD, MLflow's own
-    variables. A database URL needs its password in the URL, so the full URL goes to
-    MLFLOW_TRACKING_URI and a redacted one is passed around; `client_for` swaps it back.
+    variables. A database URL needs its credentials in the URL (userinfo or query
+    parameters such as password=), so the full URL goes to MLFLOW_TRACKING_URI and a
+    redacted one is passed around; `client_for` swaps it back.
     Workers of the embedded Ray inherit these variables; on a cluster, set them on the
     nodes (cluster/README.md, Secrets).
     """
     public, user, password = split_credentials(uri)
-    if user is None:
-        return uri
-    if uri.startswith(("http://", "https://")):
-        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if user is not None and uri.startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
         if password is not None:
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
-        return public
-    if password is None:
+            _SECRETS.update(uri_secrets(uri))
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+        uri = public
+    shown = redact_uri(uri)
+    if shown == uri:
         return uri
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    return redact_uri(uri)
+    return shown
 
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI")
@@ -183,32 +239,45 @@ def check_reachable(uri: str) -> None:
 
         public, user, password = split_credentials(uri)  # urllib does not read URL credentials
         request = urllib.request.Request(public.rstrip("/") + "/health")
-        user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
-        password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+        user = unquote(user) if user else os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = unquote(password) if password else os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
         if user:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         try:
             urllib.request.urlopen(request, timeout=10).read()
         except OSError as err:
-            raise SpecError(f"tracking server {redact_uri(uri)} is unreachable: {err}") from None
+            raise SpecError(scrub(f"tracking server {redact_uri(uri)} is unreachable: {err}")) from None
         return
     try:  # a database URL: one cheap query, without MLflow's long retries
         client_for(uri)._client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any driver error means "cannot use it"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SpecError(f"tracking store {redact_uri(uri)} is unusable: {first_line}") from None
+        raise SpecError(scrub(f"tracking store {redact_uri(uri)} is unusable: {first_line}")) from None
 
 
-def ensure_experiment(client, name: str) -> str:
-    """Create the experiment once, on the driver (concurrent SQLite schema creation races)."""
+ARTIFACTS_DIR = "mlartifacts"  # beside mlflow.db: the results folder holds everything
+
+
+def default_artifact_root(uri: str) -> Path | None:
+    """Where a SQLite store's artifacts go: beside its database, so --out is self-contained
+    (MLflow's own default is ./mlruns in whatever the working directory is, which under
+    `ray job submit` is a temporary copy). None for servers and databases: they decide."""
+    path = sqlite_path(uri)
+    return path.parent / ARTIFACTS_DIR if path is not None else None
+
+
+def ensure_experiment(client, name: str, artifact_root: Path | None = None) -> str:
+    """Create the experiment once, on the driver (concurrent SQLite schema creation races),
+    with its artifacts under `artifact_root` when given."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
     except Exception:  # created meanwhile by another driver
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -260,16 +329,29 @@ def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob
     return run.info.run_id, False
 
 
+LOGGED_TAG = "collapse_ray.logged_through_iteration"
+
+
 class MlflowChainSink:
-    """Per-iteration mean and standard error over a job's seeds, logged exactly once."""
+    """Per-iteration mean and standard error over a job's seeds, logged exactly once.
+
+    The record of what is logged is exact: a tag holds the last iteration whose every
+    metric is stored (set after a log_iterations call's last batch), and metrics of
+    later iterations already stored (a call cut short between its batches of 1,000)
+    are found per metric key and not sent again.
+    """
 
     def __init__(self, client, run_id: str):
         self.client = client
         self.run_id = run_id
+        self._stored: set[tuple[str, int]] = set()  # (key, step) past the tag, already stored
 
     def last_logged_iteration(self) -> int:
-        history = self.client.get_metric_history(self.run_id, "test_loss")
-        return max((m.step for m in history), default=0)
+        run = self.client.get_run(self.run_id)
+        through = int(run.data.tags.get(LOGGED_TAG, 0))
+        self._stored = {(key, m.step) for key in run.data.metrics
+                        for m in self.client.get_metric_history(self.run_id, key) if m.step > through}
+        return through
 
     def log_iterations(self, seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> None:
         from mlflow.entities import Metric
@@ -282,8 +364,11 @@ class MlflowChainSink:
                 metrics.append(Metric(name, mean, now, iteration))
                 if len(seeds) > 1:
                     metrics.append(Metric(f"{name}_se", se, now, iteration))
+        metrics = [m for m in metrics if (m.key, m.step) not in self._stored]
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+        if records:  # every metric of these iterations is stored now
+            self.client.set_tag(self.run_id, LOGGED_TAG, str(records[-1][0]))
 
 
     def log_artifacts(self, iteration: int, files: dict[str, bytes]) -> None:
@@ -346,6 +431,10 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
         for run in children:
             if run.info.status != "FINISHED":
                 continue
+            moved = _moved_artifact(tracking_uri, run.info.artifact_uri, CHAIN_TABLE)
+            if moved is not None:
+                frames.append(pd.read_parquet(moved).assign(sweep_run_id=parent))
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 local = client.download_artifacts(run.info.run_id, CHAIN_TABLE, tmp)
                 frames.append(pd.read_parquet(local).assign(sweep_run_id=parent))
@@ -356,6 +445,22 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
         if table[column].map(type).nunique() > 1:  # e.g. bandwidth: 0.5 in one run, "scott" in another
             table[column] = table[column].map(lambda v: None if v is None else str(v))
     return table.sort_values(["run_key", "seed", "iteration"], ignore_index=True)
+
+
+def _moved_artifact(tracking_uri: str, artifact_uri: str, name: str) -> Path | None:
+    """A SQLite store's artifact found beside the database when the results folder was
+    moved after the run recorded its (absolute) artifact location; else None."""
+    from urllib.parse import unquote, urlsplit
+
+    root = default_artifact_root(tracking_uri)
+    if root is None or not artifact_uri.startswith("file:"):
+        return None
+    recorded = Path(unquote(urlsplit(artifact_uri).path))
+    if (recorded / name).exists() or ARTIFACTS_DIR not in recorded.parts:
+        return None
+    parts = recorded.parts
+    rebased = root.joinpath(*parts[len(parts) - 1 - parts[::-1].index(ARTIFACTS_DIR) + 1:]) / name
+    return rebased if rebased.exists() else None
 
 
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
@@ -422,5 +527,5 @@ def _is_transient(err: Exception) -> bool:
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip()
+    text = scrub(str(err).strip())
     return text.splitlines()[0][:300] if text else type(err).__name__

@@ -173,3 +173,104 @@ def test_an_unreachable_tracking_store_is_refused_before_ray_starts(uri, tmp_pat
     assert "pw@" not in line, "the password is not printed"
     assert ray.is_initialized() == was_running and not (tmp_path / "r").exists()
     assert dict(os.environ) == environment, "credentials are not left in the environment"
+
+
+@pytest.mark.parametrize("uri", [
+    "postgresql://127.0.0.1:{port}/mlflow?user=u&password=Pa55word-in-query",
+    "postgresql://u:Pa55#word/with?raw@127.0.0.1:{port}/mlflow",
+    "postgresql://u@127.0.0.1:{port}/mlflow?sslmode=require&sslpassword=Pa55word-ssl",
+    "mysql+pymysql://u:Pa55word%2Fenc@127.0.0.1:{port}/mlflow?token=Pa55token",
+])
+def test_every_credential_form_is_redacted_in_the_error_line(uri, tmp_path, capsys):
+    """Userinfo with raw '#', '/', '?', and credentials as query parameters: the error
+    line names the store without them."""
+    from urllib.parse import unquote
+
+    from collapse_ray.tracking import uri_secrets
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    uri = uri.format(port=free_ports(1)[0])
+    secrets = uri_secrets(uri)
+    assert secrets and all("Pa55" in s for s in secrets), secrets
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "r"), "--tracking-uri", uri]) == 2
+    line = one_error_line(capsys)
+    assert "tracking" in line and "***" in line, line
+    assert "Pa55" not in line and "Pa55" not in unquote(line), line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_credential_that_would_be_written_is_refused(tmp_path, capsys):
+    """When a password also appears in what the sweep writes (here: its folder's path),
+    redaction cannot keep it out: refuse to start."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    out = tmp_path / "Pa55word-also-a-folder"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}?password=Pa55word-also-a-folder"
+    assert cli.main(["run", str(spec), "--out", str(out), "--tracking-uri", uri]) == 2
+    line = one_error_line(capsys)
+    assert "refusing to start" in line and "Pa55word" not in line, line
+    assert not out.exists()
+
+
+def small_spec(tmp_path: Path, **chain) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "chain": {**SPEC["chain"], **chain}, "grid": {}}))
+    return path
+
+
+@pytest.mark.parametrize("override", ["chain.n_real=1000000000000", "task.dim=1000000"])
+def test_a_chain_too_big_for_its_memory_budget_is_refused_by_validate(override, tmp_path, capsys):
+    assert cli.main(["validate", str(small_spec(tmp_path)), "--set", override]) == 2
+    line = one_error_line(capsys)
+    assert "run.memory_per_trial_gb must be at least" in line and "got 1" in line, line
+    assert cli.main(["validate", str(small_spec(tmp_path)), "--set", override.replace("000000", "")]) == 0
+
+
+def test_a_spec_that_is_not_a_small_regular_file_is_refused(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# " + b"x" * (2 << 20) + b"\nname: big\n")
+    for path in (big, Path("/dev/zero")):
+        assert cli.main(["validate", str(path)]) == 2
+        line = one_error_line(capsys)
+        assert "must be at most 1024 KiB" in line or "must be a regular file" in line, line
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever: run in a process with a timeout
+    done = subprocess.run([sys.executable, "-m", "collapse_ray.cli", "validate", str(fifo)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: spec file {str(fifo)!r} must be a regular file; got a FIFO"), done.stderr
+
+
+def test_out_at_the_filesystem_root_is_refused(tmp_path, capsys):
+    import ray
+
+    was_running = ray.is_initialized()
+    assert cli.main(["run", str(small_spec(tmp_path)), "--out", "/"]) == 2
+    assert "--out must be a folder of its own" in one_error_line(capsys)
+    assert ray.is_initialized() == was_running
+
+
+def test_a_bad_resume_folder_is_one_line(tmp_path, capsys):
+    import ray
+
+    spec = small_spec(tmp_path)
+    out = tmp_path / "results"
+    was_running = ray.is_initialized()
+    assert cli.main(["run", str(spec), "--out", str(out), "--resume", str(tmp_path / "no_such_sweep")]) == 2
+    assert "is not a folder" in one_error_line(capsys)
+    sweep_dir = out / "preflight" / "20260101T000000000000Z"
+    sweep_dir.mkdir(parents=True)
+    assert cli.main(["run", str(spec), "--out", str(out), "--resume", str(sweep_dir)]) == 2
+    assert "sweep.json is missing" in one_error_line(capsys)
+    for corrupt, message in [(b'{"spec": ', "is not readable JSON"), (b"\xff\xfe", "is not readable JSON"),
+                             (b"[1, 2]", "is not a sweep file"), (b'{"status": "running"}', "is not a sweep file")]:
+        (sweep_dir / "sweep.json").write_bytes(corrupt)
+        for resume in (["--resume", str(sweep_dir)], ["--resume"]):  # named, or found as the newest
+            assert cli.main(["run", str(spec), "--out", str(out), *resume]) == 2
+            line = one_error_line(capsys)
+            assert message in line and "sweep.json" in line, line
+    assert ray.is_initialized() == was_running

@@ -68,3 +68,37 @@ def test_no_secret_is_logged_stored_or_printed(tmp_path):
         assert secret not in printed, f"{secret} was printed"
     print(f"\nsecrets planted: {len(SECRETS) + 1}; MLflow entries and artifacts searched: {len(logged)}; "
           f"files searched: {len(stored)}; secrets found: 0")
+
+
+QUERY_PASSWORD = "query-SeCrEt-8888"
+
+
+def test_a_password_in_the_query_reaches_no_file_under_out_or_rays_session(tmp_path):
+    """A credential as a query parameter (`?password=`, as libpq and SQLAlchemy take it)
+    is redacted like userinfo: every file under --out and under the embedded Ray's
+    session folder, and the output, are searched for it."""
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    try:
+        out = tmp_path / "results"
+        uri = f"sqlite:///{out / 'mlflow.db'}?password={QUERY_PASSWORD}"
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        done = subprocess.run(
+            [sys.executable, "-m", "collapse_ray.cli", "run", str(Path(__file__).parent.parent / "sweeps" / "quickstart.yaml"),
+             "--out", str(out), "--tracking-uri", uri, "--set", "chain.n_iterations=2", "--set", "seeds=2"],
+            env={**env, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True, text=True, timeout=600)
+        printed = done.stdout + done.stderr
+        assert done.returncode == 0, printed[-3000:]
+        assert "password=***" in printed  # the store is named, its password redacted
+        sessions = list(ray_tmp.glob("ray/session_*"))
+        assert sessions, f"the embedded Ray kept its session under {ray_tmp}"
+        files = [p for root in (out, *sessions) for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+        assert any(p.name == "params.json" for p in files) and any(p.name == "sweep.json" for p in files)
+        holding = [str(p) for p in files if QUERY_PASSWORD.encode() in p.read_bytes()]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not holding, f"the password is in {holding}"
+    assert QUERY_PASSWORD not in printed
+    print(f"\nfiles searched under --out and Ray's session folder: {len(files)}; holding the password: 0")
