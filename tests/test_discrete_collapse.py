@@ -185,3 +185,39 @@ def test_packed_support_equals_dense_counts():
     assert np.isin(rows, np.arange(7)).all()
     freq = np.stack([np.bincount(r, minlength=50) for r in rows]) / 10_000
     assert np.abs(freq - dense / 40).max() < 0.03
+
+
+@pytest.mark.ray
+def test_the_small_collapse_sweep_end_to_end(tmp_path, local_ray, capsys):
+    """sweeps/discrete_small.yaml through Ray Tune, MLflow, the results table and the
+    figures: every chain's rows end at its collapse, and MLflow holds each iteration the
+    trial ran exactly once."""
+    import importlib.util
+    from pathlib import Path
+
+    from collapse_ray import cli
+    from collapse_ray.spec import load_spec
+
+    from .test_sweep_ray import metric_steps
+
+    root = Path(__file__).parent.parent
+    spec = load_spec(root / "sweeps" / "discrete_small.yaml")
+    out = tmp_path / "results"
+    assert cli.main(["run", str(root / "sweeps" / "discrete_small.yaml"), "--out", str(out)]) == 0
+    path = tmp_path / "discrete_small.csv"
+    assert cli.main(["results", "discrete_small", "--out", str(path), "--results-dir", str(out)]) == 0
+    table = pd.read_csv(path)
+    assert not table.duplicated(["run_key", "seed", "iteration"]).any()
+    last = table.sort_values("iteration").groupby(["run_key", "seed"]).tail(1)
+    assert len(last) == len(spec.seeds) * len(spec.points)
+    assert (last.entropy < COLLAPSED_ENTROPY).all()  # every chain collapsed, before its cap
+    assert len(table) == last.iteration.sum()  # one row per iteration each chain ran
+    steps = metric_steps(f"sqlite:///{out / 'mlflow.db'}", "discrete_small", "fraction_of_initial_entropy")
+    ends = last.groupby("run_key").iteration.max()
+    assert {run.rsplit("__seeds", 1)[0]: v[-1] for run, v in steps.items()} == ends.to_dict()  # one trial each
+    assert all(v == list(range(1, v[-1] + 1)) for v in steps.values())
+    module_spec = importlib.util.spec_from_file_location("figures", root / "analysis" / "figures.py")
+    figures = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(figures)
+    assert figures.main([str(path), "--out", str(tmp_path / "figs")]) == 0
+    assert {p.name for p in (tmp_path / "figs").glob("*.png")} == {"discrete_entropy.png", "discrete_collapse_time.png"}
