@@ -98,7 +98,7 @@ def plot_fig3(rows: pd.DataFrame) -> plt.Figure:
         ax.grid(alpha=0.3, which="both")
         ax.legend(title="model", fontsize=8)
     axes[0][0].set_ylabel("validation loss (nats/token, log)")
-    fig.suptitle("SFT: validation loss over iterations (Fig. 3)")
+    fig.suptitle("SFT: validation loss over iterations (Fig. 3; Fig. 4: accumulate_subsample)")
     fig.tight_layout()
     return fig
 
@@ -176,7 +176,7 @@ def plot_fig5_heatmap(rows: pd.DataFrame) -> plt.Figure:
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > np.nanmean(grid.values) else "black")
     ax.set_xlabel("real rows")
     ax.set_ylabel("synthetic rows")
-    ax.set_title("Validation loss (Fig. 5)")
+    ax.set_title(f"Validation loss (Fig. 5), mean over {_runs_per_cell(rows)}", fontsize=9)
     fig.colorbar(image, ax=ax, label="nats/token")
     fig.tight_layout()
     return fig

@@ -139,19 +139,19 @@ def test_value_pool_grid_is_validated():
 @pytest.fixture(scope="module")
 def story_model(tmp_path_factory):
     """The untrained tiny preset with a tokenizer trained on procedural stories."""
-    from collapse_ray.text.settings import _initial_model
+    from collapse_ray.text.settings import TextContext, _initial_model
 
     work = tmp_path_factory.mktemp("stories")
     task = PretrainingTask(**LOCAL).with_workdir(work)
     texts = corpora.procedural_rows("stories", "train", 100, 0)["text"]
     tokenizer_dir = prepare_tokenizer(task, texts)
-    from collapse_ray.text.settings import TextContext
-
     model_dir = _initial_model(task, load_tokenizer(tokenizer_dir), TextContext(tokenizer_dir, 0), work / "model")
     return texts, FittedLM(model_dir, tokenizer_dir, {})
 
 
 def test_generation_strategies_first_token_and_fixed_length(story_model):
+    import torch
+
     from collapse_ray.text.settings import first_token_counts
 
     texts, model = story_model
@@ -165,8 +165,6 @@ def test_generation_strategies_first_token_and_fixed_length(story_model):
         s = backends.SampleSettings(model.model_dir, model.tokenizer_dir, 1.0, None, 20, 50, generation=generation,
                                     first_tokens=firsts, first_token_counts=weights)
         return torch.cat(list(backends.generate_ids(loaded, tokenizer, n, 0, s, device)))
-
-    import torch
 
     eos = tokenizer.eos_token_id
     first = ids("first_token")

@@ -18,11 +18,14 @@ Pools are built once per sweep by the sweep's driver, before any cell starts
 (`prepare_sweep`), and cells only read them: no lock is needed. A lock was not safe to
 rely on: on the file systems cluster/README.md recommends, flock holds on EFS
 (NFSv4.1; Linux emulates flock with NFS byte-range locks since 2.6.12) but not on an
-NFS mount with `nolock` or `local_lock=flock`, on NFSv3 without lockd (e.g. some
-Filestore/NFS provisioners), on SMB before Linux 5.5 (Azure Files), nor on S3 FUSE
-mounts. A chain run outside a sweep builds its pool itself if it is missing.
+NFS mount with `nolock` or `local_lock=flock|all` (then locks are local to one node),
+on NFSv3 without a reachable lock manager (lockd/NLM), on SMB before Linux 5.5 (Azure
+Files: flock is not sent to the server), nor on S3 FUSE mounts. A chain run outside a
+sweep builds its pool itself if it is missing.
 
-Quick run (2 CPU cores): collapse-ray run sweeps/sft_quick.yaml
+Quick runs (2 CPU cores): sweeps/sft_quick.yaml (Ray Train + DeepSpeed),
+sweeps/sft_models_quick.yaml (Fig. 3's line per model), sweeps/sft_fig4_subsample_quick.yaml,
+sweeps/fig5_value_grid_quick.yaml.
 """
 
 from __future__ import annotations
