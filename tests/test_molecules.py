@@ -16,7 +16,9 @@ from collapse_ray.spec import ChainConfig
 from collapse_ray.tasks.conformer_diffusion import ConformerDiffusionTask
 from collapse_ray.validation import SpecError, from_mapping
 
-# Four small molecules, a one-layer network and ten steps: a fit takes a fraction of a second.
+# the quick sweep's margins at its last iteration (see the end-to-end test's numbers)
+COV_MARGIN, MAT_MARGIN = 0.2, 0.1
+# Four small molecules, a two-layer network and ten steps: a fit takes a fraction of a second.
 TINY = ConformerDiffusionTask(n_molecules=4, n_conformers=12, n_test_conformers=3, n_steps=10, hidden=8,
                               n_layers=2, epochs=2, batch_size=16, n_eval_noise=2, n_picture=2)
 
@@ -132,7 +134,7 @@ def test_the_bundled_list_is_drug_sized_and_parses():
     from rdkit import Chem
 
     entries = molecules._read_smiles(molecules.BUNDLED)
-    assert len(entries) == molecules.bundled_count() >= 30
+    assert len(entries) == len(molecules.smiles_entries("drugs")) >= 30
     sizes = [Chem.MolFromSmiles(smiles).GetNumHeavyAtoms() for smiles, _ in entries]
     assert all(10 <= s <= 30 for s in sizes) and sizes == sorted(sizes)
 
@@ -178,6 +180,12 @@ def test_pickles_and_missing_sources_are_refused_naming_the_field(tmp_path):
         from_mapping(ConformerDiffusionTask, {"source": str(pickled)}, "task")
     with pytest.raises(SpecError, match=r"task.source must be .*not an existing file or folder"):
         from_mapping(ConformerDiffusionTask, {"source": str(tmp_path / "missing.sdf")}, "task")
+    smiles = tmp_path / "mine.smi"
+    smiles.write_text("CCO ethanol\nC1CC not_a_ring\n")
+    with pytest.raises(SpecError, match=r"task.source must be a SMILES file RDKit can parse; got .*not_a_ring"):
+        from_mapping(ConformerDiffusionTask, {"source": str(smiles), "n_molecules": 2}, "task")
+    with pytest.raises(SpecError, match=r"task.n_molecules must be an integer in \[1, 2\] for source"):
+        from_mapping(ConformerDiffusionTask, {"source": str(smiles), "n_molecules": 3}, "task")
 
 
 @pytest.mark.parametrize(("changes", "field"), [
@@ -223,3 +231,49 @@ def test_runs_under_the_workflows(workflow):
     table = run_chain(TINY, ChainConfig(workflow=workflow, n_real=12, n_iterations=3).resolved(), seeds=[0]).table
     assert len(table) == 3 and np.isfinite(table.test_loss).all() and table.cov_r.between(0, 1).all()
 
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_quick_sweep_end_to_end_replace_loses_the_conformers_accumulate_keeps(tmp_path, local_ray):
+    """sweeps/diffusion_molecules_quick.yaml through Ray Tune, MLflow and the results table.
+
+    Measured with run_chain on seeds 0-8 (the sweep's chains are seeds 0-2), iteration 1
+    -> 4, mean +- sd over seeds: replace's COV-R 1.00 -> 0.42 +- 0.41 (seeds 0-2) and
+    0.40 +- 0.16 (seeds 3-8), its MAT-R 0.98 -> 1.25 +- 0.17 and 0.92 -> 1.31 +- 0.07
+    Angstrom; accumulate's COV-R stays at 0.90 +- 0.13 and 0.98 +- 0.05, its MAT-R at 1.01
+    +- 0.06 and 0.95 +- 0.06. Replace's MAT-R ends above accumulate's for all 9 seeds (by
+    0.13-0.46, mean 0.32); on seeds 0-2 the means differ by 0.24 (MAT-R) and 0.48 (COV-R).
+    The margins asked for, 0.1 and 0.2, are about 3 standard errors of accumulate's
+    3-seed mean (sd 0.06 and 0.13).
+    """
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from collapse_ray.tracking import client_for
+    from tests.helpers import run_spec_end_to_end
+
+    spec = Path(__file__).parent.parent / "sweeps" / "diffusion_molecules_quick.yaml"
+    table, out = run_spec_end_to_end(spec, tmp_path)
+    assert len(table) == 3 * 3 * 4 and not table.duplicated(["run_key", "seed", "iteration"]).any()
+    assert table[["test_loss", "cov_r", "mat_r"]].notna().all().all()
+    by = {m: table.pivot_table(index="iteration", columns="workflow", values=m) for m in ("test_loss", "cov_r", "mat_r")}
+    for name, frame in by.items():
+        print(f"\n{name} by iteration (mean over seeds):\n{frame.round(3).to_string()}")
+    last = table[table.iteration == 4].pivot_table(index="seed", columns="workflow", values=["cov_r", "mat_r"])
+    print(f"\niteration 4 per seed:\n{last.round(3).to_string()}")
+    # iteration 1 is the same fit under every workflow (same real data and seeds)
+    first = table[table.iteration == 1].pivot_table(index="seed", columns="workflow", values="mat_r")
+    np.testing.assert_allclose(first["replace"], first["accumulate"], rtol=1e-4)
+    assert by["cov_r"].loc[4, "replace"] < by["cov_r"].loc[4, "accumulate"] - COV_MARGIN
+    assert by["mat_r"].loc[4, "replace"] > by["mat_r"].loc[4, "accumulate"] + MAT_MARGIN
+    # the pool's rows carry coordinates with their molecule id, by iteration and source
+    shards = sorted(out.rglob("part-0.parquet"))
+    assert any("source=synthetic" in str(p) for p in shards) and any("source=real" in str(p) for p in shards)
+    assert {"pos", "mol"} <= set(pq.read_schema(shards[0]).names)
+    # a conformer picture per iteration in each chain's MLflow run
+    client = client_for(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = table.run_id.iloc[0]
+    logged = [a.path for a in client.list_artifacts(run_id, "samples/iteration_004")]
+    assert any(p.endswith("samples.png") for p in logged), logged
