@@ -12,13 +12,14 @@ starts.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from .spec import SweepSpec, load_spec
-from .tracking import TrackingUnavailable, scrub
+from .tracking import StorageFault, TrackingUnavailable, disk_fault_line, is_disk_fault, scrub
 from .validation import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
@@ -120,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingUnavailable as err:  # progress is in the checkpoints: say how to go on
         print(f"error: {scrub(one_line(str(err)))}", file=sys.stderr)
         return 1
+    except StorageFault as err:
+        print(f"error: {scrub(one_line(str(err)))}; free space (or make it writable) and rerun with --resume",
+              file=sys.stderr)
+        return 1
+    except OSError as err:  # the driver's own writes (sweep.json, Tune's files) on a full or read-only disk
+        if not is_disk_fault(err):
+            raise
+        print(f"error: {one_line(disk_fault_line(err))}; free space (or make it writable) and rerun with --resume",
+              file=sys.stderr)
+        return 1
     return 1  # pragma: no cover
 
 
@@ -131,6 +142,11 @@ def _check_out(out: str) -> None:
         raise SpecError(f"--out must be a folder of its own below the filesystem root; got {out!r}")
     if path.exists() and not path.is_dir():
         raise SpecError(f"--out must be a folder; {out!r} is an existing file")
+    existing = next(p for p in (path, *path.parents) if p.exists())  # (created later, by the run)
+    if not os.access(existing, os.W_OK | os.X_OK):  # false on a read-only file system, even for root
+        raise SpecError(f"--out {out!r} is not writable ({existing} is read-only or not ours)")
+    if os.statvfs(existing).f_bavail == 0:
+        raise SpecError(f"--out {out!r} is on a full disk (no space left in {existing})")
 
 
 def _run(args) -> int:
@@ -164,6 +180,10 @@ def _run(args) -> int:
              else "" if args.out == "results" else f" --results-dir {args.out}")
     print(f"  results table: collapse-ray results {outcome.experiment} "
           f"--out {Path(args.out) / (outcome.experiment + '.csv')}{where}")
+    if outcome.disk_fault is not None:
+        print(f"error: {outcome.n_failed} trials failed on {one_line(outcome.disk_fault)}; free space (or make it "
+              "writable) and rerun with --resume", file=sys.stderr)
+        return 1
     if outcome.n_failed:
         print(f"  {outcome.n_failed} trials failed; fix the cause and rerun with --resume", file=sys.stderr)
         return 1

@@ -309,8 +309,12 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write to a hidden temporary file then rename: readers see all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except Exception:  # (a kill leaves it behind; remove_stale_temporaries takes care of that)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _n_rows(rows: dict[str, np.ndarray], n_chains: int) -> int:

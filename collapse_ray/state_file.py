@@ -74,23 +74,28 @@ def save(folder: Path, json_name: str, value: Any, extra: dict[str, Any], tag: s
     arrays: dict[str, np.ndarray] = {}
     encoded = _encode(value, arrays)
     arrays_name = f"state-{tag}.npz"
-    tmp = folder / f".{arrays_name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / arrays_name)
+    _write_atomic(folder / arrays_name, lambda f: np.savez(f, **arrays))
     document = {"format": FORMAT, "arrays": arrays_name, "arrays_sha256": file_sha256(folder / arrays_name),
                 "state": encoded, **extra}
-    tmp = folder / f".{json_name}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(document, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / json_name)
+    _write_atomic(folder / json_name, lambda f: f.write(json.dumps(document).encode()))
     for old in folder.glob("state-*.npz"):  # arrays of earlier checkpoints
         if old.name != arrays_name:
             old.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through a hidden temporary file, fsync, rename; no temporary is left when the
+    write fails (a full disk)."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: Path) -> str:

@@ -7,9 +7,13 @@ Fault tolerance: a trial's checkpoint folder and MLflow run are keyed by its job
 so a retried trial (Tune's FailureConfig) or a re-run sweep (`--resume`) continues from
 the last checkpoint, and trials whose run already finished return at once.
 
-Output layout (`--out`, default ./results):
+Output layout (`--out`, default ./results), self-contained (it can be moved):
     results/mlflow.db                       the default MLflow store
+    results/mlartifacts/<sweep name>/...    its artifacts (chains.parquet, spec.yaml, pictures)
     results/<sweep name>/<UTC time>/sweep.json, chains/<job key>/..., tune/...
+
+Interrupts: SIGINT or SIGTERM while a sweep runs stop Tune cleanly, mark sweep.json
+"interrupted" and the MLflow sweep run KILLED, and exit 130 / 143; `--resume` continues.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class SweepOutcome:
     n_trials: int
     n_failed: int
     seconds: float
+    disk_fault: str | None = None  # why trials failed, when it was a full or read-only disk
 
 
 def chain_trial(config: dict[str, Any]) -> None:
@@ -352,10 +357,14 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
         _SEEN.tune_running = True
         try:
             grid = tuner.fit()
+        except Exception as err:  # Tune reading back its own half-written files, say
+            _raise_if_disk_fault(err, sweep_dir)
+            raise
         finally:
             _SEEN.tune_running = False
         _raise_if_interrupted()
         n_failed = sum(1 for r in grid if r.error is not None)
+        disk_fault = _disk_fault_of([r.error for r in grid if r.error is not None], sweep_dir)
         # a trial Tune stopped without an error (it was interrupted) did not finish either
         unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("iteration") !=
                       r.config["job"]["chain"]["n_iterations"]]
@@ -368,7 +377,8 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
     state["status"] = "finished" if n_failed == 0 else "failed"
     _write_json(sweep_dir / SWEEP_FILE, state)
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
-    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed, time.perf_counter() - started)
+    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed,
+                        time.perf_counter() - started, disk_fault)
 
 
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
@@ -380,6 +390,32 @@ def _resumed_tracking_uri(saved: str, given: str | None) -> str:
     if given and saved in (split_credentials(given)[0], redact_uri(given)):
         return given
     return saved
+
+
+def _disk_fault_of(errors: list, sweep_dir: Path) -> str | None:
+    """One line for the first trial error that was a full or read-only disk, else None."""
+    from .tracking import disk_fault_line, is_disk_fault
+
+    for err in errors:
+        if is_disk_fault(err):
+            return f"{sweep_dir}: {disk_fault_line(err)}"
+    return None
+
+
+def _raise_if_disk_fault(err: Exception, sweep_dir: Path) -> None:
+    """StorageFault naming the folder when the disk under it is full or read-only (then
+    whatever failed, failed because of it)."""
+    from .tracking import StorageFault, disk_fault_line, is_disk_fault
+
+    if is_disk_fault(err):
+        raise StorageFault(f"{sweep_dir}: {disk_fault_line(err)}") from err
+    try:
+        full = os.statvfs(sweep_dir).f_bavail == 0
+    except OSError:
+        return
+    if full or not os.access(sweep_dir, os.W_OK):
+        raise StorageFault(f"{sweep_dir}: the disk is full or read-only (Ray Tune failed on it: "
+                           f"{type(err).__name__})") from err
 
 
 def _check_chain_folders(sweep_dir: Path, spec: SweepSpec) -> None:
@@ -417,8 +453,12 @@ def say(message: str) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class ProgressCallback(Callback):

@@ -10,6 +10,7 @@ rows are its Parquet artifact `chains.parquet`, which is what `results_table` re
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -491,22 +492,65 @@ def _seed_range(seeds: Sequence[int]) -> str:
 
 
 def _retry(call, seconds: float, what: str):
-    """Call until it succeeds or `seconds` have passed (backing off up to 8 s)."""
-    deadline = time.monotonic() + seconds
+    """Call until it succeeds or `seconds` have passed (backing off up to 8 s). A full or
+    read-only disk is not waited out: it raises StorageFault at once."""
+    started = time.monotonic()
+    deadline = started + seconds
     delay = 0.5
     while True:
         try:
             return call()
         except Exception as err:
+            if is_disk_fault(err):
+                raise StorageFault(f"{what}: {disk_fault_line(err)}") from err
             if not _is_transient(err) or time.monotonic() + delay > deadline:
                 if _is_transient(err):
+                    # the real window: each attempt may itself have spent MLflow's HTTP retries
                     raise TrackingUnavailable(
-                        f"tracking store unavailable for {seconds:g} s ({what}); progress is kept in the "
-                        f"chain checkpoints: rerun with --resume once it is back. Last error: {_first_line(err)}"
+                        f"tracking store unavailable for {time.monotonic() - started:.0f} s ({what}; retried for "
+                        f"up to {seconds:g} s after MLflow's own retries); progress is kept in the chain "
+                        f"checkpoints: rerun with --resume once it is back. Last error: {_first_line(err)}"
                     ) from err
                 raise
             time.sleep(delay)
             delay = min(2 * delay, 8.0)
+
+
+class StorageFault(RuntimeError):
+    """A full or read-only disk under the store or the results folder: retrying cannot help."""
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+DISK_MARKERS = ("database or disk is full", "readonly database", "No space left on device", "Read-only file system",
+                "Disk quota exceeded")
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def is_disk_fault(err: BaseException) -> bool:
+    """A full or read-only disk, however deep in a driver's exception chain."""
+    return any((isinstance(e, OSError) and e.errno in DISK_ERRNOS) or any(m in str(e) for m in DISK_MARKERS)
+               for e in _causes(err))
+
+
+def disk_fault_line(err: BaseException) -> str:
+    """One line saying what the disk fault is, the path when the error names one (not
+    SQLAlchemy's "autoflush" preamble)."""
+    for e in _causes(err):
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            where = f" ({e.filename})" if e.filename else ""
+            return f"the disk is full or read-only{where}: {e.strerror}"
+    for e in _causes(err):
+        for marker in DISK_MARKERS:
+            if marker in str(e):
+                return f"the disk is full or read-only: {marker}"
+    return _first_line(err)  # pragma: no cover - only called when is_disk_fault
 
 
 def _is_transient(err: Exception) -> bool:
