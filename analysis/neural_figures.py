@@ -61,8 +61,8 @@ def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
     else:
         quality = [(m, label) for m, label in QUALITY if m in rows and rows[m].notna().any()][:1]
     metrics = [("test_loss", LOSS_LABEL[task])] + quality
-    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(4.5 * len(datasets), 3.4 * len(metrics)),
-                             squeeze=False)
+    width = max(4.5 * len(datasets), 6.0)  # one data set: room for the suptitle
+    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(width, 3.4 * len(metrics)), squeeze=False)
     for j, data in enumerate(datasets):
         sub = rows[rows[column].astype(str) == data]
         for i, (metric, label) in enumerate(metrics):
