@@ -778,13 +778,19 @@ def plot_discrete_collapse_time(rows: pd.DataFrame) -> Figure:
     left.set(xscale="log", yscale="log", xlabel="n, samples per iteration",
              ylabel="iterations until one outcome is left")
     right.axhline(1.0, color="0.2", ls=(0, (4, 2)), lw=1.1)
+    # the diffusion's finite-n error, exactly, for K = 2 (an O(n^3) solve: n <= 1000)
+    small = [int(n) for n in sorted(times["n_real"].unique()) if 2 <= n <= 1000]
+    if small:
+        exact = [theory.wright_fisher_two_outcomes_exact(n) / theory.discrete_replace_collapse_time(2, n) for n in small]
+        right.plot(small, exact, color="0.45", ls=":", lw=1.4, marker=".", zorder=1)
     right.set(xscale="log", xlabel="n, samples per iteration", ylabel="mean / closed form")
     for ax in (left, right):
         ax.grid(True, which="major", alpha=0.3)
     handles = [Line2D([], [], color=colours[k], marker=markers[k], lw=0, label=f"K = {k:g}") for k in ks]
     handles += [Line2D([], [], color="0.3", marker="|", lw=0, ms=10, label="mean over seeds ± 2 SE"),
                 Line2D([], [], color="0.2", ls=(0, (4, 2)), lw=1.1,
-                       label="Wright-Fisher, diffusion approx. 2n(K-1)ln(K/(K-1))")]
+                       label="Wright-Fisher, diffusion approx. 2n(K-1)ln(K/(K-1))"),
+                Line2D([], [], color="0.45", ls=":", lw=1.4, marker=".", label="exact K = 2 chain / diffusion")]
     legend_below(fig, handles)
     note = f"; {capped} chains met the iteration cap before collapsing (left out)" if capped else ""
     fig.suptitle("Time to total collapse under replace (neutral Wright-Fisher, population n)\n"
