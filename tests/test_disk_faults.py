@@ -29,6 +29,8 @@ from tests.test_faults import (
     write_spec,
 )
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture
 def small_disk(tmp_path):
@@ -52,6 +54,7 @@ def test_a_read_only_out_is_one_line_before_anything_starts(small_disk, tmp_path
     assert err.count("\n") == 1 and err.startswith("error: --out") and "not writable" in err and str(small_disk) in err, err
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_mid_sweep_fails_fast_and_resumes(small_disk, tmp_path):
     name = "disk_full"
     chain = {**SLOW_CHAIN, "n_iterations": 40}

@@ -73,6 +73,7 @@ def test_no_secret_is_logged_stored_or_printed(tmp_path):
 QUERY_PASSWORD = "query-SeCrEt-8888"
 
 
+@pytest.mark.slow
 def test_a_password_in_the_query_reaches_no_file_under_out_or_rays_session(tmp_path):
     """A credential as a query parameter (`?password=`, as libpq and SQLAlchemy take it)
     is redacted like userinfo: every file under --out and under the embedded Ray's
