@@ -3,10 +3,14 @@ per-chain reference loop in the style of (A)'s published code, side by side.
 
     python benchmarks/fig1_gaussian.py                      # everything (~5 min on 2 cores)
     python benchmarks/fig1_gaussian.py --reference-seeds 0  # engine and slope only
+    python benchmarks/fig1_gaussian.py --seeds 20           # a fifth of the grid's seeds
 
 Prints:
   1. engine: `collapse-ray run sweeps/fig1_gaussian.yaml` (Ray Tune + MLflow, 7,500
-     chains x 100 iterations) and `collapse-ray results` to a Parquet table, wall time;
+     chains x 100 iterations) and `collapse-ray results` to a Parquet table, wall time,
+     with its breakdown (breakdown.py: Ray, Tune, task phases, pool, MLflow, export,
+     idle cores) and its floor: the same jobs through `loop.run_chain` in one plain
+     process per core, no Ray, MLflow or Parquet; engine / floor;
   2. reference: (A)'s loop (numpy, one chain at a time, the pool re-stacked and
      re-fitted every iteration, `multivariate_normal` sampling) over all 75 grid cells
      for --reference-seeds seeds, extrapolated to the grid's 100 seeds, and the ratio;
@@ -19,11 +23,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import breakdown  # noqa: E402  (benchmarks/ is not a package)
+
+breakdown.single_thread_blas()  # before numpy: one BLAS thread per process, as in a trial
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "sweeps" / "fig1_gaussian.yaml"
@@ -56,21 +63,6 @@ def reference_chain(d: int, n: int, workflow: str, iterations: int, seed: int, t
     return out
 
 
-def run_engine(out: Path) -> tuple[float, float, int]:
-    from collapse_ray import cli
-
-    start = time.perf_counter()
-    assert cli.main(["run", str(SPEC), "--out", str(out)]) == 0
-    ran = time.perf_counter() - start
-    start = time.perf_counter()
-    table_path = out / "fig1_gaussian.parquet"
-    assert cli.main(["results", "fig1_gaussian", "--out", str(table_path), "--results-dir", str(out)]) == 0
-    import pandas as pd
-
-    rows = len(pd.read_parquet(table_path, columns=["seed"]))
-    return ran, time.perf_counter() - start, rows
-
-
 def slope(seconds: list[float]) -> tuple[float, float, float]:
     t = np.arange(1, len(seconds) + 1)
     b, a = np.polyfit(t, np.asarray(seconds), 1)
@@ -82,16 +74,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference-seeds", type=int, default=1, help="seeds of the reference loop per grid cell (0: skip)")
     parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell (default: the spec's 100)")
+    parser.add_argument("--processes", type=int, default=2, help="plain processes of the floor (default 2)")
     args = parser.parse_args()
 
-    print("== Fig. 1 Gaussian grid: 5 d x 5 n x 3 workflows x 100 seeds x 100 iterations ==", flush=True)
+    n_seeds = args.seeds or 100
+    print(f"== Fig. 1 Gaussian grid: 5 d x 5 n x 3 workflows x {n_seeds} seeds x 100 iterations ==", flush=True)
+    print(breakdown.load_average(), flush=True)
     engine_total = None
     if not args.skip_engine:
-        with tempfile.TemporaryDirectory() as tmp:
-            ran, read, rows = run_engine(Path(tmp))
-        engine_total = ran + read
-        print(f"engine: run {ran:.1f}s (Ray start, Tune, MLflow included) + results table {read:.1f}s "
-              f"= {engine_total:.1f}s for 7,500 chains ({rows:,} rows)", flush=True)
+        run = breakdown.run_engine("fig1_gaussian", args.seeds)
+        engine_total = run.total
+        print(f"engine: Ray start {run.ray_start:.1f}s + run {run.run:.1f}s (Tune, MLflow) + results table "
+              f"{run.results:.1f}s = {engine_total:.1f}s for {75 * n_seeds:,} chains ({run.rows:,} rows)", flush=True)
+        print(breakdown.load_average(), flush=True)
+        wall, summed, phases = breakdown.floor("fig1_gaussian", args.seeds, args.processes)
+        print(f"floor: the same jobs through run_chain in {args.processes} plain processes: {wall:.1f}s wall "
+              f"({summed:.1f}s of chains; fit {phases['fit']:.1f}, evaluate {phases['evaluate']:.1f}, "
+              f"sample {phases['sample']:.1f}, pool {phases['pool']:.1f})", flush=True)
+        breakdown.print_breakdown(run, wall)
+        print(breakdown.load_average(), flush=True)
+        if n_seeds != 100:  # fixed costs do not scale with seeds: compare with the reference at 100 only
+            engine_total = None
 
     if args.reference_seeds > 0:
         start = time.perf_counter()

@@ -4,10 +4,15 @@ faithful per-chain reference loops in the style of (A)'s code, side by side.
     python benchmarks/toy_settings.py --setting linear_regression   # ~4 min on 2 cores
     python benchmarks/toy_settings.py --setting kde                 # ~25 min on 2 cores
     python benchmarks/toy_settings.py --setting kde --skip-engine   # reference and slope only
+    python benchmarks/toy_settings.py --setting kde --seeds 10      # a tenth of the grid's seeds
 
 Prints, for the chosen setting:
   1. engine: `collapse-ray run sweeps/<spec>.yaml` (Ray Tune + MLflow) then
-     `collapse-ray results` to Parquet: wall time for the full grid;
+     `collapse-ray results` to Parquet: wall time for the full grid, with its breakdown
+     (breakdown.py: Ray, Tune, task phases, pool, MLflow, export, idle cores) and its
+     floor: the same jobs through `loop.run_chain` in one plain process per core, no
+     Ray, MLflow or Parquet; engine / floor; for KDE also kernel evaluations per second
+     of engine and floor against the machine's (distance plus exp, numpy, one core);
   2. per-chain cost on identical cells: the engine's loop (100 seeds batched, in one
      process) against the reference loop (one chain at a time: sklearn KernelDensity
      refitted on the concatenated pool with every test point rescored, or numpy pinv on
@@ -20,11 +25,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import breakdown  # noqa: E402  (benchmarks/ is not a package)
+
+breakdown.single_thread_blas()  # before numpy: one BLAS thread per process, as in a trial
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = {"kde": "fig2_kde", "linear_regression": "linear_regression"}
@@ -87,20 +95,6 @@ def reference_regression_chain(d: int, n: int, sigma2: float, workflow: str, ite
 
 
 # -- engine ---------------------------------------------------------------------------
-def run_engine(spec: str, out: Path) -> tuple[float, float, int]:
-    import pandas as pd
-
-    from collapse_ray import cli
-
-    start = time.perf_counter()
-    assert cli.main(["run", str(ROOT / "sweeps" / f"{spec}.yaml"), "--out", str(out)]) == 0
-    ran = time.perf_counter() - start
-    start = time.perf_counter()
-    table = out / f"{spec}.parquet"
-    assert cli.main(["results", spec, "--out", str(table), "--results-dir", str(out)]) == 0
-    return ran, time.perf_counter() - start, len(pd.read_parquet(table, columns=["seed"]))
-
-
 def engine_per_chain(task, workflow: str, n: int, iterations: int, seeds: int = 100) -> float:
     from collapse_ray.loop import run_chain
     from collapse_ray.spec import ChainConfig
@@ -134,20 +128,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SPECS), required=True)
     parser.add_argument("--skip-engine", action="store_true", help="skip the full grid through Ray Tune + MLflow")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell (default: the spec's 100)")
+    parser.add_argument("--processes", type=int, default=2, help="plain processes of the floor (default 2)")
     args = parser.parse_args()
     from collapse_ray.loop import run_chain
     from collapse_ray.spec import ChainConfig, load_spec
     from collapse_ray.tasks import KDETask, LinearRegressionTask
 
-    spec = load_spec(ROOT / "sweeps" / f"{SPECS[args.setting]}.yaml")
+    spec = load_spec(ROOT / "sweeps" / f"{SPECS[args.setting]}.yaml", breakdown.seed_overrides(args.seeds))
     n_chains = sum(len(j.seeds) for j in spec.jobs())
     print(f"== {args.setting}: {len(spec.points)} grid points, {n_chains:,} chains x "
           f"{spec.points[0].chain.n_iterations} iterations ==", flush=True)
+    print(breakdown.load_average(), flush=True)
     if not args.skip_engine:
-        with tempfile.TemporaryDirectory() as tmp:
-            ran, read, rows = run_engine(SPECS[args.setting], Path(tmp))
-        print(f"engine: run {ran:.1f}s (Ray start, Tune, MLflow included) + results table {read:.1f}s "
-              f"= {ran + read:.1f}s ({rows:,} rows)", flush=True)
+        run = breakdown.run_engine(SPECS[args.setting], args.seeds)
+        print(f"engine: Ray start {run.ray_start:.1f}s + run {run.run:.1f}s (Tune, MLflow) + results table "
+              f"{run.results:.1f}s = {run.total:.1f}s ({run.rows:,} rows)", flush=True)
+        print(breakdown.load_average(), flush=True)
+        wall, summed, phases = breakdown.floor(SPECS[args.setting], args.seeds, args.processes)
+        print(f"floor: the same jobs through run_chain in {args.processes} plain processes: {wall:.1f}s wall "
+              f"({summed:.1f}s of chains; fit {phases['fit']:.1f}, evaluate {phases['evaluate']:.1f}, "
+              f"sample {phases['sample']:.1f}, pool {phases['pool']:.1f})", flush=True)
+        breakdown.print_breakdown(run, wall)
+        if args.setting == "kde":
+            evals = kde_kernel_evaluations(spec)
+            machine = breakdown.kernel_throughput()
+            print(f"kernel evaluations: {evals:.3g} (n_test x training points scored, summed over chains and "
+                  f"iterations); machine, one core: float32 {machine['float32']:.3g}/s, float64 "
+                  f"{machine['float64']:.3g}/s -> {evals / machine['float32'] / args.processes:.1f}s of bare "
+                  f"float32 kernel on {args.processes} cores")
+            for name, seconds, cores in (("engine", run.total, run.cores), ("floor", wall, args.processes),
+                                         ("floor, evaluate only", phases["evaluate"], 1)):
+                rate = evals / seconds / cores
+                print(f"  {name:22s} {rate:.3g} evaluations/s per core = {rate / machine['float32']:.2f} of "
+                      f"float32, {rate / machine['float64']:.2f} of float64")
+        print(breakdown.load_average(), flush=True)
 
     iterations = 100
     print(f"\nper-chain cost on identical cells ({iterations} iterations; engine batches 100 seeds):")
@@ -181,6 +196,14 @@ def main() -> int:
     print(f"  reference, 1 chain, {len(timings)} iterations: {first * 1e3:.2f} ms/iteration at the start, "
           f"{last * 1e3:.2f} ms at the end; slope {b * 1e6:+.2f} us per iteration index")
     return 0
+
+
+def kde_kernel_evaluations(spec) -> float:
+    """Kernel values the grid computes: each iteration scores n_test test points against
+    the n points new to its fit (replace and subsample: a fresh fit; accumulate: the
+    carried log-sum-exp takes only the new batch)."""
+    return float(sum(len(j.seeds) * j.point.task.n_test * j.point.chain.n_real * j.point.chain.n_iterations
+                     for j in spec.jobs()))
 
 
 def _timed(fn, *args) -> float:

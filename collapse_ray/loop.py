@@ -71,6 +71,25 @@ class ChainResult:
     iteration_seconds: list[float] = field(default_factory=list)  # this process's iterations only
     resumed_from: int = 0  # iteration of the checkpoint it started from
     stopped_at: np.ndarray | None = None  # per chain, the iteration it stopped at (0: ran to the cap)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """This process's time per phase (PHASES), for benchmarks' breakdowns: a clock read
+    between phases, so it costs well under a microsecond per phase and iteration."""
+
+
+PHASES = ("fit", "evaluate", "sample", "pool", "log", "checkpoint", "other")
+
+
+class _Phases:
+    """Seconds per phase, by laps of one clock: lap(name) books the time since the last lap."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] += now - self.last
+        self.last = now
 
 
 def chain_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -146,10 +165,12 @@ def run_chain(
     done = _finished(state, chain.n_iterations)
 
     seconds = []
+    phases = _Phases()
     for t in range(state.iteration + 1, chain.n_iterations + 1):
         if done:
             break
         start = time.perf_counter()
+        phases.lap("other")
         rngs = state.rngs if active is None else [state.rngs[i] for i in active]
         if by_statistics:
             if state.stats is None:  # iteration 1: the real rows
@@ -159,8 +180,11 @@ def run_chain(
             train = pool.take(workflow.select(pool.index, t, state.rngs))
             if active is not None and len(active) < len(seeds):
                 train = {name: column[active] for name, column in train.items()}
+            phases.lap("pool")
             model = task.fit(train, live.context)
+        phases.lap("fit")
         metrics = task.evaluate(model, live.test)
+        phases.lap("evaluate")
         stops_now = None
         if active is not None:
             condition = task.stop_condition(metrics)
@@ -175,11 +199,13 @@ def run_chain(
             sink.log_artifacts(t, task.iteration_artifacts(model, live.context))
         if t < chain.n_iterations and not done:  # the last fit's samples would train nothing
             new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, live, by_statistics,
-                                         None if active is None or len(active) == len(seeds) else active)
+                                         None if active is None or len(active) == len(seeds) else active, phases)
             if by_statistics:
                 state.stats = new if workflow.update == "replace" else task.merge(state.stats, new)
+            phases.lap("sample")
             if chain.persist_pool:
                 pool.write_shards(pool_dir)
+                phases.lap("checkpoint")
         if stops_now is not None and stops_now.any() and not done:  # drop the stopped chains from the batch
             running = np.flatnonzero(~stops_now)
             state.stats, live = _take_chains(task, state.stats if by_statistics else None, live, running)
@@ -188,19 +214,24 @@ def run_chain(
         seconds.append(time.perf_counter() - start)
 
         if chain.checkpoints_at(t) or done:
+            phases.lap("other")
             if sink is not None:
                 unlogged = [(i, m) for i, m in state.records if i > logged]
                 if unlogged:
                     sink.log_iterations(seeds, unlogged)
                     logged = unlogged[-1][0]
+                phases.lap("log")
             if ckpt is not None:
                 if t < chain.n_iterations and not done:  # a finished chain resumes nothing from its pool
                     pool.write_shards(pool_dir)
                 _save_state(ckpt, state, pool.manifest() if t < chain.n_iterations and not done else [])
+                phases.lap("checkpoint")
         if progress is not None:
             progress(t, chain.n_iterations)
 
-    return ChainResult(chain_table(seeds, state.records, state.stopped_at), seconds, resumed_from, state.stopped_at)
+    table = chain_table(seeds, state.records, state.stopped_at)
+    phases.lap("other")
+    return ChainResult(table, seconds, resumed_from, state.stopped_at, phases.seconds)
 
 
 def _finished(state: _State, n_iterations: int) -> bool:
@@ -238,7 +269,8 @@ def _in_all_chains(rows, active: np.ndarray | None, n_chains: int):
     return out
 
 
-def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by_statistics, active=None):
+def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by_statistics, active=None,
+                           phases: _Phases | None = None):
     """Sample iteration t's synthetic rows (and fresh real rows, if the workflow takes
     them) into the pool; on the statistics path return their statistics instead, drawn
     directly unless the pool must be persisted. `active`: the running chains' positions,
@@ -248,7 +280,11 @@ def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by
         new = task.sample_statistics(model, chain.n_synthetic, rngs, real.context)
     else:
         rows = task.sample(model, chain.n_synthetic, rngs, real.context)
+        if phases is not None:
+            phases.lap("sample")
         pool.add(_in_all_chains(rows, active, n_chains), iteration=t, source="synthetic")
+        if phases is not None:
+            phases.lap("pool")
         new = task.statistics(rows, real.context) if by_statistics else None
     if workflow.n_fresh_real:  # new real data arrive alongside the synthetic rows
         fresh = task.sample_real(workflow.n_fresh_real, rngs, real.context)

@@ -149,11 +149,13 @@ def chain_trial(config: dict[str, Any]) -> None:
     from .loop import run_chain
     from .tracking import MlflowChainSink, client_for, finish_chain_run, open_chain_run
 
+    started = time.time()  # wall clock: benchmarks line trials up against the driver's
     job = ChainJob.from_dict(config["job"])
     ctx = config["sweep"]
     chain = job.point.chain
     client = client_for(ctx["tracking_uri"])
     run_id, finished = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job)
+    opened = time.time()
     if finished:  # done before a resume: nothing to redo or relog
         tune.report({"iteration": chain.n_iterations, "skipped": 1})
         return
@@ -170,10 +172,16 @@ def chain_trial(config: dict[str, Any]) -> None:
         sink=MlflowChainSink(client, run_id),
         progress=progress,
     )
+    ran = time.time()
     if result.resumed_from:  # shows in the UI, and lets tests check where a retry started
         client.set_tag(run_id, RESUMED_TAG, str(result.resumed_from))
     finish_chain_run(client, run_id, job, result.table)
-    tune.report({"iteration": chain.n_iterations, "skipped": 0, "resumed_from": result.resumed_from})
+    # where the trial's time went (Tune's result.json keeps it; benchmarks/breakdown.py reads it)
+    timing = {f"seconds_{name}": s for name, s in result.phase_seconds.items()}
+    timing.update(seconds_open_run=opened - started, seconds_chain=ran - opened,
+                  seconds_finish_run=time.time() - ran, trial_started=started, trial_ended=time.time(),
+                  worker_pid=os.getpid())
+    tune.report({"iteration": chain.n_iterations, "skipped": 0, "resumed_from": result.resumed_from, **timing})
 
 
 def new_sweep_dir(out_root: Path, name: str) -> Path:

@@ -1,0 +1,64 @@
+"""The benchmarks' time breakdown: the loop's phase clock and the table's arithmetic."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collapse_ray.loop import PHASES, run_chain
+from collapse_ray.spec import ChainConfig
+from collapse_ray.tasks import GaussianTask, KDETask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import breakdown  # noqa: E402
+
+
+@pytest.mark.parametrize("workflow", ["replace", "accumulate_subsample"])
+def test_phase_seconds_cover_the_chain_and_no_more(workflow):
+    chain = ChainConfig(workflow=workflow, n_real=20, n_iterations=6).resolved()
+    start = time.perf_counter()
+    result = run_chain(GaussianTask(dim=3, n_test=10), chain, range(4))
+    wall = time.perf_counter() - start
+    phases = result.phase_seconds
+    assert set(phases) == set(PHASES) and all(s >= 0 for s in phases.values())
+    booked = sum(phases.values())
+    assert sum(result.iteration_seconds) <= booked <= wall  # every iteration booked, nothing twice
+    assert phases["fit"] > 0 and phases["evaluate"] > 0 and phases["sample"] > 0
+    # the rows path moves rows through the pool; replace carries statistics and never does
+    assert (phases["pool"] > 0) == (workflow == "accumulate_subsample")
+
+
+def test_phase_clock_leaves_results_unchanged():
+    chain = ChainConfig(workflow="accumulate", n_real=15, n_iterations=4).resolved()
+    task = KDETask(dataset="moons", bandwidth=0.5, n_test=20)
+    a, b = run_chain(task, chain, [3, 4]), run_chain(task, chain, [3, 4])
+    assert a.table.equals(b.table)
+
+
+def _trial(pid: int, start: float, end: float, fit: float) -> dict:
+    return {"worker_pid": pid, "trial_started": start, "trial_ended": end, "seconds_fit": fit,
+            "seconds_open_run": 0.5, "seconds_log": 0.25}
+
+
+def test_breakdown_books_every_core_second_once():
+    # two workers: A runs 10-20 and 21-30 (1 s gap), B runs 10-25 then waits 5 s for A
+    trials = [_trial(1, 10.0, 20.0, 8.0), _trial(1, 21.0, 30.0, 7.0), _trial(2, 10.0, 25.0, 12.0)]
+    run = breakdown.EngineRun(ray_start=3.0, run=24.0, results=2.0, run_started=7.0, run_ended=31.0,
+                              rows=0, cores=2, trials=trials)
+    rows = dict(breakdown.breakdown(run))
+    assert sum(rows.values()) == pytest.approx(2 * run.total)
+    assert rows["Tune scheduling and trial start (between trials)"] == pytest.approx(1.0)
+    assert rows["idle cores (waiting on other trials or the driver)"] == pytest.approx(5.0)
+    assert rows["task: fit"] == pytest.approx(27.0)
+    assert rows["MLflow: open run, params"] == pytest.approx(1.5)
+    assert rows["driver: spec, MLflow set-up, Tune start, first trial start"] == pytest.approx(6.0)
+    assert rows["driver: Tune end, sweep.json, parent run"] == pytest.approx(2.0)
+
+
+def test_kernel_throughput_is_a_rate_per_dtype():
+    rates = breakdown.kernel_throughput(n_test=50, n_points=60, repeats=2)
+    assert set(rates) == {"float32", "float64"} and all(np.isfinite(r) and r > 0 for r in rates.values())
