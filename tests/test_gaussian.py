@@ -133,3 +133,19 @@ def test_fig1_density_row_draws_the_sweeps_own_chain(workflow):
     assert np.allclose(fits["fit_mean"] ** 2, sweep["mean_sq_error"], rtol=1e-10)
     if workflow == "replace":  # one chain of n = 20 over 30 fits: visibly narrower
         assert fits["fit_var"].iloc[-1] < 0.7 * fits["fit_var"].iloc[0]
+
+
+@pytest.mark.parametrize("df, dim", [(9, 3), (2, 5)])
+def test_bartlett_draws_are_the_documented_stream(df, dim):
+    """One fill per chain for z and R's normals draws exactly what separate calls would
+    (so fixed seeds give the results they gave before the fill was fused)."""
+    from collapse_ray.tasks.gaussian import _mean_and_bartlett_draws
+
+    z, r = _mean_and_bartlett_draws([np.random.default_rng(s) for s in (5, 6)], df, dim)
+    q = min(df, dim)
+    for c, seed in enumerate((5, 6)):
+        rng = np.random.default_rng(seed)
+        assert np.array_equal(z[c], rng.standard_normal(dim))
+        expected = np.triu(rng.standard_normal((q, dim)), 1)
+        expected[np.arange(q), np.arange(q)] = np.sqrt(rng.chisquare(df - np.arange(q)))
+        assert np.array_equal(r[c], expected)

@@ -153,12 +153,11 @@ class GaussianTask:
         for chains, root in self._roots(model):
             chain_rngs = [rngs[i] for i in chains]
             r = root.shape[2]
-            z = normals(chain_rngs, (r,))
-            mean[chains] = model.mean[chains] + np.einsum("cdr,cr->cd", root, z) / np.sqrt(n)
             # rows - their mean = (g - g_bar) root^T with g ~ N(0, I_r): the centred
             # scatter is root W root^T, W = Z^T Z, Z ~ (n-1) x r standard normal, and
             # Z = Q R gives W = R^T R with Bartlett's R.
-            bartlett = _bartlett(chain_rngs, n - 1, r)
+            z, bartlett = _mean_and_bartlett_draws(chain_rngs, n - 1, r)
+            mean[chains] = model.mean[chains] + np.einsum("cdr,cr->cd", root, z) / np.sqrt(n)
             b = np.matmul(bartlett, root.transpose(0, 2, 1))  # (chains, q, d)
             scatter[chains] = np.matmul(b.transpose(0, 2, 1), b)
             if factors is not None:
@@ -214,17 +213,25 @@ def _inverse_fromcholesky(chol: np.ndarray) -> np.ndarray:
     return np.matmul(inv_l.transpose(0, 2, 1), inv_l)
 
 
-def _bartlett(rngs: Sequence[np.random.Generator], df: int, dim: int) -> np.ndarray:
-    """R (chains, min(df, dim), dim) upper-trapezoidal with R^T R ~ Wishart(I_dim, df).
+def _mean_and_bartlett_draws(rngs: Sequence[np.random.Generator], df: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """z (chains, dim) standard normal, and R (chains, min(df, dim), dim)
+    upper-trapezoidal with R^T R ~ Wishart(I_dim, df).
 
     R_ii ~ chi(df - i) (0-based i), entries right of the diagonal N(0, 1); for
-    df < dim this is the singular Wishart of df standard normal rows.
+    df < dim this is the singular Wishart of df standard normal rows. Per chain, its
+    generator gives z, then R's q x dim normals, then the q chi-squares: two calls
+    (a generator's normals continue one stream across calls, so z and R's normals
+    come from one fill); the triangle and the diagonal are set for all chains at once.
     """
     q = min(df, dim)
-    out = np.empty((len(rngs), q, dim))
-    rows, cols = np.tril_indices(q, -1, dim)
+    draws = np.empty((len(rngs), dim + q * dim))
+    chi2 = np.empty((len(rngs), q))
+    dof = df - np.arange(q)
     for c, rng in enumerate(rngs):
-        rng.standard_normal(out=out[c])
-        out[c][rows, cols] = 0.0
-        out[c][np.arange(q), np.arange(q)] = np.sqrt(rng.chisquare(df - np.arange(q)))
-    return out
+        rng.standard_normal(out=draws[c])
+        chi2[c] = rng.chisquare(dof)
+    z, out = draws[:, :dim], draws[:, dim:].reshape(len(rngs), q, dim)
+    rows, cols = np.tril_indices(q, -1, dim)
+    out[:, rows, cols] = 0.0
+    out[:, np.arange(q), np.arange(q)] = np.sqrt(chi2)
+    return z, out
