@@ -102,6 +102,7 @@ POOLS = {**LOCAL, "n_test": 10, "epochs": 4, "learning_rate": 3e-3, "value_pool_
          "n_value_pools": 2}
 
 
+@pytest.mark.slow  # two fine-tunes and their samplers: ~30 s on 2 idle cores
 def test_value_pools_are_built_once_each_from_its_own_fine_tune(tmp_path):
     shared = tmp_path / "chains" / "_shared"
     pools = [SFTTask(**POOLS, value_pool=p) for p in (0, 1)]
