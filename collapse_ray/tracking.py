@@ -432,9 +432,11 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
         for run in children:
             if run.info.status != "FINISHED":
                 continue
-            moved = _moved_artifact(tracking_uri, run.info.artifact_uri, CHAIN_TABLE)
-            if moved is not None:
-                frames.append(pd.read_parquet(moved).assign(sweep_run_id=parent))
+            # a file store on this machine: read in place, no download copy
+            found = (_local_artifact(run.info.artifact_uri, CHAIN_TABLE)
+                     or _moved_artifact(tracking_uri, run.info.artifact_uri, CHAIN_TABLE))
+            if found is not None:
+                frames.append(pd.read_parquet(found).assign(sweep_run_id=parent))
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 local = client.download_artifacts(run.info.run_id, CHAIN_TABLE, tmp)
@@ -446,6 +448,16 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
         if table[column].map(type).nunique() > 1:  # e.g. bandwidth: 0.5 in one run, "scott" in another
             table[column] = table[column].map(lambda v: None if v is None else str(v))
     return table.sort_values(["run_key", "seed", "iteration"], ignore_index=True)
+
+
+def _local_artifact(artifact_uri: str, name: str) -> Path | None:
+    """A file-store artifact where the run recorded it, else None."""
+    from urllib.parse import unquote, urlsplit
+
+    if not artifact_uri.startswith("file:"):
+        return None
+    path = Path(unquote(urlsplit(artifact_uri).path)) / name
+    return path if path.is_file() else None
 
 
 def _moved_artifact(tracking_uri: str, artifact_uri: str, name: str) -> Path | None:
