@@ -95,7 +95,7 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, lo
         assert {p.name for p in pngs} >= {f"{task}_workflows.png", NEURAL_CHAINS[name][2]}
         _replace_is_worse_than_accumulate(table, name, *NEURAL_CHAINS[name][:2])
     if name == "fig5_value_grid_quick":
-        assert {p.name for p in pngs} >= {"fig5_value_grid.png", "fig5_value_heatmap.png"}
+        assert {p.name for p in pngs} >= {"fig5_value_grid.png", "fig5_value_proportion.png", "fig5_value_heatmap.png"}
 
 
 LM_CHAINS = ("pretraining_quick", "sft_quick")  # fits on 2 Ray Train workers with DeepSpeed
