@@ -5,7 +5,7 @@ results` table:
   model-fitting iterations, a line per workflow, with sample-quality rows below (kernel
   MMD to held-out real data; the digit classifier's confidence where it applies; for
   conformers GeoDiff's COV-R and MAT-R), a column per data set;
-* `{task}_{data}_samples.png`: sample grids at iterations 1, 5 and the last, replace
+* `{task}_{source}_samples.png`: sample grids at iterations 1, 5 and the last, replace
   above accumulate, side by side. They are the per-iteration pictures the chains logged
   to MLflow (samples/iteration_TTT/samples.png of each run's first seed), so these need
   the tracking store (`--tracking-uri`); without one they are skipped with a note.
@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 NEURAL_TASKS = ("vae", "diffusion", "conformer_diffusion")
-DATA_COLUMN = {"vae": "source", "diffusion": "data", "conformer_diffusion": "source"}
+DATA_COLUMN = "source"  # every neural task names its data set `source`
 ORDER = ("replace", "accumulate_subsample", "accumulate")
 COLORS = {"replace": "tab:red", "accumulate_subsample": "tab:orange", "accumulate": "tab:blue"}
 QUALITY = (("mmd", "kernel MMD$^2$ to held-out real (lower is better)"),
@@ -54,8 +54,7 @@ def _workflows(names) -> list[str]:
 
 def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
     """Test loss (top) and sample quality (bottom) over iterations, a column per data set."""
-    column = DATA_COLUMN[task]
-    datasets = sorted(rows[column].astype(str).unique())
+    datasets = sorted(rows[DATA_COLUMN].astype(str).unique())
     if task in TASK_QUALITY:
         quality = [(m, label) for m, label in TASK_QUALITY[task] if m in rows and rows[m].notna().any()]
     else:
@@ -64,7 +63,7 @@ def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
     width = max(4.5 * len(datasets), 6.0)  # one data set: room for the suptitle
     fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(width, 3.4 * len(metrics)), squeeze=False)
     for j, data in enumerate(datasets):
-        sub = rows[rows[column].astype(str) == data]
+        sub = rows[rows[DATA_COLUMN].astype(str) == data]
         for i, (metric, label) in enumerate(metrics):
             ax = axes[i][j]
             if metric not in sub or sub[metric].isna().all():
@@ -148,7 +147,7 @@ def write_figures(table: pd.DataFrame, out: Path, tracking_uri: str | None = Non
         if tracking_uri is None:
             print(f"note: {task} sample grids need the MLflow store (--tracking-uri); skipped", file=sys.stderr)
             continue
-        for data, sub in rows.groupby(rows[DATA_COLUMN[task]].astype(str)):
+        for data, sub in rows.groupby(rows[DATA_COLUMN].astype(str)):
             with tempfile.TemporaryDirectory() as tmp:
                 pictures = fetch_pictures(sub, tracking_uri, Path(tmp))
                 if not pictures:

@@ -22,8 +22,8 @@ import numpy as np
 
 SETTINGS = {
     "vae digits (hidden 256, 1,438 images)": ("vae", {}, 1438),
-    "diffusion moons (1,000 points)": ("diffusion", {"data": "moons"}, 1000),
-    "diffusion digits (1,438 images)": ("diffusion", {"data": "digits", "n_test": 359}, 1438),
+    "diffusion moons (1,000 points)": ("diffusion", {"source": "moons"}, 1000),
+    "diffusion digits (1,438 images)": ("diffusion", {"source": "digits", "n_test": 359}, 1438),
 }
 
 

@@ -12,6 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small networks gain nothing from intra-op threads, and on a shared 2-core machine
+    two OpenMP threads contending with other processes run ~10x slower than one. Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")` after importing it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 def free_ports(n: int) -> list[int]:
     """n loopback ports nobody listens on right now."""

@@ -7,13 +7,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from collapse_ray.loop import chain_generators, run_chain
 from collapse_ray.spec import ChainConfig
 from collapse_ray.tasks.diffusion import DiffusionTask
 from collapse_ray.validation import SpecError, from_mapping
 from collapse_ray.workflows import WORKFLOW_NAMES
+
+from .helpers import one_torch_thread  # noqa: F401 - a fixture, used by pytestmark
 
 # Small enough that a fit takes well under a second on one core.
 TINY = DiffusionTask(n_steps=30, hidden=32, epochs=20, batch_size=50, n_test=100, n_eval_noise=4, n_quality=100,
@@ -25,14 +26,7 @@ QUICK_N_REAL = 50
 METRICS = ("test_loss", "mmd")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks gain nothing from intra-op threads, and on a shared 2-core machine
-    two OpenMP threads contending with other processes run ~10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (tests/helpers.py)
 
 
 def gens(seeds, stream=0):
@@ -72,7 +66,7 @@ def test_evaluate_is_deterministic_and_draws_pictures():
 
 
 def test_digits_rows_samples_scores_and_picture():
-    task = dataclasses.replace(TINY, data="digits", epochs=2, n_test=30, n_quality=30)
+    task = dataclasses.replace(TINY, source="digits", epochs=2, n_test=30, n_quality=30)
     real = task.real_data(40, gens([0, 1]))
     train = real.train["image"]
     assert train.shape == (2, 40, 8, 8) and train.dtype == np.float32
@@ -147,21 +141,22 @@ def test_runs_under_every_workflow(workflow):
     assert len(table) == 6 and np.isfinite(table.test_loss).all()
 
 
-@pytest.mark.parametrize("data", ["digits", "swiss_roll"])
-def test_other_data_sets_under_fresh_data(data):
-    task = dataclasses.replace(TINY, data=data, n_steps=10, hidden=16, epochs=2, n_test=20, n_quality=20)
+@pytest.mark.parametrize("source", ["digits", "swiss_roll"])
+def test_other_data_sets_under_fresh_data(source):
+    task = dataclasses.replace(TINY, source=source, n_steps=10, hidden=16, epochs=2, n_test=20, n_quality=20)
     chain = ChainConfig(workflow="fresh_data", n_real=20, n_iterations=2).resolved()
     table = run_chain(task, chain, seeds=[0]).table
     assert np.isfinite(table.test_loss).all()
 
 
 @pytest.mark.parametrize(("changes", "field"), [
-    ({"data": "cifar"}, "task.data must be one of"),
+    ({"source": "cifar"}, "task.source must be one of"),
+    ({"data": "moons"}, r"task: unknown key 'data'; allowed keys: .*source"),  # the field's old name
     ({"beta_start": 0.2, "beta_end": 0.1}, r"task.beta_end must be a number in \[beta_start, 1\)"),
     ({"beta_end": 1.0}, "task.beta_end must be"),
     ({"n_steps": 1}, r"task.n_steps must be an integer >= 2"),
     ({"learning_rate": 0.0}, r"task.learning_rate must be a number in \(0, inf\)"),
-    ({"data": "digits", "n_test": 1000}, r"task.n_test must be an integer in \[2, 359\] for digits"),
+    ({"source": "digits", "n_test": 1000}, r"task.n_test must be an integer <= 359 \(the test split of 'digits'\)"),
     ({"noise": float("nan")}, r"task.noise must be a number in \[0, inf\)"),
 ])
 def test_bad_settings_name_the_field(changes, field):
@@ -170,10 +165,10 @@ def test_bad_settings_name_the_field(changes, field):
 
 
 def test_digits_refuse_more_real_rows_than_the_training_split():
-    task = DiffusionTask(data="digits")
-    with pytest.raises(SpecError, match=r"chain.n_real must be an integer <= 1438 for task.data 'digits'"):
+    task = DiffusionTask(source="digits")
+    with pytest.raises(SpecError, match=r"chain.n_real must be an integer <= 1438 \(the training split of 'digits'\)"):
         task.check_chain(ChainConfig(n_real=2000).resolved(), "chain")
     task.check_chain(ChainConfig(n_real=1438).resolved(), "chain")
     DiffusionTask().check_chain(ChainConfig(n_real=2000).resolved(), "chain")  # point sets have no limit
-    with pytest.raises(ValueError, match="n_real must be <= 1438"):
+    with pytest.raises(ValueError, match="n_real = 1439 exceeds the 1438 images"):
         task.real_data(1439, gens([0]))

@@ -16,6 +16,8 @@ from collapse_ray.spec import ChainConfig
 from collapse_ray.tasks.conformer_diffusion import ConformerDiffusionTask
 from collapse_ray.validation import SpecError, from_mapping
 
+from .helpers import one_torch_thread  # noqa: F401 - a fixture, used by pytestmark
+
 # the quick sweep's margins at its last iteration (see the end-to-end test's numbers)
 COV_MARGIN, MAT_MARGIN = 0.2, 0.1
 # Four small molecules, a two-layer network and ten steps: a fit takes a fraction of a second.
@@ -23,13 +25,7 @@ TINY = ConformerDiffusionTask(n_molecules=4, n_conformers=12, n_test_conformers=
                               n_layers=2, epochs=2, batch_size=16, n_eval_noise=2, n_picture=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks gain nothing from intra-op threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (tests/helpers.py)
 
 
 def gens(seeds, stream=0):

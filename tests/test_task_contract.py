@@ -45,6 +45,16 @@ def test_registered_under_its_own_name(task):
     assert dataclasses.is_dataclass(task) and task.__dataclass_params__.frozen
 
 
+def test_importing_the_registry_does_not_import_torch():
+    """`collapse-ray validate`, tracking and workflows import the registry: tasks import
+    torch where they train, so a spec is checked without loading it."""
+    import subprocess
+    import sys
+
+    code = "import sys, collapse_ray.tasks; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 def seeds_for(task, seeds):
     """Unbatched tasks (language models) run one chain per call."""
     return seeds if task.batched else seeds[:1]

@@ -45,13 +45,11 @@ def test_a_chain_alone_matches_the_same_chain_in_a_batch():
 
 
 def test_evaluation_and_sample_grid_are_deterministic(monkeypatch):
-    from collapse_ray.tasks import vae
-
     real, model, first = fit_and_evaluate(SMALL, [0, 1, 2], 100)
     second = SMALL.evaluate(model, real.test)
     for name in first:
         assert np.array_equal(first[name], second[name]), name
-    monkeypatch.setattr(vae, "MMD_BLOCK_ELEMENTS", 1)  # one chain per MMD block: the same numbers
+    monkeypatch.setattr(quality, "MMD_BLOCK_ELEMENTS", 1)  # one chain per MMD block: the same numbers
     assert np.allclose(SMALL.evaluate(model, real.test)["mmd"], first["mmd"], rtol=1e-12)
     assert {"test_loss", "recon_error", "kl", "mmd", "classifier_confidence", "class_entropy"} <= set(first)
     # test_loss is reconstruction cross-entropy plus KL, in nats per image

@@ -16,15 +16,38 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .data import MAX_SEED
+
+
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One torch generator per chain from the chain's fixed seed (drawn once per chain in
+    `real_data`): the same initialisation and noise every iteration."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
 
 def torch_generators(rngs: Sequence[np.random.Generator]) -> list[torch.Generator]:
     """One torch generator per chain, seeded from (and advancing) the chain's numpy one."""
-    return [torch.Generator().manual_seed(int(rng.integers(2**63 - 1))) for rng in rngs]
+    return seeded_generators([rng.integers(MAX_SEED) for rng in rngs])
 
 
 def per_chain(make: Callable[[torch.Generator], torch.Tensor], generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Stack one tensor per chain, each drawn from that chain's generator."""
     return torch.stack([make(g) for g in generators])
+
+
+def standard_normal(generators: Sequence[torch.Generator], *shape: int) -> torch.Tensor:
+    """(chains, *shape) standard normal noise, each chain from its own generator."""
+    return per_chain(lambda g: torch.randn(*shape, generator=g), generators)
+
+
+def first_chain(net: torch.nn.Module, build: Callable[[list[torch.Generator]], torch.nn.Module]) -> torch.nn.Module:
+    """A one-chain network holding chain 0's weights of `net`; `build(generators)` makes an
+    untrained network of the same layout (its initial weights are overwritten)."""
+    first = build([torch.Generator()])
+    with torch.no_grad():
+        for mine, theirs in zip(first.parameters(), net.parameters(), strict=True):
+            mine.copy_(theirs[:1])
+    return first
 
 
 class BatchedMLP(torch.nn.Module):

@@ -1,5 +1,6 @@
 """Real data of the neural tasks, offline: scikit-learn's bundled 8x8 digits (1,797
-images), its moons and swiss roll generators, or a local folder / Parquet of images."""
+images), its moons and swiss roll generators, or a local folder / Parquet of images; and
+the per-chain draws of real rows every neural task makes the same way."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import require
+
 DIGITS = "digits"
 POINT_SETS = ("moons", "swiss_roll")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the digits' train/test split is fixed: every chain is tested on the same images
+MAX_SEED = 2**63 - 1  # per-chain seeds (of torch generators) are drawn in [0, MAX_SEED)
 
 
 @lru_cache(maxsize=8)
@@ -26,6 +30,27 @@ def image_split(source: str = DIGITS) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for arr in (images, labels):
         arr.setflags(write=False)
     return images[train], images[test], labels[train], labels[test]
+
+
+def check_split_size(n: int, source: str, split: str, where: str) -> None:
+    """Refuse n images from `split` ('train' or 'test') of an image source that holds fewer:
+    real images are distinct rows of the fixed split."""
+    train, test = image_split(source)[:2]
+    size, name = (len(train), "training split") if split == "train" else (len(test), "test split")
+    require(n <= size, where, f"an integer <= {size} (the {name} of {source!r})", n)
+
+
+def distinct_rows(size: int, n: int, rngs, what: str) -> np.ndarray:
+    """(chains, n) indices of n distinct rows of `size`, each chain from its own generator:
+    a chain's real training set. `what` names the rows in the error."""
+    if n > size:
+        raise ValueError(f"n_real = {n} exceeds the {size} {what} (real rows are drawn without replacement)")
+    return np.stack([rng.choice(size, n, replace=False) for rng in rngs])
+
+
+def resampled_rows(size: int, n: int, rngs) -> np.ndarray:
+    """(chains, n) indices of rows drawn with replacement: fresh real rows (`sample_real`)."""
+    return np.stack([rng.integers(0, size, n) for rng in rngs])
 
 
 def _load_images(source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,36 @@ from functools import lru_cache
 
 import numpy as np
 
+from .data import POINT_SETS, image_split, point_set
+
+MEDIAN_POINTS = 500  # real rows behind a median distance
+BANDWIDTH_SEED = 0  # point sets: the kernel width comes from one fixed draw, the same for every chain
+MMD_BLOCK_ELEMENTS = 1 << 22  # kernel values per block of chains in `mmd` (float64, a few temporaries)
+
+
+def mmd(samples: np.ndarray, reference: np.ndarray, bandwidths) -> np.ndarray:
+    """Squared MMD per chain between samples (chains, n, ...) and reference (chains, m, d)
+    or (m, d), with the mean of Gaussian kernels of the given widths. O(n (n + m)) kernel
+    values per chain and width: blocks of chains keep them to ~100 MB."""
+    chains, n = samples.shape[:2]
+    samples = samples.reshape(chains, n, -1)
+    step = max(1, MMD_BLOCK_ELEMENTS // (n * (n + np.shape(reference)[-2])))
+    blocks = []
+    for lo in range(0, chains, step):
+        block_reference = reference[lo : lo + step] if np.ndim(reference) == 3 else reference
+        blocks.append(np.mean([mmd_rbf(samples[lo : lo + step], block_reference, h) for h in bandwidths], axis=0))
+    return np.concatenate(blocks)
+
+
+@lru_cache(maxsize=8)
+def reference_bandwidth(source: str, noise: float = 0.0) -> float:
+    """The kernel width h of a data set: the median distance of a fixed real sample (the
+    image source's training split; a point set's draw from BANDWIDTH_SEED at `noise`), so
+    mmd compares across iterations, workflows and seeds."""
+    if source in POINT_SETS:
+        return median_bandwidth(point_set(source, MEDIAN_POINTS, noise, np.random.default_rng(BANDWIDTH_SEED)))
+    return median_bandwidth(image_split(source)[0])
+
 
 def mmd_rbf(samples: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
     """Squared MMD (biased V-statistic) with a Gaussian kernel, per chain.
@@ -26,7 +56,7 @@ def mmd_rbf(samples: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.
 
 def median_bandwidth(points: np.ndarray) -> float:
     """The median pairwise distance of (a subset of) points: the usual kernel width."""
-    points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)[:500]
+    points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)[:MEDIAN_POINTS]
     d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
     return float(np.median(d[np.triu_indices(len(points), 1)]))
 
@@ -35,8 +65,6 @@ def median_bandwidth(points: np.ndarray) -> float:
 def digit_classifier():
     """Logistic regression on the digits' real training split (about 96% test accuracy)."""
     from sklearn.linear_model import LogisticRegression
-
-    from .data import image_split
 
     train, _, labels, _ = image_split("digits")
     return LogisticRegression(max_iter=2000).fit(train.reshape(len(train), -1), labels)

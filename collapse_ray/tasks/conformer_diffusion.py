@@ -16,8 +16,8 @@ Rows: `pos` float32 (chains, n, n_max, 3), coordinates in Angstrom with zero cen
 mass, zero-padded to the library's largest molecule, and `mol` int64 (chains, n), the
 molecule (graph) index; a row's atom count and mask follow from its molecule.
 
-A fit is DDPM (Ho et al. 2020; the diffusion task's linear beta schedule and sinusoidal
-timestep embedding) with an EGNN noise predictor (neural/egnn.py: `n_layers` layers of
+A fit is DDPM (Ho et al. 2020; neural/ddpm.py's linear beta schedule, sinusoidal timestep
+embedding and ancestral sampler, shared with the diffusion task) with an EGNN noise predictor (neural/egnn.py: `n_layers` layers of
 `hidden` units, E(3)-equivariant, conditioned on the molecular graph: element and
 aromaticity per atom, bond type and graph distance per atom pair), trained from scratch
 each iteration on the epsilon-prediction MSE over real atoms. Coordinates enter the
@@ -61,7 +61,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..neural import molecules
+from ..neural import ddpm, molecules
+from ..neural.data import distinct_rows, resampled_rows
 from ..validation import SpecError, check_finite_positive, check_min, describe, require
 from .protocol import Metrics, RealData, Rows
 
@@ -72,7 +73,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: importing the task regi
 
 COORDINATE_SCALE = 2.0  # Angstrom per model unit: heavy-atom coordinates then have about unit spread
 SAMPLES_PER_REFERENCE = 2  # GeoDiff samples twice as many conformers as a molecule has references
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -162,10 +162,7 @@ class ConformerDiffusionTask:
         require(self.n_test_conformers < self.n_conformers, f"{where}.n_test_conformers",
                 f"an integer in [1, n_conformers) = [1, {self.n_conformers})", self.n_test_conformers)
         check_min(self.library_seed, 0, f"{where}.library_seed")
-        check_min(self.n_steps, 2, f"{where}.n_steps")
-        require(0 < self.beta_start < 1, f"{where}.beta_start", "a number in (0, 1)", self.beta_start)
-        require(self.beta_start <= self.beta_end < 1, f"{where}.beta_end",
-                f"a number in [beta_start, 1) = [{self.beta_start:g}, 1)", self.beta_end)
+        ddpm.check_schedule(self.n_steps, self.beta_start, self.beta_end, where)
         check_min(self.hidden, 1, f"{where}.hidden")
         check_min(self.n_layers, 1, f"{where}.n_layers")
         check_min(self.epochs, 1, f"{where}.epochs")
@@ -203,34 +200,26 @@ class ConformerDiffusionTask:
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         library = self.library()
-        n_train = len(library.train_mol)
-        if n_real > n_train:
-            raise ValueError(f"chain.n_real must be <= {n_train} (the library's training conformers); got {n_real}")
-        picks = np.stack([rng.choice(n_train, n_real, replace=False) for rng in rngs])
-        # the draws fixed for the chain's lifetime, each from the chain's own data generator
-        n_draws = len(library.test_mol) * self.n_eval_noise
-        t = np.stack([rng.integers(0, self.n_steps, n_draws) for rng in rngs])
-        noise = np.stack([rng.standard_normal((n_draws, library.n_max, 3), dtype=np.float32) for rng in rngs])
+        picks = distinct_rows(len(library.train_mol), n_real, rngs, "training conformers of the library")
+        t, noise, init_seeds, quality_seeds = ddpm.fixed_draws(rngs, len(library.test_mol) * self.n_eval_noise,
+                                                               self.n_steps, (library.n_max, 3))
         mask = np.repeat(library.mask[library.test_mol], self.n_eval_noise, axis=0)
-        noise = _remove_mean_np(noise, mask)
-        seeds = np.stack([rng.integers(MAX_SEED, size=2) for rng in rngs])
-        test = ConformerTestSet(t=t, noise=noise, quality_seeds=seeds[:, 1])
-        context = ConformerContext(init_seeds=seeds[:, 0], quality_seeds=seeds[:, 1])
+        test = ConformerTestSet(t=t, noise=_remove_mean_np(noise, mask), quality_seeds=quality_seeds)
+        context = ConformerContext(init_seeds=init_seeds, quality_seeds=quality_seeds)
         return RealData(train={"pos": library.train_pos[picks], "mol": library.train_mol[picks]}, test=test,
                         context=context)
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
         """Fresh real conformers: the library's training split, with replacement."""
         library = self.library()
-        picks = np.stack([rng.integers(0, len(library.train_mol), n) for rng in rngs])
+        picks = resampled_rows(len(library.train_mol), n, rngs)
         return {"pos": library.train_pos[picks], "mol": library.train_mol[picks]}
 
     # -- the network --------------------------------------------------------------
     def _network(self, generators) -> BatchedEGNN:
-        from .diffusion import TIME_FEATURES
         from ..neural.egnn import BatchedEGNN
 
-        return BatchedEGNN(molecules.N_NODE_FEATURES + TIME_FEATURES, molecules.N_EDGE_FEATURES, self.hidden,
+        return BatchedEGNN(molecules.N_NODE_FEATURES + ddpm.TIME_FEATURES, molecules.N_EDGE_FEATURES, self.hidden,
                            self.n_layers, generators)
 
     def _graph(self, mol: np.ndarray):
@@ -254,9 +243,8 @@ class ConformerDiffusionTask:
     def fit(self, train: Rows, context: ConformerContext) -> ConformerFit:
         import torch
 
-        from ..neural.batched import per_chain
+        from ..neural.batched import seeded_generators
         from ..neural.batched import train as train_networks
-        from .diffusion import _schedule as schedule  # the diffusion task's DDPM constants
         from ..neural.egnn import remove_mean
 
         pos = torch.from_numpy(np.ascontiguousarray(train["pos"], dtype=np.float32)) / COORDINATE_SCALE
@@ -264,18 +252,17 @@ class ConformerDiffusionTask:
         nodes, edges, mask = self._graph(mol)
         n_chains, n_rows = mol.shape
         chains = torch.arange(n_chains)[:, None]
-        generators = [torch.Generator().manual_seed(int(s)) for s in context.init_seeds]
+        generators = seeded_generators(context.init_seeds)
         net = self._network(generators)
-        s = schedule(self.n_steps, self.beta_start, self.beta_end)
+        s = ddpm.schedule(self.n_steps, self.beta_start, self.beta_end)
         n_max = pos.shape[2]
 
         def loss(index: torch.Tensor) -> torch.Tensor:  # index (chains, batch) into the training rows
             index = index.repeat(1, self.n_train_noise)
             x0, m = pos[chains, index], mask[chains, index]
-            k = index.shape[1]
-            t = per_chain(lambda g: torch.randint(0, self.n_steps, (k,), generator=g), generators)
-            eps = remove_mean(per_chain(lambda g: torch.randn(k, n_max, 3, generator=g), generators), m)
-            predicted = self._predict(net, _noised(s, x0, t, eps), nodes[chains, index], edges[chains, index], m,
+            t, eps = ddpm.training_draws(generators, self.n_steps, index.shape[1], (n_max, 3))
+            eps = remove_mean(eps, m)
+            predicted = self._predict(net, ddpm.noised(s, x0, t, eps), nodes[chains, index], edges[chains, index], m,
                                       s.embedding[t])
             # MSE per real coordinate, each row weighted by its atom count
             return ((predicted - eps) ** 2).sum(dim=(1, 2, 3)) / (3 * m.sum(dim=(1, 2)))
@@ -290,27 +277,14 @@ class ConformerDiffusionTask:
     def _ancestral(self, net: BatchedEGNN, mol: np.ndarray, generators) -> np.ndarray:
         """DDPM ancestral sampling for conformers of molecules mol (chains, n), every
         chain at once, in the zero-CoM subspace: positions (chains, n, n_max, 3) in Angstrom."""
-        import torch
-
-        from ..neural.batched import per_chain
-        from .diffusion import _schedule as schedule
+        from ..neural.batched import standard_normal
         from ..neural.egnn import remove_mean
 
         nodes, edges, mask = self._graph(mol)
         n, n_max = mol.shape[1], self.library().n_max
-        s = schedule(self.n_steps, self.beta_start, self.beta_end)
-
-        def noise():
-            return remove_mean(per_chain(lambda g: torch.randn(n, n_max, 3, generator=g), generators), mask)
-
-        with torch.no_grad():
-            x = noise()
-            for t in range(self.n_steps - 1, -1, -1):
-                eps = self._predict(net, x, nodes, edges, mask, s.embedding[t])
-                x0 = (x - s.sqrt_one_minus_alpha_bar[t] * eps) / s.sqrt_alpha_bar[t]
-                x = s.post_x0[t] * x0 + s.post_xt[t] * x
-                if t > 0:
-                    x = x + s.sigma[t] * noise()
+        x = ddpm.ancestral(ddpm.schedule(self.n_steps, self.beta_start, self.beta_end),
+                           lambda xt, emb: self._predict(net, xt, nodes, edges, mask, emb),
+                           lambda: remove_mean(standard_normal(generators, n, n_max, 3), mask))
         return (x * COORDINATE_SCALE).numpy().astype(np.float32)
 
     def sample(self, model: ConformerFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
@@ -322,27 +296,25 @@ class ConformerDiffusionTask:
     def _reference_samples(self, net: BatchedEGNN, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SAMPLES_PER_REFERENCE conformers per held-out conformer of each molecule, from the
         chain's fixed quality seed (the same noise every iteration)."""
-        import torch
+        from ..neural.batched import seeded_generators
 
         mol = np.repeat(self.library().test_mol, SAMPLES_PER_REFERENCE)
         mol = np.broadcast_to(mol, (len(seeds), len(mol))).copy()
-        return self._ancestral(net, mol, [torch.Generator().manual_seed(int(s)) for s in seeds]), mol
+        return self._ancestral(net, mol, seeded_generators(seeds)), mol
 
     # -- evaluation -------------------------------------------------------------
     def evaluate(self, model: ConformerFit, test: ConformerTestSet) -> Metrics:
         import torch
 
-        from .diffusion import _schedule as schedule  # the diffusion task's DDPM constants
-
         library = self.library()
-        s = schedule(self.n_steps, self.beta_start, self.beta_end)
+        s = ddpm.schedule(self.n_steps, self.beta_start, self.beta_end)
         n_chains = len(test.quality_seeds)
         mol = np.broadcast_to(np.repeat(library.test_mol, self.n_eval_noise), (n_chains, test.t.shape[1]))
         nodes, edges, mask = self._graph(mol)
         x0 = torch.from_numpy(library.test_pos[mol] / COORDINATE_SCALE)
         t, eps = torch.from_numpy(test.t), torch.from_numpy(test.noise)
         with torch.no_grad():
-            predicted = self._predict(model.net, _noised(s, x0, t, eps), nodes, edges, mask, s.embedding[t])
+            predicted = self._predict(model.net, ddpm.noised(s, x0, t, eps), nodes, edges, mask, s.embedding[t])
         test_loss = ((predicted - eps) ** 2).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2)))
         samples, sample_mol = self._reference_samples(model.net, test.quality_seeds)
         scores = np.array([molecules.coverage_and_matching(library, samples[c], sample_mol[c], self.rmsd_threshold)
@@ -357,24 +329,16 @@ class ConformerDiffusionTask:
     def iteration_artifacts(self, model: ConformerFit, context: ConformerContext) -> dict[str, bytes]:
         """samples.png: a sampled conformer (top row) and a held-out one (bottom row) of the
         first n_picture molecules, for the batch's first chain (from its fixed quality noise)."""
-        import torch
+        from ..neural.batched import first_chain, seeded_generators
 
         library = self.library()
-        first = self._network([torch.Generator()])  # a one-chain network, given chain 0's weights
-        with torch.no_grad():
-            for mine, theirs in zip(first.parameters(), model.net.parameters(), strict=True):
-                mine.copy_(theirs[:1])
         shown = np.arange(min(self.n_picture, library.n_molecules))
-        samples = self._ancestral(first, shown[None, :], [torch.Generator().manual_seed(int(context.quality_seeds[0]))])
+        samples = self._ancestral(first_chain(model.net, self._network), shown[None, :],
+                                  seeded_generators(context.quality_seeds[:1]))
         held_out = [int(np.flatnonzero(library.test_mol == i)[0]) for i in shown]
         rows = [(f"sample: {library.names[i]}", int(i), samples[0, k]) for k, i in enumerate(shown)]
         rows += [(f"held out: {library.names[i]}", int(i), library.test_pos[j]) for i, j in zip(shown, held_out)]
         return {"samples.png": molecules.conformers_png(library, rows, columns=len(shown))}
-
-
-def _noised(s, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(a_bar_t) x_0 + sqrt(1 - a_bar_t) eps for x0, eps (chains, k, N, 3), t (chains, k)."""
-    return s.sqrt_alpha_bar[t][..., None, None] * x0 + s.sqrt_one_minus_alpha_bar[t][..., None, None] * eps
 
 
 def _remove_mean_np(x: np.ndarray, mask: np.ndarray) -> np.ndarray:

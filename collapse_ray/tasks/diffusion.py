@@ -1,6 +1,6 @@
 """A small denoising diffusion model ("diffusion"), trained from scratch each iteration.
 
-Real data: scikit-learn's 8x8 digits (column `image`, float32 (chains, n, 8, 8) in
+Real data (`source`): scikit-learn's 8x8 digits (column `image`, float32 (chains, n, 8, 8) in
 [0, 1]; n_real training images drawn without replacement from the fixed training split),
 or its moons (2-D) / swiss roll (3-D) point sets (column `x`, float32 (chains, n, d),
 about unit variance); see collapse_ray/neural/data.py.
@@ -10,7 +10,8 @@ over `n_steps` steps and an MLP noise predictor eps(x_t, t) (three hidden layers
 `hidden` units) trained on the epsilon-prediction MSE with Adam, from scratch each
 iteration as (B). The network sees [x_t, emb(t)], emb a sinusoidal embedding of t; for
 the point sets also sin/cos features of x_t (Fourier features: an MLP on raw 2-D
-coordinates learns the moons' thin arcs only after many more steps). Each training row
+coordinates learns the moons' thin arcs only after many more steps). The schedule,
+noising and sampler are neural/ddpm.py's, shared with conformer_diffusion. Each training row
 gets `n_train_noise` (timestep, noise) draws per step, which lowers the variance of the
 loss at little cost for networks this small. Digits are rescaled to [-1, 1] for the model.
 
@@ -51,29 +52,27 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 
-from ..neural import quality, render
-from ..neural.batched import BatchedMLP, as_tensor, per_chain, torch_generators
-from ..neural.batched import train as train_networks
-from ..neural.data import DIGITS, image_split, point_set
+from ..neural import ddpm, quality, render
+from ..neural.data import DIGITS, check_split_size, distinct_rows, image_split, point_set, resampled_rows
 from ..validation import check_finite_positive, check_min, fail, require
 from .protocol import Metrics, RealData, Rows
 
-Data = Literal["digits", "moons", "swiss_roll"]
+if TYPE_CHECKING:  # torch is imported where it is used: importing the task registry stays light
+    import torch
+
+    from ..neural.batched import BatchedMLP
+
+Source = Literal["digits", "moons", "swiss_roll"]
 DIMS = {"digits": 64, "moons": 2, "swiss_roll": 3}
-TIME_FEATURES = 32  # width of the sinusoidal timestep embedding
 N_LAYERS_HIDDEN = 3
 # Point sets only: sin/cos of each coordinate at these angular frequencies (the data have
 # about unit variance, so periods from ~12 down to ~0.6 units)
 FOURIER_FREQUENCIES = np.geomspace(0.5, 10.0, 8)
 MMD_WIDTHS = (1.0, 0.5, 0.25)  # kernel widths, as fractions of the median distance
-BANDWIDTH_POINTS = 500  # real rows behind the median distance
-BANDWIDTH_SEED = 0  # point sets: h comes from one fixed draw, the same for every chain
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class DiffusionTask:
     name: ClassVar[str] = "diffusion"
     batched: ClassVar[bool] = True
 
-    data: Data = "moons"
+    source: Source = "moons"
     """Real data: scikit-learn's 8x8 digits, or its moons (2-D) / swiss roll (3-D) points."""
     noise: float = 0.05
     """Noise of the moons and swiss roll generators, in their own units (digits ignore it)."""
@@ -139,116 +138,113 @@ class DiffusionTask:
     """Samples in the per-iteration picture (samples.png) of the batch's first chain."""
 
     def validate(self, where: str) -> None:
-        if self.data not in DIMS:  # from_mapping checks the Literal; direct construction too
-            fail(f"{where}.data", "one of {" + ", ".join(DIMS) + "}", self.data)
+        if self.source not in DIMS:  # from_mapping checks the Literal; direct construction too
+            fail(f"{where}.source", "one of {" + ", ".join(DIMS) + "}", self.source)
         require(math.isfinite(self.noise) and self.noise >= 0, f"{where}.noise", "a number in [0, inf)", self.noise)
-        check_min(self.n_steps, 2, f"{where}.n_steps")
-        require(0 < self.beta_start < 1, f"{where}.beta_start", "a number in (0, 1)", self.beta_start)
-        require(self.beta_start <= self.beta_end < 1, f"{where}.beta_end",
-                f"a number in [beta_start, 1) = [{self.beta_start:g}, 1)", self.beta_end)
+        ddpm.check_schedule(self.n_steps, self.beta_start, self.beta_end, where)
         check_min(self.hidden, 1, f"{where}.hidden")
         check_min(self.epochs, 1, f"{where}.epochs")
         check_min(self.batch_size, 1, f"{where}.batch_size")
         check_min(self.n_train_noise, 1, f"{where}.n_train_noise")
         check_finite_positive(self.learning_rate, f"{where}.learning_rate")
         check_min(self.n_test, 2, f"{where}.n_test")
-        if self.data == DIGITS:
-            n_split = len(image_split(DIGITS)[1])
-            require(self.n_test <= n_split, f"{where}.n_test",
-                    f"an integer in [2, {n_split}] for digits (the size of its test split)", self.n_test)
+        if self.source == DIGITS:
+            check_split_size(self.n_test, DIGITS, "test", f"{where}.n_test")
         check_min(self.n_eval_noise, 1, f"{where}.n_eval_noise")
         check_min(self.n_quality, 2, f"{where}.n_quality")
         check_min(self.n_grid, 1, f"{where}.n_grid")
 
     def check_chain(self, chain, where: str) -> None:
         """Digits' real rows are distinct training images, of which there are 1,438."""
-        if self.data == DIGITS:
-            n_split = len(image_split(DIGITS)[0])
-            require(chain.n_real <= n_split, f"{where}.n_real",
-                    f"an integer <= {n_split} for task.data 'digits' (its training split)", chain.n_real)
+        if self.source == DIGITS:
+            check_split_size(chain.n_real, DIGITS, "train", f"{where}.n_real")
 
     @property
     def dim(self) -> int:
-        return DIMS[self.data]
+        return DIMS[self.source]
 
     @property
     def column(self) -> str:
-        return "image" if self.data == DIGITS else "x"
+        return "image" if self.source == DIGITS else "x"
 
     def row_nbytes(self) -> int:
         return 4 * self.dim
 
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
-        if self.data == DIGITS:
+        import torch
+
+        from ..neural.batched import as_tensor
+
+        if self.source == DIGITS:
             images, test_images = image_split(DIGITS)[:2]
-            if n_real > len(images):
-                raise ValueError(f"chain.n_real must be <= {len(images)} for digits (its training split); got {n_real}")
-            train = np.stack([images[rng.choice(len(images), n_real, replace=False)] for rng in rngs])
+            train = images[distinct_rows(len(images), n_real, rngs, "images of the digits' training split")]
             test = np.broadcast_to(test_images[: self.n_test], (len(rngs), self.n_test, 8, 8))
         else:
-            draws = np.stack([point_set(self.data, n_real + self.n_test, self.noise, rng) for rng in rngs])
+            draws = np.stack([point_set(self.source, n_real + self.n_test, self.noise, rng) for rng in rngs])
             train, test = draws[:, :n_real], draws[:, n_real:]
-        # the draws fixed for the chain's lifetime, each from the chain's own data generator
-        n_draws = self.n_test * self.n_eval_noise
-        t = np.stack([rng.integers(0, self.n_steps, n_draws) for rng in rngs])
-        noise = np.stack([rng.standard_normal((n_draws, self.dim), dtype=np.float32) for rng in rngs])
-        seeds = np.stack([rng.integers(MAX_SEED, size=2) for rng in rngs])
+        t, noise, init_seeds, quality_seeds = ddpm.fixed_draws(rngs, self.n_test * self.n_eval_noise, self.n_steps,
+                                                               (self.dim,))
         rows = self._flat(test)
         test_set = DiffusionTestSet(
             x=as_tensor(self._to_model(rows)), rows=rows, t=torch.from_numpy(t), noise=as_tensor(noise),
-            quality_seeds=seeds[:, 1],
+            quality_seeds=quality_seeds,
         )
-        context = DiffusionContext(init_seeds=seeds[:, 0], quality_seeds=seeds[:, 1], reference=rows[0])
+        context = DiffusionContext(init_seeds=init_seeds, quality_seeds=quality_seeds, reference=rows[0])
         return RealData(train={self.column: train}, test=test_set, context=context)
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
-        if self.data == DIGITS:  # fresh real images: the training split, with replacement
+        if self.source == DIGITS:  # fresh real images: the training split, with replacement
             images = image_split(DIGITS)[0]
-            return {self.column: np.stack([images[rng.integers(0, len(images), n)] for rng in rngs])}
-        return {self.column: np.stack([point_set(self.data, n, self.noise, rng) for rng in rngs])}
+            return {self.column: images[resampled_rows(len(images), n, rngs)]}
+        return {self.column: np.stack([point_set(self.source, n, self.noise, rng) for rng in rngs])}
 
     def _flat(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(rows, dtype=np.float32).reshape(rows.shape[0], rows.shape[1], self.dim)
 
     def _to_model(self, flat: np.ndarray) -> np.ndarray:
-        return flat * 2 - 1 if self.data == DIGITS else flat
+        return flat * 2 - 1 if self.source == DIGITS else flat
 
     def _to_rows(self, x: torch.Tensor) -> np.ndarray:
         """Model-space samples (chains, n, d) as rows in data space."""
         out = x.numpy().astype(np.float32)
-        if self.data == DIGITS:
+        if self.source == DIGITS:
             out = np.clip((out + 1) / 2, 0, 1).reshape(*out.shape[:2], 8, 8)
         return out
 
     # -- the network --------------------------------------------------------------
     def _network(self, generators: Sequence[torch.Generator]) -> BatchedMLP:
-        n_fourier = 0 if self.data == DIGITS else len(FOURIER_FREQUENCIES)
-        n_in = self.dim * (1 + 2 * n_fourier) + TIME_FEATURES
+        from ..neural.batched import BatchedMLP
+
+        n_fourier = 0 if self.source == DIGITS else len(FOURIER_FREQUENCIES)
+        n_in = self.dim * (1 + 2 * n_fourier) + ddpm.TIME_FEATURES
         return BatchedMLP([n_in, *[self.hidden] * N_LAYERS_HIDDEN, self.dim], generators)
 
     def _predict(self, net: BatchedMLP, xt: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """eps(x_t, t) for x_t (chains, n, d), given emb(t) as (chains, n, F) or (F,)."""
+        import torch
+
         parts = [xt]
-        if self.data != DIGITS:
-            angles = (xt[..., None] * _FREQUENCIES).flatten(-2)
+        if self.source != DIGITS:
+            angles = (xt[..., None] * _frequencies()).flatten(-2)
             parts += [angles.sin(), angles.cos()]
-        return net(torch.cat([*parts, emb.expand(*xt.shape[:2], TIME_FEATURES)], dim=2))
+        return net(torch.cat([*parts, emb.expand(*xt.shape[:2], ddpm.TIME_FEATURES)], dim=2))
 
     # -- fitting ----------------------------------------------------------------
     def fit(self, train: Rows, context: DiffusionContext) -> DiffusionFit:
+        from ..neural.batched import as_tensor, seeded_generators
+        from ..neural.batched import train as train_networks
+
         data = as_tensor(self._to_model(self._flat(train[self.column])))
         # the chain's fixed seed: trained from scratch, from the same weights every iteration
-        generators = [torch.Generator().manual_seed(int(s)) for s in context.init_seeds]
+        generators = seeded_generators(context.init_seeds)
         net = self._network(generators)
-        s = _schedule(self.n_steps, self.beta_start, self.beta_end)
+        s = ddpm.schedule(self.n_steps, self.beta_start, self.beta_end)
 
         def loss(batch: torch.Tensor) -> torch.Tensor:
             x0 = batch.repeat(1, self.n_train_noise, 1)
-            n = x0.shape[1]
-            t = per_chain(lambda g: torch.randint(0, self.n_steps, (n,), generator=g), generators)
-            eps = per_chain(lambda g: torch.randn(n, self.dim, generator=g), generators)
-            return ((self._predict(net, _noised(s, x0, t, eps), s.embedding[t]) - eps) ** 2).mean(dim=(1, 2))
+            t, eps = ddpm.training_draws(generators, self.n_steps, x0.shape[1], (self.dim,))
+            return ((self._predict(net, ddpm.noised(s, x0, t, eps), s.embedding[t]) - eps) ** 2).mean(dim=(1, 2))
 
         rows_per_s = train_networks(
             list(net.parameters()), data, loss, generators, self.epochs, self.batch_size, self.learning_rate
@@ -256,35 +252,36 @@ class DiffusionTask:
         return DiffusionFit(net, rows_per_s)
 
     # -- sampling ---------------------------------------------------------------
-    @torch.no_grad()
     def _ancestral(self, net: BatchedMLP, n: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """DDPM ancestral sampling for every chain at once: (chains, n, d) in model space."""
-        s = _schedule(self.n_steps, self.beta_start, self.beta_end)
-        x = per_chain(lambda g: torch.randn(n, self.dim, generator=g), generators)
-        for t in range(self.n_steps - 1, -1, -1):
-            eps = self._predict(net, x, s.embedding[t])
-            x0 = (x - s.sqrt_one_minus_alpha_bar[t] * eps) / s.sqrt_alpha_bar[t]
-            if self.data == DIGITS:  # the data lie in [-1, 1]
-                x0 = x0.clamp(-1, 1)
-            x = s.post_x0[t] * x0 + s.post_xt[t] * x
-            if t > 0:
-                x += s.sigma[t] * per_chain(lambda g: torch.randn(n, self.dim, generator=g), generators)
-        return x
+        """DDPM ancestral sampling for every chain at once: (chains, n, d) in model space;
+        digits' predicted x_0 are clipped to [-1, 1], where the data lie."""
+        from ..neural.batched import standard_normal
+
+        return ddpm.ancestral(ddpm.schedule(self.n_steps, self.beta_start, self.beta_end),
+                              lambda x, emb: self._predict(net, x, emb),
+                              lambda: standard_normal(generators, n, self.dim), clip=self.source == DIGITS)
 
     def sample(self, model: DiffusionFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
+        from ..neural.batched import torch_generators
+
         return {self.column: self._to_rows(self._ancestral(model.net, n, torch_generators(rngs)))}
 
     def _fixed_samples(self, net: BatchedMLP, n: int, seeds: np.ndarray) -> np.ndarray:
         """n samples per chain from its fixed quality seed: the same noise every iteration."""
-        return self._to_rows(self._ancestral(net, n, [torch.Generator().manual_seed(int(s)) for s in seeds]))
+        from ..neural.batched import seeded_generators
+
+        return self._to_rows(self._ancestral(net, n, seeded_generators(seeds)))
 
     # -- evaluation -------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, model: DiffusionFit, test: DiffusionTestSet) -> Metrics:
-        s = _schedule(self.n_steps, self.beta_start, self.beta_end)
+        import torch
+
+        s = ddpm.schedule(self.n_steps, self.beta_start, self.beta_end)
         # n_test x n_eval_noise rows through the network, row i's draws next to each other
         x0 = test.x.repeat_interleave(self.n_eval_noise, dim=1)
-        error = (self._predict(model.net, _noised(s, x0, test.t, test.noise), s.embedding[test.t]) - test.noise) ** 2
+        with torch.no_grad():
+            predicted = self._predict(model.net, ddpm.noised(s, x0, test.t, test.noise), s.embedding[test.t])
+        error = (predicted - test.noise) ** 2
         samples = self._fixed_samples(model.net, self.n_quality, test.quality_seeds)
         mmd = self.mmd(samples, test.rows)
         metrics = {
@@ -292,75 +289,29 @@ class DiffusionTask:
             "mmd": mmd,
             "train_rows_per_s": np.full(len(mmd), model.rows_per_s),
         }
-        if self.data == DIGITS:
+        if self.source == DIGITS:
             metrics.update(quality.digit_scores(samples))
         return metrics
 
     def mmd(self, samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Squared MMD per chain between rows (chains, n, ...) and reference (chains, m, d),
-        with the mean of Gaussian kernels of widths MMD_WIDTHS x the median distance.
-        O(n x m) kernel values per width and chain."""
-        h = _median_distance(self.data, self.noise)
-        return np.mean([quality.mmd_rbf(self._flat(samples), reference, h * w) for w in MMD_WIDTHS], axis=0)
+        with the mean of Gaussian kernels of widths MMD_WIDTHS x the data set's median
+        distance (quality.reference_bandwidth)."""
+        h = quality.reference_bandwidth(self.source, self.noise)
+        return quality.mmd(self._flat(samples), reference, [h * w for w in MMD_WIDTHS])
 
     def iteration_artifacts(self, model: DiffusionFit, context: DiffusionContext) -> dict[str, bytes]:
         """samples.png: n_grid samples of the batch's first chain (from its fixed quality noise)."""
-        first = self._network([torch.Generator()])  # a one-chain network, given chain 0's weights
-        with torch.no_grad():
-            for mine, theirs in zip(first.parameters(), model.net.parameters(), strict=True):
-                mine.copy_(theirs[:1])
-        samples = self._fixed_samples(first, self.n_grid, context.quality_seeds[:1])[0]
-        if self.data == DIGITS:
+        from ..neural.batched import first_chain
+
+        samples = self._fixed_samples(first_chain(model.net, self._network), self.n_grid, context.quality_seeds[:1])[0]
+        if self.source == DIGITS:
             return {"samples.png": render.image_grid_png(samples)}
-        return {"samples.png": render.scatter_png(samples, context.reference, title=f"diffusion on {self.data}")}
+        return {"samples.png": render.scatter_png(samples, context.reference, title=f"diffusion on {self.source}")}
 
 
-_FREQUENCIES = torch.from_numpy(FOURIER_FREQUENCIES.astype(np.float32))
+@lru_cache(maxsize=1)
+def _frequencies() -> torch.Tensor:
+    import torch
 
-
-@dataclass(frozen=True)
-class _Schedule:
-    """DDPM's per-step constants as float32 tensors indexed by t = 0 .. T-1."""
-
-    sqrt_alpha_bar: torch.Tensor
-    sqrt_one_minus_alpha_bar: torch.Tensor
-    post_x0: torch.Tensor  # posterior mean of x_{t-1} = post_x0 * x_0 + post_xt * x_t
-    post_xt: torch.Tensor
-    sigma: torch.Tensor  # sampling noise sqrt(beta_t)
-    embedding: torch.Tensor  # (T, TIME_FEATURES)
-
-
-@lru_cache(maxsize=8)
-def _schedule(n_steps: int, beta_start: float, beta_end: float) -> _Schedule:
-    beta = np.linspace(beta_start, beta_end, n_steps)  # float64 until the end
-    alpha = 1 - beta
-    alpha_bar = np.cumprod(alpha)
-    alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
-    half = TIME_FEATURES // 2
-    angles = np.arange(n_steps)[:, None] * np.exp(-math.log(10_000) * np.arange(half) / half)[None, :]
-
-    def f32(a):
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-    return _Schedule(
-        sqrt_alpha_bar=f32(np.sqrt(alpha_bar)),
-        sqrt_one_minus_alpha_bar=f32(np.sqrt(1 - alpha_bar)),
-        post_x0=f32(beta * np.sqrt(alpha_bar_prev) / (1 - alpha_bar)),
-        post_xt=f32((1 - alpha_bar_prev) * np.sqrt(alpha) / (1 - alpha_bar)),
-        sigma=f32(np.sqrt(beta)),
-        embedding=f32(np.concatenate([np.sin(angles), np.cos(angles)], axis=1)),
-    )
-
-
-def _noised(s: _Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(a_bar_t) x_0 + sqrt(1 - a_bar_t) eps."""
-    return s.sqrt_alpha_bar[t][..., None] * x0 + s.sqrt_one_minus_alpha_bar[t][..., None] * eps
-
-
-@lru_cache(maxsize=8)
-def _median_distance(data: str, noise: float) -> float:
-    """h of the MMD kernels: the median distance of a fixed real sample (one per data set)."""
-    if data == DIGITS:
-        train = image_split(DIGITS)[0][:BANDWIDTH_POINTS]
-        return quality.median_bandwidth(train.reshape(len(train), -1))
-    return quality.median_bandwidth(point_set(data, BANDWIDTH_POINTS, noise, np.random.default_rng(BANDWIDTH_SEED)))
+    return torch.from_numpy(FOURIER_FREQUENCIES.astype(np.float32))

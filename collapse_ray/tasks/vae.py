@@ -53,14 +53,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from ..neural import quality
-from ..neural.data import DIGITS, image_split
+from ..neural.data import DIGITS, MAX_SEED, check_split_size, distinct_rows, image_split, resampled_rows
 from ..neural.render import image_grid_png
 from ..validation import check_finite_positive, check_min, fail, require
 from .protocol import Metrics, RealData, Rows
@@ -71,14 +70,13 @@ if TYPE_CHECKING:  # torch is imported where it is used: importing the task regi
     from ..neural.batched import BatchedMLP
 
 NOISE_CHUNK = 64  # minibatches of reparameterisation noise drawn per chain at once (one small loop per chunk)
-MMD_BLOCK_ELEMENTS = 1 << 22  # kernel values per block of chains in the MMD (float64, a few temporaries)
 
 
 @dataclass(frozen=True, eq=False)
 class VAEContext:
     """Fixed per-chain facts, drawn once in `real_data` from each chain's data generator."""
 
-    seeds: np.ndarray  # (chains,) int64: seeds the torch generator of each chain's fits
+    init_seeds: np.ndarray  # (chains,) int64: the torch seed of each chain's fits (weights, order, noise)
     grid_z: np.ndarray  # (chains, n_grid, latent): latents of the samples.png grid
 
 
@@ -151,14 +149,11 @@ class VAETask:
             fail(f"{where}.source", f"{allowed} ({err})", self.source)
         require(len(train_images) >= 1 and len(test_images) >= 1, f"{where}.source",
                 f"{allowed} with at least 3 images (a fifth are held out)", self.source)
-        require(self.n_test <= len(test_images), f"{where}.n_test",
-                f"an integer <= {len(test_images)} (the test split of {self.source!r})", self.n_test)
+        check_split_size(self.n_test, self.source, "test", f"{where}.n_test")
 
     def check_chain(self, chain, where: str) -> None:
         """Real training images are drawn without replacement from the training split."""
-        n_train = len(self._split()[0])
-        require(chain.n_real <= n_train, f"{where}.n_real",
-                f"an integer <= {n_train} (the training split of {self.source!r})", chain.n_real)
+        check_split_size(chain.n_real, self.source, "train", f"{where}.n_real")
 
     def _split(self):
         return image_split(self.source)
@@ -176,32 +171,31 @@ class VAETask:
         import torch
 
         train_images, test_images = self._split()[:2]
-        if n_real > len(train_images):
-            raise ValueError(f"n_real = {n_real} exceeds the {len(train_images)} images of {self.source!r}'s "
-                             "training split (real images are drawn without replacement)")
+        train = train_images[distinct_rows(len(train_images), n_real, rngs,
+                                           f"images of {self.source!r}'s training split")]
         chains = len(rngs)
-        seeds = np.empty(chains, dtype=np.int64)
-        train = np.empty((chains, n_real, *train_images.shape[1:]), dtype=np.float32)
+        init_seeds = np.empty(chains, dtype=np.int64)
         eps = np.empty((chains, self.n_test, self.latent_dim), dtype=np.float32)
         prior_z = np.empty((chains, self.n_eval_samples, self.latent_dim), dtype=np.float32)
         grid_z = np.empty((chains, self.n_grid, self.latent_dim), dtype=np.float32)
         for c, rng in enumerate(rngs):  # each chain from its own generator, in a fixed order
-            train[c] = train_images[rng.choice(len(train_images), n_real, replace=False)]
-            seeds[c] = rng.integers(2**63 - 1)
+            # the drawn seed passes through a numpy generator once more: the seeding the VAE's
+            # numbers were measured with
+            init_seeds[c] = np.random.default_rng(int(rng.integers(MAX_SEED))).integers(MAX_SEED)
             for out in (eps, prior_z, grid_z):
                 out[c] = rng.standard_normal(out.shape[1:], dtype=np.float32)
         test = VAETestSet(
             images=torch.from_numpy(np.array(test_images[: self.n_test].reshape(self.n_test, -1), dtype=np.float32)),
             eps=torch.from_numpy(eps),
             prior_z=torch.from_numpy(prior_z),
-            bandwidth=_bandwidth(self.source),
+            bandwidth=quality.reference_bandwidth(self.source),
         )
-        return RealData(train={"image": train}, test=test, context=VAEContext(seeds, grid_z))
+        return RealData(train={"image": train}, test=test, context=VAEContext(init_seeds, grid_z))
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
         """n training-split images per chain, with replacement."""
         train_images = self._split()[0]
-        return {"image": np.stack([train_images[rng.integers(0, len(train_images), n)] for rng in rngs])}
+        return {"image": train_images[resampled_rows(len(train_images), n, rngs)]}
 
     # -- fitting ----------------------------------------------------------------
     def fit(self, train: Rows, context: VAEContext | None = None) -> VAEFit:
@@ -211,7 +205,7 @@ class VAETask:
         starts from seed 0."""
         import torch
 
-        from ..neural.batched import BatchedMLP, as_tensor, torch_generators
+        from ..neural.batched import BatchedMLP, as_tensor, seeded_generators, torch_generators
         from ..neural.batched import train as train_networks
 
         images = train["image"]
@@ -219,8 +213,10 @@ class VAETask:
         image_shape = tuple(images.shape[2:])
         pixels = int(np.prod(image_shape))
         data = as_tensor(images.reshape(chains, n, pixels))
-        seeds = context.seeds if context is not None else np.zeros(chains, dtype=np.int64)
-        generators = torch_generators([np.random.default_rng(int(s)) for s in seeds])
+        if context is not None:
+            generators = seeded_generators(context.init_seeds)
+        else:
+            generators = torch_generators([np.random.default_rng(0) for _ in range(chains)])
         h, k = self.hidden, self.latent_dim
         encoder = BatchedMLP([pixels, h, h, 2 * k], generators)
         decoder = BatchedMLP([k, h, h, pixels], generators)
@@ -264,27 +260,16 @@ class VAETask:
             recon = torch.sigmoid(model.decoder(mu))
             recon_error = ((recon - x) ** 2).mean(dim=(1, 2))
         samples = model.images(test.prior_z)  # (chains, n_eval_samples, H, W)
-        flat, reference = samples.reshape(chains, samples.shape[1], -1), test.images.numpy()
-        # O(n_eval_samples^2) kernel values per chain: blocks of chains keep them to ~100 MB
-        step = max(1, MMD_BLOCK_ELEMENTS // (samples.shape[1] * (samples.shape[1] + len(reference))))
-        mmd = np.concatenate([quality.mmd_rbf(flat[lo : lo + step], reference, test.bandwidth)
-                              for lo in range(0, chains, step)])
         metrics = {
             "test_loss": loss.mean(dim=1).double().numpy(),
             "recon_error": recon_error.double().numpy(),
             "kl": kl.mean(dim=1).double().numpy(),
-            "mmd": mmd,
+            "mmd": quality.mmd(samples, test.images.numpy(), [test.bandwidth]),
             "train_images_per_s": np.full(chains, model.images_per_s),
         }
         if self.source == DIGITS:
             metrics.update({k: v.astype(np.float64) for k, v in quality.digit_scores(samples).items()})
         return metrics
-
-
-@lru_cache(maxsize=8)
-def _bandwidth(source: str) -> float:
-    """The MMD kernel width of a source: fixed, so mmd compares across iterations and seeds."""
-    return quality.median_bandwidth(image_split(source)[0])
 
 
 def _negative_elbo(logits, x, mu, logvar) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,11 +296,11 @@ class _NoiseStream:
         self.used = 0
 
     def take(self, n: int) -> torch.Tensor:
-        import torch
+        from ..neural.batched import standard_normal
 
         if self.used + n > self.buffer.shape[1]:
             size = max(n, NOISE_CHUNK * n)
-            self.buffer = torch.stack([torch.randn(size, self.dim, generator=g) for g in self.generators])
+            self.buffer = standard_normal(self.generators, size, self.dim)
             self.used = 0
         out = self.buffer[:, self.used : self.used + n]
         self.used += n
