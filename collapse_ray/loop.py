@@ -197,6 +197,8 @@ def run_chain(
         if sink is not None and t > logged and hasattr(task, "iteration_artifacts") and hasattr(sink, "log_artifacts"):
             # pictures of this iteration's model (a recomputed iteration redraws the same ones)
             sink.log_artifacts(t, task.iteration_artifacts(model, live.context))
+        if sink is not None and t > logged and hasattr(task, "iteration_series") and hasattr(sink, "log_series"):
+            sink.log_series(t, task.iteration_series(model))  # a curve within the iteration's fit
         if t < chain.n_iterations and not done:  # the last fit's samples would train nothing
             new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, live, by_statistics,
                                          None if active is None or len(active) == len(seeds) else active, phases)

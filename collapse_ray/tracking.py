@@ -372,6 +372,20 @@ class MlflowChainSink:
             self.client.set_tag(self.run_id, LOGGED_TAG, str(records[-1][0]))
 
 
+    def log_series(self, iteration: int, series: dict[str, Sequence[tuple[int, float]]]) -> None:
+        """Curves within one iteration: metric <name>/iteration_TTT with their own steps;
+        a key already stored (an iteration recomputed after a crash) is not logged again."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for name, points in series.items():
+            key = f"{name}/{iteration_folder(iteration)}"
+            if points and not self.client.get_metric_history(self.run_id, key):
+                metrics.extend(Metric(key, float(value), now, int(step)) for step, value in points)
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+
     def log_artifacts(self, iteration: int, files: dict[str, bytes]) -> None:
         """Files of one iteration under samples/iteration_TTT/ (rewriting is harmless)."""
         if not files:

@@ -61,8 +61,8 @@ class PretrainingTask(LanguageModelSettings):
         tokenizer_dir = prepare_tokenizer(self, texts)
         tokenizer = load_tokenizer(tokenizer_dir)
         firsts = first_token_counts(tokenizer, texts) if self.generation == "first_token" else ((), ())
-        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), *firsts)
         test_examples = encode(tokenizer, test, self.max_length, drop_long=False)
+        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), *firsts, held_out=tuple(test_examples))
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 
     def fit(self, train: Rows, context: Any = None):

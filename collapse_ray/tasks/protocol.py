@@ -39,6 +39,10 @@ Optional hooks a task may define (looked up with getattr, so most tasks ignore t
                                  from the batch with it (discrete: collapse to one outcome)
   records_iteration(t) -> bool   keep iteration t's metrics (a subset for long chains;
                                  stopping iterations and the last are always kept)
+  iteration_series(model) -> {name: [(step, value), ...]}
+                                 a curve inside iteration t's fit (language models: the
+                                 held-out loss against optimiser step); sweeps log it to
+                                 the chain's MLflow run as metric name/iteration_TTT
 """
 
 from __future__ import annotations

@@ -140,13 +140,13 @@ class SFTTask(LanguageModelSettings):
         tokenizer = load_tokenizer(tokenizer_dir)
         train = self._fitting(tokenizer, "train", n_train, loaded)
         test = self._fitting(tokenizer, "validation", None if self.n_test == "all" else self.n_test)
-        context = TextContext(tokenizer_dir, chain_seed(rngs[0]))
+        test_examples = encode(tokenizer, test, self.max_length, drop_long=True)
+        context = TextContext(tokenizer_dir, chain_seed(rngs[0]), held_out=tuple(test_examples))
         texts = train[:n_real]
         if self.value_synthetic:
             # in a sweep the driver built the pool (prepare_sweep); alone, the chain builds it
             texts = texts + self._value_pool(self.workdir.parent.parent / SHARED_FOLDER, self.value_synthetic)
-        return RealData(train=as_rows(texts), test=encode(tokenizer, test, self.max_length, drop_long=True),
-                        context=context)
+        return RealData(train=as_rows(texts), test=test_examples, context=context)
 
     def prepare_sweep(self, shared_dir: Path) -> None:
         """Called by the sweep's driver for every cell before any starts: builds this

@@ -2,7 +2,9 @@
 
 - `fit_ray_train`: Ray Train's TorchTrainer runs `training.train_worker` on
   `num_workers` workers (gloo on CPU, NCCL on GPU); the training set travels as a Ray
-  Dataset and each worker streams its equal shard.
+  Dataset and each worker streams its equal shard. The held-out examples travel with
+  the loop's config: each worker evaluates every world_size-th one and the sums are
+  all-reduced (training.held_out_loss), so `test_loss` comes back with the figures.
 - `sample_ray_data`: Ray Data batch inference, one task per chunk of samples, each
   generating with the KV cache on an actor that loaded the fitted model once.
 - `fit_local` / `sample_local`: the same code in this process (debugging, benchmarks).
@@ -37,17 +39,21 @@ class Placement:
 
 
 # -- fitting ---------------------------------------------------------------------------
-def fit(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement) -> dict[str, float]:
+def fit(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement,
+        held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+    """Fit; with `held_out` the figures hold its test_loss and eval_curve, computed
+    where the fit ran."""
     start = time.perf_counter()
     if placement.backend == "local":
-        figures = fit_local(settings, examples)
+        figures = fit_local(settings, examples, held_out)
     else:
-        figures = fit_ray_train(settings, examples, placement)
+        figures = fit_ray_train(settings, examples, placement, held_out)
     figures["fit_seconds"] = time.perf_counter() - start
     return figures
 
 
-def fit_local(settings: FitSettings, examples: Sequence[np.ndarray]) -> dict[str, float]:
+def fit_local(settings: FitSettings, examples: Sequence[np.ndarray],
+              held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     """One process. DeepSpeed still wants a process group: a single-member one, kept
     for the life of the process (DeepSpeed caches groups derived from it)."""
     import torch
@@ -62,7 +68,8 @@ def fit_local(settings: FitSettings, examples: Sequence[np.ndarray]) -> dict[str
         for i in range(0, len(order) - settings.micro_batch_size + 1, settings.micro_batch_size):
             yield [examples[j] for j in order[i : i + settings.micro_batch_size]]
 
-    return train_worker(settings, len(examples), epoch_batches, rank=0, world_size=1, device=device)
+    return train_worker(settings, len(examples), epoch_batches, rank=0, world_size=1, device=device,
+                        held_out=held_out)
 
 
 def _init_single_process_group(device: str) -> None:
@@ -96,11 +103,15 @@ def _ray_train_loop(config: dict) -> None:
             yield list(batch["input_ids"])  # list columns arrive as an object array of arrays
 
     device = str(ray.train.torch.get_device())
-    figures = train_worker(settings, config["n_examples"], epoch_batches, ctx.get_world_rank(), ctx.get_world_size(), device)
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    held_out = config["held_out"]
+    mine = None if held_out is None else held_out[rank::world_size]
+    figures = train_worker(settings, config["n_examples"], epoch_batches, rank, world_size, device, held_out=mine)
     ray.train.report(figures)  # for Ray Train's own logs
 
 
-def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement) -> dict[str, float]:
+def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement,
+                  held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     import pyarrow as pa
     import ray.data
     from ray.train import RunConfig, ScalingConfig
@@ -114,7 +125,8 @@ def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placeme
     out = Path(settings.output_dir)
     trainer = TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"settings": settings, "n_examples": len(examples)},
+        train_loop_config={"settings": settings, "n_examples": len(examples),
+                           "held_out": None if held_out is None else list(held_out)},
         scaling_config=ScalingConfig(
             num_workers=placement.num_workers,
             use_gpu=placement.use_gpu,

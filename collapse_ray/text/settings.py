@@ -63,6 +63,10 @@ class LanguageModelSettings:
     micro_batch_size: int = 16
     grad_accum_steps: int = 1
     engine: Literal["deepspeed", "torch"] = "deepspeed"
+    eval_steps: int = 0
+    """Held-out loss every eval_steps optimiser steps within each fit ((A): 5), computed
+    on the fit's workers and logged as the chain run's metric fit_test_loss/iteration_TTT
+    (step: optimiser step); 0: only at the end of the fit (test_loss)."""
     zero_stage: int = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs that support it, else fp32."""
@@ -95,6 +99,7 @@ class LanguageModelSettings:
         check_min(self.max_length, 8, f"{where}.max_length")
         check_min(self.vocab_size, 300, f"{where}.vocab_size")  # 256 bytes + merges + EOS
         check_min(self.corpus_seed, 0, f"{where}.corpus_seed")
+        check_min(self.eval_steps, 0, f"{where}.eval_steps")
         require(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "one of {0, 1, 2, 3}", self.zero_stage)
         for name in ("learning_rate", "temperature", "cpus_per_worker"):
             check_finite_positive(getattr(self, name), f"{where}.{name}")
@@ -199,6 +204,14 @@ class LanguageModelSettings:
                 return "bf16"
         return "fp32"
 
+    def iteration_series(self, model: FittedLM) -> dict[str, list[tuple[int, float]]]:
+        """The protocol's hook: the within-fit held-out loss as (optimiser step, loss)
+        pairs, every eval_steps steps and at the end (none when eval_steps is 0)."""
+        curve = model.figures.get("eval_curve") or []
+        if not self.eval_steps or not curve:
+            return {}
+        return {"fit_test_loss": [(int(step), float(loss)) for step, loss in curve]}
+
     def config_digest(self) -> str:
         """Identifies the fitting configuration (files keyed by it are safe to reuse)."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -219,6 +232,9 @@ class TextContext:
     seed: int
     first_tokens: tuple[int, ...] = ()  # generation first_token: the real first tokens ...
     first_token_counts: tuple[int, ...] = ()  # ... and their counts
+    held_out: tuple[np.ndarray, ...] | None = None
+    """The held-out examples (the task's test set): each fit evaluates them on its
+    workers, so evaluation never loads the model in the trial."""
 
 
 @dataclass(frozen=True)
@@ -289,9 +305,9 @@ def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> F
         warmup_ratio=settings.resolved_warmup_ratio(), warmup_steps=settings.warmup_steps,
         betas=(settings.adam_beta1, settings.adam_beta2), schedule=settings.schedule, weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
-        precision=settings.resolved_precision(),
+        precision=settings.resolved_precision(), eval_steps=settings.eval_steps,
     )
-    figures = backends.fit(fit_settings, examples, settings.placement())
+    figures = backends.fit(fit_settings, examples, settings.placement(), context.held_out)
     figures["train_examples"] = float(len(examples))
     figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
     return FittedLM(str(out), context.tokenizer_dir, figures)
@@ -308,13 +324,20 @@ def _initial_model(settings, tokenizer, context: TextContext, out: Path) -> str:
 
 
 def evaluate_texts(model: FittedLM, test_examples: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """test_loss (mean token cross-entropy on held-out real text, nats) and perplexity."""
-    loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
-    loss = token_loss(loaded, test_examples, tokenizer.pad_token_id, device=device)
+    """test_loss (mean token cross-entropy on held-out real text, nats) and perplexity.
+
+    The fit's workers computed it (FittedLM.figures); only a model that was never fitted
+    (a value-grid cell's base model) is loaded here to be evaluated."""
+    loss = model.figures.get("test_loss")
+    if loss is None:
+        loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
+        loss = token_loss(loaded, test_examples, tokenizer.pad_token_id, device=device)
     metrics = {"test_loss": np.array([loss]), "perplexity": np.array([math.exp(min(loss, 700.0))])}
     for name in ("train_loss", "tokens_per_s", "fit_seconds"):
         metrics[name] = np.array([float(model.figures.get(name, float("nan")))])
     return metrics
+
+
 
 
 def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed: int,

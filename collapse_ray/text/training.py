@@ -6,6 +6,11 @@ gradient accumulation and clipping from the settings) or plain torch (DDP when t
 are several workers), and steps through the examples it is given. Every worker takes
 the same number of micro-batches, so collective calls never wait on a worker that ran
 out of data. Rank 0 saves the fitted model with `save_pretrained`.
+
+Held-out loss is computed here too, on the workers (on their GPU where there is one):
+each worker sums the token cross-entropy over its share of the held-out examples and
+one all-reduce adds the sums, at the end of the fit and every `eval_steps` optimiser
+steps (the within-fit curve). The trial gets the number back and never loads the model.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class FitSettings:
     zero_stage: int
     precision: str  # fp32 | bf16 | fp16
     threads_per_worker: int = 0  # 0: leave torch's default
+    eval_steps: int = 0  # held-out loss every eval_steps optimiser steps (0: only at the end)
 
 
 def collate(batch: Sequence[np.ndarray], pad_id: int):
@@ -95,11 +101,15 @@ def train_worker(
     rank: int,
     world_size: int,
     device: str = "cpu",
+    held_out: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Fit on this worker's share of the examples; returns training figures.
 
     epoch_batches(epoch) yields this worker's micro-batches (lists of token id arrays)
     for an epoch, in its shuffled order; it may yield more than the worker takes.
+    held_out: this worker's share of the held-out examples (None: no evaluation); the
+    figures then hold `test_loss` (all workers' shares) and `eval_curve`
+    ([optimiser step, loss] pairs, every eval_steps steps and at the end).
     """
     import torch
 
@@ -125,7 +135,17 @@ def train_worker(
     engine = _Engine(settings, model, optimizer, scheduler, world_size, device)
 
     tokens, losses, start, steady_start, steady_tokens = 0, [], time.perf_counter(), None, 0
-    step = 0
+    step, curve, eval_seconds = 0, [], 0.0
+
+    def evaluate_now() -> None:
+        nonlocal eval_seconds
+        began = time.perf_counter()
+        loss = held_out_loss(engine.eval_module(), held_out, tokenizer.pad_token_id, settings.micro_batch_size,
+                             device, world_size, engine.dtype)
+        curve.append([step // settings.grad_accum_steps, loss])
+        eval_seconds += time.perf_counter() - began
+
+    every = settings.eval_steps * settings.grad_accum_steps  # in micro-steps
     for epoch in range(settings.epochs):
         taken = 0
         for batch in epoch_batches(epoch):
@@ -142,10 +162,14 @@ def train_worker(
                 steady_start = time.perf_counter()
             elif step > 3:
                 steady_tokens += n_tok
+            if held_out is not None and every and step % every == 0:
+                evaluate_now()  # every worker reaches the same steps: the all-reduce never waits
         if taken < micro_steps:
             raise RuntimeError(f"worker {rank} got {taken} micro-batches in epoch {epoch}; expected {micro_steps}")
-    seconds = time.perf_counter() - start
-    steady = time.perf_counter() - steady_start if steady_start else float("nan")
+    if held_out is not None and (not curve or curve[-1][0] != step // settings.grad_accum_steps):
+        evaluate_now()
+    seconds = time.perf_counter() - start - eval_seconds
+    steady = time.perf_counter() - steady_start - eval_seconds if steady_start else float("nan")
     figures = {
         "train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else float("nan"),
         "train_tokens": float(tokens * world_size),
@@ -153,6 +177,8 @@ def train_worker(
         "tokens_per_s": steady_tokens * world_size / steady if steady_start and steady > 0 else float("nan"),
         "optimizer_steps": float(optimizer_steps),
     }
+    if held_out is not None:
+        figures.update(test_loss=curve[-1][1], eval_seconds=eval_seconds, eval_curve=curve)
     engine.save(settings.output_dir, rank, figures)
     return figures
 
@@ -214,6 +240,13 @@ class _Engine:
             self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
+    def eval_module(self):
+        """The model to evaluate: DeepSpeed's engine (ZeRO-3 gathers its shards in the
+        forward), or the bare module under DDP (a forward without gradients needs no sync)."""
+        if self.ds is not None:
+            return self.ds
+        return getattr(self.model, "module", self.model)
+
     def save(self, output_dir: str, rank: int, figures: dict) -> None:
         module = self.ds.module if self.ds is not None else getattr(self.model, "module", self.model)
         if self.ds is not None and self.settings.zero_stage == 3:
@@ -242,14 +275,39 @@ def _save(module, output_dir: str, figures: dict) -> None:
 
 
 def token_loss(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: int = 32, device: str = "cpu") -> float:
-    """Mean next-token cross-entropy (nats) over all target tokens of `examples`."""
+    """Mean next-token cross-entropy (nats) over all target tokens of `examples` (the
+    model is left in eval mode)."""
+    model.eval()
+    total, count = loss_sums(model, examples, pad_id, batch_size, device)
+    return total / max(count, 1)
+
+
+def held_out_loss(model, shard: Sequence[np.ndarray], pad_id: int, batch_size: int, device: str,
+                  world_size: int, dtype=None) -> float:
+    """token_loss over every worker's shard: the sums all-reduced (one call per worker,
+    an empty shard included)."""
+    import torch
+
+    total, count = loss_sums(model, shard, pad_id, batch_size, device, dtype)
+    if world_size > 1:
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
+    return total / max(count, 1)
+
+
+def loss_sums(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: int = 32, device: str = "cpu",
+              dtype=None) -> tuple[float, int]:
+    """(summed next-token cross-entropy, target tokens) over `examples`; the model's
+    train/eval mode is restored afterwards."""
     import torch
     import torch.nn.functional as F
 
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     order = np.argsort([len(x) for x in examples])  # similar lengths together: less padding
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(examples), batch_size):
             batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -257,4 +315,5 @@ def token_loss(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: i
             targets = batch["labels"][:, 1:]
             total += float(F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"))
             count += int((targets != IGNORE).sum())
-    return total / max(count, 1)
+    model.train(was_training)
+    return total, count
