@@ -346,3 +346,62 @@ def as_ray_dataset(root: str | Path):
         partitioning=Partitioning("hive", field_types={"iteration": int}),
         file_extensions=["parquet"],
     )
+
+
+def selected_rows(index: PoolIndex, selection: Selection, chain: int = 0) -> dict[tuple[int, str], np.ndarray]:
+    """Where one chain's selected rows lie on disk: (iteration, source) -> their sorted
+    `row` ids in that shard. `chain` is the chain's position in the pool (an int array
+    selection has a row set per chain). Pure index arithmetic: no row is read."""
+    positions = np.arange(len(index.iteration))[selection] if isinstance(selection, slice) else np.asarray(selection)
+    if positions.ndim == 2:
+        positions = positions[chain]
+    positions = np.sort(positions)
+    iterations = index.iteration[positions]
+    # a shard's `row` is the position within its iteration's block (write_shards)
+    firsts, starts = np.unique(index.iteration, return_index=True)
+    block_start = starts[np.searchsorted(firsts, iterations)]
+    rows = positions - block_start
+    out = {}
+    for it in np.unique(iterations):
+        for code, source in enumerate(SOURCES):
+            mask = (iterations == it) & (index.source[positions] == code)
+            if mask.any():
+                out[(int(it), source)] = rows[mask]
+    return out
+
+
+def selection_dataset(root: str | Path, index: PoolIndex, selection: Selection, chain_id: int,
+                      columns: Sequence[str], chain: int = 0):
+    """One chain's selected rows as a Ray Data read of only the shards they lie in, in
+    (iteration, source, row) order: the same rows as `take(selection)` of the pool that
+    wrote ROOT, without the caller holding them. Columns: `columns` plus chain, row,
+    iteration, source. The order is fixed (a fit on it is reproducible): this sets the
+    driver's Ray Data context to preserve order."""
+    import ray.data
+
+    root = Path(root)
+    wanted = selected_rows(index, selection, chain)
+    if not wanted:
+        raise ValueError("the selection names no rows")
+    paths = [str(root / f"iteration={it}" / f"source={source}" / SHARD_NAME) for it, source in sorted(wanted)]
+    keys = np.sort(np.concatenate([_row_keys(np.full(len(r), it), np.full(len(r), SOURCES.index(s)), r)
+                                   for (it, s), r in wanted.items()]))
+
+    def keep(batch: pa.Table) -> pa.Table:
+        # the shard each row came from, by its path (iteration=T/source=S/...)
+        found = [_MANIFEST_PATH.search(p) for p in batch["path"].to_pylist()]
+        iteration = np.asarray([int(m.group(1)) for m in found], dtype=np.int64)
+        codes = np.asarray([SOURCES.index(m.group(2)) for m in found], dtype=np.int64)
+        mine = batch["chain"].to_numpy() == chain_id
+        picked = mine & np.isin(_row_keys(iteration, codes, batch["row"].to_numpy()), keys)
+        return (batch.drop_columns(["path"]).append_column("iteration", pa.array(iteration))
+                .append_column("source", pa.array(np.asarray(SOURCES)[codes])).filter(pa.array(picked)))
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    dataset = ray.data.read_parquet(paths, columns=["chain", "row", *columns], include_paths=True, partitioning=None)
+    return dataset.map_batches(keep, batch_format="pyarrow")
+
+
+def _row_keys(iteration: np.ndarray, source_code: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """One int64 per (iteration, source, row): rows under 2**32 per shard."""
+    return (np.asarray(iteration, np.int64) << 33) | (np.asarray(source_code, np.int64) << 32) | np.asarray(row, np.int64)
