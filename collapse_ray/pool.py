@@ -384,8 +384,12 @@ def selection_dataset(root: str | Path, index: PoolIndex, selection: Selection, 
     if not wanted:
         raise ValueError("the selection names no rows")
     paths = [str(root / f"iteration={it}" / f"source={source}" / SHARD_NAME) for it, source in sorted(wanted)]
+    # shards taken whole need no row filter: the keys (8 bytes a row) are only for the rest
+    held = {(int(it), SOURCES[code]): int(n) for (it, code), n in zip(*_block_counts(index))}
+    partial = {block: r for block, r in wanted.items() if len(r) < held[block]}
     keys = np.sort(np.concatenate([_row_keys(np.full(len(r), it), np.full(len(r), SOURCES.index(s)), r)
-                                   for (it, s), r in wanted.items()]))
+                                   for (it, s), r in partial.items()] or [np.empty(0, np.int64)]))
+    partial_codes = np.asarray([(it << 1) | SOURCES.index(s) for it, s in partial], dtype=np.int64)
 
     def keep(batch: pa.Table) -> pa.Table:
         # the shard each row came from, by its path (iteration=T/source=S/...)
@@ -393,13 +397,21 @@ def selection_dataset(root: str | Path, index: PoolIndex, selection: Selection, 
         iteration = np.asarray([int(m.group(1)) for m in found], dtype=np.int64)
         codes = np.asarray([SOURCES.index(m.group(2)) for m in found], dtype=np.int64)
         mine = batch["chain"].to_numpy() == chain_id
-        picked = mine & np.isin(_row_keys(iteration, codes, batch["row"].to_numpy()), keys)
+        filtered = np.isin((iteration << 1) | codes, partial_codes)
+        picked = mine & (~filtered | np.isin(_row_keys(iteration, codes, batch["row"].to_numpy()), keys))
         return (batch.drop_columns(["path"]).append_column("iteration", pa.array(iteration))
                 .append_column("source", pa.array(np.asarray(SOURCES)[codes])).filter(pa.array(picked)))
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = ray.data.read_parquet(paths, columns=["chain", "row", *columns], include_paths=True, partitioning=None)
     return dataset.map_batches(keep, batch_format="pyarrow")
+
+
+def _block_counts(index: PoolIndex):
+    """((iteration, source code) pairs, rows of each) held in the index."""
+    blocks, counts = np.unique(np.stack([index.iteration, index.source.astype(np.int64)], axis=1), axis=0,
+                               return_counts=True)
+    return [tuple(b) for b in blocks.tolist()], counts.tolist()
 
 
 def _row_keys(iteration: np.ndarray, source_code: np.ndarray, row: np.ndarray) -> np.ndarray:
