@@ -62,3 +62,25 @@ def test_breakdown_books_every_core_second_once():
 def test_kernel_throughput_is_a_rate_per_dtype():
     rates = breakdown.kernel_throughput(n_test=50, n_points=60, repeats=2)
     assert set(rates) == {"float32", "float64"} and all(np.isfinite(r) and r > 0 for r in rates.values())
+
+
+@pytest.mark.ray
+def test_every_trial_reports_its_timings_through_tune(tmp_path, local_ray):
+    """The benchmarks' breakdown reads what trials already report to Tune (result.json)."""
+    from collapse_ray import cli
+
+    out = tmp_path / "results"
+    started = time.time()
+    assert cli.main(["run", str(Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml"), "--out",
+                     str(out), "--set", "chain.n_iterations=3", "--set", "seeds=2"]) == 0
+    ended = time.time()
+    trials = [breakdown._last_result(p) for p in out.glob("quickstart/*/tune/*/*/result.json")]
+    assert len(trials) == 6 and all(trials)
+    for t in trials:
+        loop_seconds = sum(t[f"seconds_{name}"] for name in PHASES)
+        assert 0 < loop_seconds <= t["seconds_chain"] + 1e-6
+        assert started <= t["trial_started"] < t["trial_ended"] <= ended
+        assert t["seconds_open_run"] > 0 and t["seconds_finish_run"] > 0
+    run = breakdown.EngineRun(ray_start=0.0, run=ended - started, results=0.0, run_started=started, run_ended=ended,
+                              rows=0, cores=2, trials=trials)
+    assert sum(s for _, s in breakdown.breakdown(run)) == pytest.approx(2 * run.total)
