@@ -114,18 +114,51 @@ def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placeme
                   held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     import pyarrow as pa
     import ray.data
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     table = pa.table({"input_ids": pa.array([np.asarray(x, dtype=np.int32) for x in examples], type=pa.list_(pa.int32()))})
     quiet_ray_data()
     # materialised here, before the workers hold the CPUs: Ray Data tasks that started
     # later would wait for a CPU forever (the workers hold them until the fit ends)
     dataset = ray.data.from_arrow(table).repartition(2 * placement.num_workers).materialize()
+    return _train_on_dataset(settings, dataset, len(examples), placement, held_out)
+
+
+def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_length: int, drop_long: bool,
+                        held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+    """A fit on a Ray Dataset of `text` rows (e.g. pool.selection_dataset): Ray Data
+    tasks tokenize them (BOS + ids + EOS, long rows cut or dropped) into the object
+    store and the workers stream their shards from there; the caller never holds the
+    texts or their tokens."""
+    from functools import partial
+
+    quiet_ray_data()
+    tokens = texts.map_batches(partial(_tokenize_batch, settings.tokenizer_dir, max_length, drop_long),
+                               batch_format="pyarrow")
+    # materialised before the workers hold the CPUs (see fit_ray_train); its count sizes
+    # every worker's equal number of micro-batches
+    dataset = tokens.repartition(2 * placement.num_workers).materialize()
+    return _train_on_dataset(settings, dataset, dataset.count(), placement, held_out)
+
+
+def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, batch):
+    import pyarrow as pa
+
+    from .models import load_tokenizer
+    from .settings import encode
+
+    examples = encode(load_tokenizer(tokenizer_dir), batch["text"].to_pylist(), max_length, drop_long)
+    return pa.table({"input_ids": pa.array(examples, type=pa.list_(pa.int32()))})
+
+
+def _train_on_dataset(settings: FitSettings, dataset, n_examples: int, placement: Placement,
+                      held_out: Sequence[np.ndarray] | None) -> dict[str, float]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     out = Path(settings.output_dir)
     trainer = TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"settings": settings, "n_examples": len(examples),
+        train_loop_config={"settings": settings, "n_examples": n_examples,
                            "held_out": None if held_out is None else list(held_out)},
         scaling_config=ScalingConfig(
             num_workers=placement.num_workers,
@@ -139,7 +172,7 @@ def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placeme
     trainer.fit()
     # rank 0 leaves its figures beside the model (a report without a checkpoint does
     # not reach Result.metrics in Ray Train V2)
-    return json.loads((out / FIGURES_FILE).read_text())
+    return {**json.loads((out / FIGURES_FILE).read_text()), "train_examples": float(n_examples)}
 
 
 def quiet_ray_data() -> None:
