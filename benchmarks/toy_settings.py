@@ -5,6 +5,7 @@ faithful per-chain reference loops in the style of (A)'s code, side by side.
     python benchmarks/toy_settings.py --setting kde                 # ~25 min on 2 cores
     python benchmarks/toy_settings.py --setting kde --skip-engine   # reference and slope only
     python benchmarks/toy_settings.py --setting kde --seeds 10      # a tenth of the grid's seeds
+    python benchmarks/toy_settings.py --setting kde --seeds 10 --skip-reference  # engine, breakdown, floor
 
 Prints, for the chosen setting:
   1. engine: `collapse-ray run sweeps/<spec>.yaml` (Ray Tune + MLflow) then
@@ -130,6 +131,7 @@ def main() -> int:
     parser.add_argument("--skip-engine", action="store_true", help="skip the full grid through Ray Tune + MLflow")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell (default: the spec's 100)")
     parser.add_argument("--processes", type=int, default=2, help="plain processes of the floor (default 2)")
+    parser.add_argument("--skip-reference", action="store_true", help="engine, breakdown and floor only")
     args = parser.parse_args()
     from collapse_ray.loop import run_chain
     from collapse_ray.spec import ChainConfig, load_spec
@@ -163,6 +165,8 @@ def main() -> int:
                 print(f"  {name:22s} {rate:.3g} evaluations/s per core = {rate / machine['float32']:.2f} of "
                       f"float32, {rate / machine['float64']:.2f} of float64")
         print(breakdown.load_average(), flush=True)
+    if args.skip_reference:
+        return 0
 
     iterations = 100
     print(f"\nper-chain cost on identical cells ({iterations} iterations; engine batches 100 seeds):")
