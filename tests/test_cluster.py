@@ -131,7 +131,7 @@ def test_submitted_sweep_logs_every_iteration_to_the_tracking_server(cluster, su
     sweep_dir = Path(parents[0].data.tags["collapse_ray.sweep_dir"])
     assert sweep_dir.is_relative_to(submitted.results)
     assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "finished"
-    assert len(list(sweep_dir.glob("chains/*/checkpoint.pkl"))) == 6
+    assert len(list(sweep_dir.glob("chains/*/checkpoint.json"))) == 6
     assert any((sweep_dir / "tune").iterdir())
 
 
