@@ -107,16 +107,22 @@ def file_sha256(path: Path) -> str:
 
 
 # -- loading ----------------------------------------------------------------------------
-def load(path: Path) -> tuple[Any, dict[str, Any]]:
-    """(the stored value, the whole JSON document); CheckpointFormatError if anything is off."""
+def read_json(path: Path, max_bytes: int) -> Any:
+    """The JSON in a regular file of at most max_bytes; CheckpointFormatError saying what
+    is off (a FIFO, /dev/zero or a huge file is refused before it is read)."""
     if not path.is_file():
         raise CheckpointFormatError("not a regular file")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointFormatError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
+    if path.stat().st_size > max_bytes:
+        raise CheckpointFormatError(f"larger than {max_bytes >> 20} MiB")
     try:
-        document = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointFormatError(f"not JSON ({err})") from None
+        raise CheckpointFormatError(f"not readable JSON ({err})") from None
+
+
+def load(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(the stored value, the whole JSON document); CheckpointFormatError if anything is off."""
+    document = read_json(path, MAX_JSON_BYTES)
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointFormatError(f"no {FORMAT!r} format marker")
     name = document.get("arrays")

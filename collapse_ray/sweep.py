@@ -206,15 +206,15 @@ def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
     """A sweep folder's sweep.json, or SpecError naming what is wrong with it."""
     if not sweep_dir.is_dir():
         raise SpecError(f"--resume: {sweep_dir} is not a folder (give the sweep folder that holds {SWEEP_FILE})")
+    from .state_file import CheckpointFormatError, read_json
+
     path = sweep_dir / SWEEP_FILE
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(f"--resume: {path} is missing: {sweep_dir} is not a sweep folder")
-    if path.stat().st_size > MAX_SWEEP_FILE_BYTES:
-        raise SpecError(f"--resume: {path} is larger than {MAX_SWEEP_FILE_BYTES >> 20} MiB, so not a sweep file")
     try:
-        saved = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SpecError(f"--resume: {path} is not readable JSON ({err})") from None
+        saved = read_json(path, MAX_SWEEP_FILE_BYTES)
+    except CheckpointFormatError as err:
+        raise SpecError(f"--resume: {path} is {err}, so not a sweep file") from None
     if not isinstance(saved, dict) or any(key not in saved for key in SWEEP_KEYS) or not all(
             isinstance(saved[key], str) for key in SWEEP_KEYS[1:]):
         raise SpecError(f"--resume: {path} is not a sweep file (it needs the keys {', '.join(SWEEP_KEYS)})")
