@@ -1,28 +1,37 @@
 """`collapse-ray`: validate and run sweep specs, and read their results back.
 
-    collapse-ray validate sweeps/quickstart.yaml
+    collapse-ray validate sweeps/quickstart.yaml [--print | --trials]
     collapse-ray run sweeps/quickstart.yaml [--set chain.n_iterations=5 ...] [--resume]
     collapse-ray results quickstart --out results/quickstart.csv
 
 Bad input (the spec, a --set override or the command line itself) exits with status 2
 and one line on stderr, `error: ...`, naming the field, before any Ray or MLflow work
 starts.
+
+Quiet by default: Ray's, Tune's and MLflow's own banners and progress bars are left out
+(the per-trial progress and the closing summary stay); -v / --verbose brings them back.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from . import __version__
 
 from .spec import SweepSpec, load_spec
 from .tracking import StorageFault, TrackingUnavailable, disk_fault_line, is_disk_fault, scrub
 from .validation import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 class Terminated(KeyboardInterrupt):
@@ -49,15 +58,27 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="collapse-ray", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"collapse-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def verbose_arg(p):
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also show Ray's, Tune's and MLflow's own messages and progress bars")
 
     def spec_args(p):
         p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a dotted key, e.g. --set chain.n_iterations=5 (repeatable)")
+                       help="override a dotted key, e.g. --set chain.n_iterations=5 (repeatable); a key the "
+                            "grid sweeps is refused: change its axis with --set grid.task.bandwidth=[0.1,0.2]")
+        verbose_arg(p)
 
     p = sub.add_parser("validate", help="validate a spec and print what it would run")
     spec_args(p)
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--print", dest="print_spec", action="store_true",
+                       help="print the resolved spec (defaults and --set filled in) as YAML")
+    shown.add_argument("--trials", action="store_true",
+                       help="print the trials, one line per grid point x block of seeds")
 
     p = sub.add_parser("run", help="run a spec with Ray Tune, logging to MLflow")
     spec_args(p)
@@ -71,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="write one long table (CSV or Parquet) of a sweep's results")
     p.add_argument("experiment", help="experiment (sweep) name, e.g. quickstart")
     p.add_argument("--out", required=True, help="output file, .csv or .parquet")
+    verbose_arg(p)
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under --results-dir)")
     p.add_argument("--results-dir", default="results", help="where `run --out` wrote (default: ./results)")
@@ -97,19 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         if args.command == "validate":
-            spec = load_spec(args.spec, args.overrides)
-            print(f"ok: {_describe(spec)}")
-            return 0
+            return _validate(args)
         if args.command == "run":
             if threading.current_thread() is threading.main_thread():
                 previous = signal.signal(signal.SIGTERM, _terminated)  # (a sweep sets its own meanwhile)
                 try:
-                    return _run(args)
+                    with _quiet(not args.verbose, local_ray=not (args.address or os.environ.get("RAY_ADDRESS"))):
+                        return _run(args)
                 finally:
                     signal.signal(signal.SIGTERM, previous)
-            return _run(args)
+            with _quiet(not args.verbose, local_ray=not (args.address or os.environ.get("RAY_ADDRESS"))):
+                return _run(args)
         if args.command == "results":
-            return _results(args)
+            with _quiet(not args.verbose, local_ray=False):
+                return _results(args)
     except SpecError as err:
         print(f"error: {scrub(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -132,6 +155,60 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 1  # pragma: no cover
+
+
+# Loggers whose INFO lines are banners, not news: MLflow creating or upgrading its tables.
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic")
+
+
+@contextmanager
+def _quiet(quiet: bool, local_ray: bool) -> Iterator[None]:
+    """Ray's, Tune's and MLflow's own chatter left out while a command runs (restored after,
+    as cli.main also runs in-process): Tune's legacy reporter, silent at verbose=0 (the new
+    one prints its configuration box and a TensorBoard hint at any verbosity); no MLflow
+    artifact progress bars; no table-creation INFO lines. For an embedded local Ray,
+    RAY_AUTH_MODE=token states Ray 2.60's default explicitly, which only drops its warning
+    that the default applies (token authentication stays on)."""
+    if not quiet:
+        yield
+        return
+    env = {"RAY_AIR_NEW_OUTPUT": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    if local_ray and "RAY_AUTH_MODE" not in os.environ:
+        env["RAY_AUTH_MODE"] = "token"
+    saved_env = {name: os.environ.get(name) for name in env}
+    saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    os.environ.update(env)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _validate(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    if args.print_spec:  # the spec as it would run, like Hydra's --cfg job
+        import yaml
+
+        resolved = spec.resolved_dict()
+        if not resolved["cases"]:  # (a spec gives cases as a non-empty list, or not at all)
+            del resolved["cases"]
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        return 0
+    if args.trials:
+        for job in spec.jobs():
+            print(job.key)
+        print(f"# {_describe(spec)}")
+        return 0
+    print(f"ok: {_describe(spec)}")
+    return 0
 
 
 def _check_out(out: str) -> None:
@@ -191,6 +268,8 @@ def _run(args) -> int:
 
 
 def _results(args) -> int:
+    if Path(args.out).suffix not in TABLE_SUFFIXES:  # before anything is read or downloaded
+        raise SpecError(f"--out must end in one of {{{', '.join(TABLE_SUFFIXES)}}}; got {args.out!r}")
     from .tracking import (
         check_reachable,
         credentials_in_environment,

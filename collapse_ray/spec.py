@@ -301,6 +301,18 @@ def parse_override(text: str) -> tuple[str, Any]:
                         f"{_yaml_problem(err, value)}") from None
 
 
+def _refuse_swept_overrides(set_keys: Sequence[str], grid, cases) -> None:
+    """A --set of a key the grid (or a case) sweeps would be overwritten by every cell:
+    refused, naming the override that changes the axis instead."""
+    for key in set_keys:
+        if key in {k for k, _ in grid}:
+            raise SpecError(f"--set {key_name(key)}: the grid sweeps this key, so every cell would overwrite "
+                            f"it; change the axis instead: --set grid.{key}=[...]")
+        if any(key in {k for k, _ in case} for case in cases):
+            raise SpecError(f"--set {key_name(key)}: the spec's cases sweep this key, so every cell would "
+                            "overwrite it; edit the cases in the spec instead")
+
+
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
     if parts[0] not in TOP_LEVEL_KEYS or not all(parts):
@@ -450,9 +462,11 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
     if not isinstance(raw, Mapping):
         fail("spec", "a mapping with keys " + ", ".join(TOP_LEVEL_KEYS), raw)
     raw = copy.deepcopy(dict(raw))
+    set_keys = []
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value, "--set")
+        set_keys.append(key)
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise SpecError(f"spec: unknown key {describe(unknown[0])}; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
@@ -469,6 +483,7 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         shared = sorted({k for k, _ in grid} & {k for k, _ in case})
         if shared:
             raise SpecError(f"cases[{i}].{key_name(shared[0])} is also a grid key; put it in one of the two")
+    _refuse_swept_overrides(set_keys, grid, cases)
 
     task_raw = raw.get("task")
     if task_raw is None:

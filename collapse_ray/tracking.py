@@ -428,7 +428,9 @@ def results_table(tracking_uri: str, experiment: str, sweep_run_id: str | None =
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
-        raise SpecError(f"experiment must be one of {{{', '.join(names)}}}; got {experiment!r}")
+        raise SpecError(f"experiment must be one of {{{', '.join(names)}}} (the experiments in "
+                        f"{redact_uri(tracking_uri)}); got {experiment!r}: for another store pass --results-dir "
+                        "(the folder `run --out` wrote) or --tracking-uri")
     sweeps = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` != ''", order_by=["attributes.start_time DESC"]
     )

@@ -1,0 +1,182 @@
+"""The command line itself: quiet by default (-v for Ray's, Tune's and MLflow's own
+output), --set on a swept key refused, `validate --print / --trials`, --version, and
+`results` refusing a bad --out or an unknown experiment in one line before any work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+import collapse_ray
+from collapse_ray import cli
+from collapse_ray.spec import load_spec, parse_spec
+from tests.helpers import TrackingServer
+
+TINY = {"name": "clitiny", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 20, "n_iterations": 2},
+        "seeds": 2, "grid": {"chain.workflow": ["replace", "accumulate"]}}
+# What Ray, Tune and MLflow print on their own; none of it is the sweep's news.
+NOISE = {
+    "Ray's token-auth warning": "Token authentication is enabled",
+    "MLflow's table creation": "Creating initial MLflow database tables",
+    "Tune's configuration box": "Configuration for experiment",
+    "Tune's TensorBoard hint": "tensorboard --logdir",
+    "Tune's results folder": "View detailed results here",
+}
+DOWNLOAD_BARS = "Downloading artifacts"
+
+
+def write_spec(folder: Path, spec: dict = TINY) -> Path:
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# -- quiet by default ---------------------------------------------------------------------------
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_default_run_prints_only_its_own_progress_and_summary(tmp_path):
+    """A fresh process, as a user runs it (its own Ray, a new SQLite store): the noise
+    above is gone, the per-trial progress with an ETA and the closing summary stay."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE",
+                                                           "RAY_AIR_NEW_OUTPUT")}
+    spec = write_spec(tmp_path, {**TINY, "grid": {}, "seeds": 1})
+    done = subprocess.run([sys.executable, "-m", "collapse_ray.cli", "run", str(spec), "--out", str(tmp_path / "out")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for what, text in NOISE.items():
+        assert text not in output, f"{what} in a default run:\n{output}"
+    assert "[1/1] gaussian__replace__seeds0-0 done" in done.stdout and "eta" in done.stdout, output
+    assert "finished: 1/1 trials" in done.stdout and "collapse-ray results clitiny" in done.stdout, output
+    assert "RAY_AUTH_MODE" not in os.environ  # (the test's own environment is untouched)
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    server = TrackingServer(tmp_path / "tracking")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.ray
+def test_results_from_a_server_has_no_progress_bars_unless_verbose(tmp_path, local_ray, tracking_server, capfd):
+    """Artifacts from a tracking server are downloaded: MLflow draws a progress bar per
+    file unless told not to. -v brings the bars (and Tune's box) back, so the default's
+    silence is the flag's doing."""
+    spec = write_spec(tmp_path)
+    uri = tracking_server.uri
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 0
+    run = capfd.readouterr()
+    assert NOISE["Tune's configuration box"] not in run.out + run.err, run.out + run.err
+    assert "[2/2]" in run.out and "finished: 2/2 trials" in run.out
+
+    table = tmp_path / "table.csv"
+    assert cli.main(["results", "clitiny", "--tracking-uri", uri, "--out", str(table)]) == 0
+    quiet = capfd.readouterr()
+    assert DOWNLOAD_BARS not in quiet.out + quiet.err, quiet.err
+    assert quiet.out.startswith("wrote 8 rows") and quiet.err == "", quiet
+
+    assert cli.main(["results", "clitiny", "--tracking-uri", uri, "--out", str(table), "-v"]) == 0
+    assert DOWNLOAD_BARS in capfd.readouterr().err
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "out"), "--tracking-uri", uri, "--verbose"]) == 0
+    assert NOISE["Tune's configuration box"] in capfd.readouterr().out
+    assert os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") is None  # restored after each command
+
+
+# -- --set on a swept key -------------------------------------------------------------------------
+
+def test_set_on_a_swept_key_is_refused_with_the_axis_override(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    assert cli.main(["validate", str(spec), "--set", "chain.workflow=replace"]) == cli.EXIT_BAD_INPUT
+    line = one_error_line(capsys.readouterr().err)
+    assert "--set chain.workflow" in line and "--set grid.chain.workflow=[...]" in line, line
+
+    assert cli.main(["run", str(spec), "--set", "chain.workflow=replace", "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()  # refused before anything started
+
+    assert cli.main(["validate", str(spec), "--set", "grid.chain.workflow=[accumulate]"]) == 0
+    assert "1 grid points x 2 seeds" in capsys.readouterr().out
+    # an unswept key is still set as before
+    assert cli.main(["validate", str(spec), "--set", "chain.n_real=7"]) == 0
+
+    with_cases = write_spec(tmp_path, {**TINY, "name": "withcases", "cases": [{"chain.n_real": [10, 20]}]})
+    assert cli.main(["validate", str(with_cases), "--set", "chain.n_real=7"]) == 2
+    assert "cases sweep this key" in one_error_line(capsys.readouterr().err)
+
+
+def test_help_names_the_axis_override(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["validate", "--help"])
+    assert exit_.value.code == 0
+    assert "grid.task.bandwidth=" in " ".join(capsys.readouterr().out.split())
+
+
+# -- validate --print / --trials -----------------------------------------------------------------
+
+def test_validate_print_gives_the_resolved_spec_that_runs_the_same_trials(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    assert cli.main(["validate", str(spec), "--print", "--set", "chain.n_iterations=4", "--set", "seeds=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = load_spec(spec, ["chain.n_iterations=4", "seeds=3"])
+    assert printed["chain"]["n_iterations"] == 4 and printed["seeds"] == [0, 1, 2]
+    assert printed["task"]["sigma2"] == 1.0  # a default, filled in
+    assert [j.to_dict() for j in parse_spec(printed).jobs()] == [j.to_dict() for j in expected.jobs()]
+
+
+def test_validate_trials_lists_one_line_per_grid_point_and_seed_block(tmp_path, capsys):
+    spec = write_spec(tmp_path, {**TINY, "seeds": 4, "run": {"seeds_per_trial": 2}})
+    assert cli.main(["validate", str(spec), "--trials"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[:-1] == ["gaussian__replace__seeds0-1", "gaussian__replace__seeds2-3",
+                          "gaussian__accumulate__seeds0-1", "gaussian__accumulate__seeds2-3"]
+    assert lines[-1].startswith("# clitiny: 2 grid points x 4 seeds -> 4 trials")
+    assert cli.main(["validate", str(spec), "--trials", "--print"]) == 2  # one or the other
+    one_error_line(capsys.readouterr().err)
+
+
+# -- --version, results' refusals ------------------------------------------------------------------
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"collapse-ray {collapse_ray.__version__}"
+    assert collapse_ray.__version__ == version("collapse_ray")
+
+
+def test_results_refuses_a_bad_out_before_touching_the_store(tmp_path, capsys):
+    """An unreachable server would take MLflow's retries to report: the refusal is immediate."""
+    started = time.perf_counter()
+    rc = cli.main(["results", "quickstart", "--tracking-uri", "http://127.0.0.1:9", "--out", str(tmp_path / "x.xlsx")])
+    assert rc == 2 and time.perf_counter() - started < 1.0
+    line = one_error_line(capsys.readouterr().err)
+    assert "--out must end in one of {.csv, .parquet}" in line and "x.xlsx" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_for_an_unknown_experiment_suggests_the_store_flags(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("another_sweep")
+    capsys.readouterr()
+    rc = cli.main(["results", "quickstart", "--results-dir", str(tmp_path), "--out", str(tmp_path / "q.csv")])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "another_sweep" in line and "'quickstart'" in line, line
+    assert "--results-dir" in line and "--tracking-uri" in line, line
