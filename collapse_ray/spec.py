@@ -222,6 +222,9 @@ class SweepSpec:
     cases: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...]
     run: ExecutionConfig
     points: tuple[GridPoint, ...]
+    # the spec file's header comment (its question and expected result), for the MLflow
+    # sweep run's description; not part of the resolved spec a resume compares
+    description: str = dataclasses.field(default="", compare=False)
 
     def jobs(self) -> list[ChainJob]:
         """Trials, heaviest first, so the long ones do not straggle at the end."""
@@ -453,7 +456,18 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
         raw = load_yaml(text)
     except yaml.YAMLError as err:
         raise SpecError(f"spec file {str(path)!r} is not valid YAML{_yaml_problem(err, text)}") from None
-    return parse_spec(raw, default_name=path.stem, overrides=overrides)
+    spec = parse_spec(raw, default_name=path.stem, overrides=overrides)
+    return dataclasses.replace(spec, description=header_comment(text))
+
+
+def header_comment(text: str) -> str:
+    """The comment lines a spec file opens with, without their '#'."""
+    lines = []
+    for line in text.lstrip("\ufeff").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines).strip()[:5000]
 
 
 def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] = ()) -> SweepSpec:

@@ -154,7 +154,8 @@ def chain_trial(config: dict[str, Any]) -> None:
     ctx = config["sweep"]
     chain = job.point.chain
     client = client_for(ctx["tracking_uri"])
-    run_id, finished = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job)
+    run_id, finished = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job,
+                                      run_name=config["job"].get("run_name"))
     opened = time.time()
     if finished:  # done before a resume: nothing to redo or relog
         tune.report({"iteration": chain.n_iterations, "skipped": 1})
@@ -247,7 +248,8 @@ def run_sweep(
     # A password in the URI moves to MLflow's own variables for the sweep's duration (the
     # embedded Ray's workers inherit them): the URI then goes into Tune's files,
     # sweep.json and output without it.
-    refuse_if_secret_in(tracking_uri, **{"sweep folder's path": str(sweep_dir), "spec": json.dumps(resolved)})
+    refuse_if_secret_in(tracking_uri, **{"sweep folder's path": str(sweep_dir), "spec": json.dumps(resolved),
+                                         "spec's header comment": spec.description})
     with credentials_in_environment(tracking_uri) as tracking_uri:
         refuse_if_secret_in(tracking_uri, **{"URI passed to the trials": tracking_uri})
         check_reachable(tracking_uri)
@@ -279,7 +281,7 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
     """The sweep proper, once its folder and tracking store are settled (resumed_run_id:
     the parent run of the sweep being resumed, else None for a new sweep). Fills
     `written` once sweep.json exists, so an interrupt knows whether a resume can work."""
-    from .tracking import client_for, default_artifact_root, ensure_experiment, start_sweep_run
+    from .tracking import cell_run_names, client_for, default_artifact_root, ensure_experiment, start_sweep_run
 
     jobs = spec.jobs()
 
@@ -318,7 +320,9 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
         client.update_run(sweep_run_id, status="RUNNING")
     else:
         sweep_dir.mkdir(parents=True)
-        sweep_run_id = start_sweep_run(client, experiment_id, sweep_dir.name, sweep_dir, resolved)
+        stamp = sweep_dir.name  # e.g. 20261201T104430149429Z: the run is "quickstart 1201-104430"
+        sweep_run_id = start_sweep_run(client, experiment_id, f"{spec.name} {stamp[4:8]}-{stamp[9:15]}", sweep_dir,
+                                       resolved, description=spec.description)
     state = {
         "spec": resolved,
         "tracking_uri": tracking_uri,
@@ -336,10 +340,11 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
             if prepare is not None:
                 prepare(sweep_dir / "chains" / "_shared")
         trainable = tune.with_resources(chain_trial, {"cpu": spec.run.cpus_per_trial})
+        run_names = cell_run_names(jobs)
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "job": tune.grid_search([j.to_dict() for j in jobs]),
+                "job": tune.grid_search([{**j.to_dict(), "run_name": run_names[j.key]} for j in jobs]),
                 "sweep": {
                     "tracking_uri": tracking_uri,
                     "experiment_id": experiment_id,

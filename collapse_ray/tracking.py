@@ -286,10 +286,48 @@ def ensure_experiment(client, name: str, artifact_root: Path | None = None) -> s
         return exp.experiment_id
 
 
-def start_sweep_run(client, experiment_id: str, run_name: str, sweep_dir: Path, resolved_spec: dict) -> str:
+WORKFLOW_ABBREVIATIONS = {"replace": "rep", "accumulate": "acc", "accumulate_subsample": "accsub"}
+TABLE_NAME_WIDTH = 15  # the MLflow runs table cuts run names about here
+
+
+def _short_value(field: str, value: Any) -> str:
+    """A swept value for a run name: numbers behind the field's initials (n_real 20 ->
+    nr20, bandwidth 0.1 -> b0.1), other values as themselves (a path by its last part)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "".join(part[:1] for part in field.split("_")) + f"{value:g}"
+    return str(value).rstrip("/").rsplit("/", 1)[-1]
+
+
+def cell_run_names(jobs: list[ChainJob]) -> dict[str, str]:
+    """Child run names by cell, short enough to tell apart where the UI's table cuts
+    them: the workflow, then the other swept values ("acc nr20"), then the seeds when a
+    cell has several trials. Where the sweep has too many axes for that, every name
+    starts with its trial's number ("07 acc moons ..."); the full key stays a tag."""
+    blocks: dict[str, int] = {}
+    for job in jobs:
+        blocks[job.point.key] = blocks.get(job.point.key, 0) + 1
+    names = {}
+    for job in jobs:
+        parts = [WORKFLOW_ABBREVIATIONS.get(job.point.chain.workflow, job.point.chain.workflow)]
+        parts += [_short_value(key.split(".", 1)[1], value) for key, value in job.point.swept
+                  if key not in ("task.name", "chain.workflow")]
+        if blocks[job.point.key] > 1:
+            parts.append(f"s{_seed_range(job.seeds)}")
+        names[job.key] = " ".join(parts)
+    if len({name[:TABLE_NAME_WIDTH] for name in names.values()}) < len(names):
+        width = len(str(len(names)))
+        names = {key: f"{i:0{width}d} {name}" for i, (key, name) in enumerate(names.items(), 1)}
+    return names
+
+
+def start_sweep_run(client, experiment_id: str, run_name: str, sweep_dir: Path, resolved_spec: dict,
+                    description: str = "") -> str:
     import yaml
 
-    run = client.create_run(experiment_id, run_name=run_name, tags={SWEEP_TAG: str(sweep_dir)})
+    tags = {SWEEP_TAG: str(sweep_dir)}
+    if description:  # the spec's header comment: the UI shows it as the run's description
+        tags["mlflow.note.content"] = description
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     grid = resolved_spec.get("grid", {})
     params = {f"grid.{k}": str(v)[:500] for k, v in grid.items()}
     params["n_seeds"] = str(len(resolved_spec["seeds"]))
@@ -308,9 +346,10 @@ def job_params(job: ChainJob) -> dict[str, Any]:
     return cols
 
 
-def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob) -> tuple[str, bool]:
+def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob,
+                   run_name: str | None = None) -> tuple[str, bool]:
     """The job's child run (reused when a retried or resumed trial comes back) and
-    whether it already finished."""
+    whether it already finished. `run_name`: see cell_run_names (default: the job's key)."""
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{JOB_KEY_TAG}` = '{job.key}'",
@@ -321,7 +360,7 @@ def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob
         return run.info.run_id, run.info.status == "FINISHED"
     run = client.create_run(
         experiment_id,
-        run_name=job.key,
+        run_name=run_name or job.key,
         tags={PARENT_TAG: parent_run_id, JOB_KEY_TAG: job.key, "workflow": job.point.chain.workflow},
     )
     params = {k: ("null" if v is None else str(v)) for k, v in job_params(job).items()}

@@ -17,6 +17,7 @@ import yaml
 import collapse_ray
 from collapse_ray import cli
 from collapse_ray.spec import load_spec, parse_spec
+from collapse_ray.tracking import TABLE_NAME_WIDTH, cell_run_names
 from tests.helpers import TrackingServer
 
 TINY = {"name": "clitiny", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 20, "n_iterations": 2},
@@ -30,11 +31,13 @@ NOISE = {
     "Tune's results folder": "View detailed results here",
 }
 DOWNLOAD_BARS = "Downloading artifacts"
+HEADER = "# A tiny sweep: does replace drift?\n#\n# Expected: it does.\n"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_spec(folder: Path, spec: dict = TINY) -> Path:
     path = folder / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(HEADER + yaml.safe_dump(spec))
     return path
 
 
@@ -84,6 +87,16 @@ def test_results_from_a_server_has_no_progress_bars_unless_verbose(tmp_path, loc
     run = capfd.readouterr()
     assert NOISE["Tune's configuration box"] not in run.out + run.err, run.out + run.err
     assert "[2/2]" in run.out and "finished: 2/2 trials" in run.out
+
+    # the UI's runs table: the sweep by its name and description, its runs by cell
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("clitiny").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.run_name.startswith("clitiny ") and len(parent.info.run_name) == len("clitiny 1201-104430")
+    assert parent.data.tags["mlflow.note.content"] == "A tiny sweep: does replace drift?\n\nExpected: it does."
+    assert sorted(r.info.run_name for r in runs if r is not parent) == ["acc", "rep"]
 
     table = tmp_path / "table.csv"
     assert cli.main(["results", "clitiny", "--tracking-uri", uri, "--out", str(table)]) == 0
@@ -180,3 +193,23 @@ def test_results_for_an_unknown_experiment_suggests_the_store_flags(tmp_path, ca
     line = one_error_line(capsys.readouterr().err)
     assert "another_sweep" in line and "'quickstart'" in line, line
     assert "--results-dir" in line and "--tracking-uri" in line, line
+
+
+# -- run names ----------------------------------------------------------------------------------
+
+def test_run_names_say_the_cell_and_differ_within_the_table_width():
+    quickstart = cell_run_names(load_spec(ROOT / "sweeps" / "quickstart.yaml").jobs())
+    assert sorted(quickstart.values()) == ["acc nr20", "acc nr50", "accsub nr20", "accsub nr50", "rep nr20", "rep nr50"]
+    spec = load_spec(ROOT / "sweeps" / "quickstart.yaml", ["run.seeds_per_trial=25"])
+    assert cell_run_names(spec.jobs())[spec.jobs()[0].key].endswith((" s0-24", " s25-49"))
+    for name in ("fig2_kde", "linear_regression", "discrete", "sft_helpsteer2"):  # too many axes: numbered
+        jobs = load_spec(ROOT / "sweeps" / f"{name}.yaml").jobs()
+        names = cell_run_names(jobs)
+        assert len({n[:TABLE_NAME_WIDTH] for n in names.values()}) == len(jobs), name
+    assert "swiss_roll b0.1 nr1000" in " | ".join(cell_run_names(load_spec(ROOT / "sweeps" / "fig2_kde.yaml").jobs())
+                                                 .values())
+
+
+def test_the_spec_header_is_its_description(tmp_path):
+    assert load_spec(write_spec(tmp_path)).description == "A tiny sweep: does replace drift?\n\nExpected: it does."
+    assert load_spec(ROOT / "sweeps" / "quickstart.yaml").description.startswith("Quickstart: does a fitted Gaussian")
