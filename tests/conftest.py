@@ -37,3 +37,14 @@ def local_ray():
 @pytest.fixture
 def sqlite_uri(tmp_path):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store, stopped afterwards."""
+    from tests.helpers import TrackingServer
+
+    server = TrackingServer(tmp_path / "tracking")
+    server.start()
+    yield server
+    server.stop()

@@ -18,7 +18,6 @@ import collapse_ray
 from collapse_ray import cli
 from collapse_ray.spec import load_spec, parse_spec
 from collapse_ray.tracking import TABLE_NAME_WIDTH, cell_run_names
-from tests.helpers import TrackingServer
 
 TINY = {"name": "clitiny", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 20, "n_iterations": 2},
         "seeds": 2, "grid": {"chain.workflow": ["replace", "accumulate"]}}
@@ -66,14 +65,6 @@ def test_a_default_run_prints_only_its_own_progress_and_summary(tmp_path):
     assert "[1/1] gaussian__replace__seeds0-0 done" in done.stdout and "eta" in done.stdout, output
     assert "finished: 1/1 trials" in done.stdout and "collapse-ray results clitiny" in done.stdout, output
     assert "RAY_AUTH_MODE" not in os.environ  # (the test's own environment is untouched)
-
-
-@pytest.fixture
-def tracking_server(tmp_path):
-    server = TrackingServer(tmp_path / "tracking")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.ray

@@ -35,7 +35,6 @@ from collapse_ray.spec import ChainConfig
 from collapse_ray.sweep import RESUMED_TAG
 from collapse_ray.tasks import GaussianTask
 from collapse_ray.tracking import client_for, results_table
-from tests.helpers import TrackingServer
 
 pytestmark = pytest.mark.ray
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
@@ -271,14 +270,6 @@ def test_a_shard_write_killed_part_way_leaves_no_partial_shard_visible(tmp_path)
 
 
 # -- the tracking server away ---------------------------------------------------------------
-@pytest.fixture
-def tracking_server(tmp_path):
-    server = TrackingServer(tmp_path / "tracking")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_a_brief_tracking_outage_loses_and_duplicates_nothing(tmp_path, tracking_server):
     name = "tracking_outage"
     spec = write_spec(tmp_path, name, task=SLOW_TASK, chain=SLOW_CHAIN, seeds=4,
