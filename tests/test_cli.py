@@ -64,7 +64,6 @@ def test_a_default_run_prints_only_its_own_progress_and_summary(tmp_path):
         assert text not in output, f"{what} in a default run:\n{output}"
     assert "[1/1] gaussian__replace__seeds0-0 done" in done.stdout and "eta" in done.stdout, output
     assert "finished: 1/1 trials" in done.stdout and "collapse-ray results clitiny" in done.stdout, output
-    assert "RAY_AUTH_MODE" not in os.environ  # (the test's own environment is untouched)
 
 
 @pytest.mark.ray
