@@ -34,7 +34,7 @@ from collapse_ray.pool import check_shards
 from collapse_ray.spec import ChainConfig
 from collapse_ray.sweep import RESUMED_TAG
 from collapse_ray.tasks import GaussianTask
-from collapse_ray.tracking import client_for, results_table
+from collapse_ray.tracking import JOB_KEY_TAG, client_for, results_table
 
 pytestmark = pytest.mark.ray
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
@@ -93,7 +93,9 @@ def steps_per_run(uri: str, experiment: str, key: str = "test_loss") -> dict[str
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
-    return {r.info.run_name: [m.step for m in client.get_metric_history(r.info.run_id, key)] for r in runs}
+    # keyed by job key and run id: a trial whose run was opened twice shows as two entries
+    return {f"{r.data.tags[JOB_KEY_TAG]} {r.info.run_id}": [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            for r in runs}
 
 
 def lost_and_duplicated(steps: dict[str, list[int]], n_iterations: int) -> tuple[int, int]:

@@ -13,17 +13,18 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.tracking import client_for
+from collapse_ray.tracking import JOB_KEY_TAG, client_for
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.ray
 
 
 def metric_steps(uri, experiment, key="test_loss"):
+    """Each chain run's logged steps of `key`, by its job key (run names are for the UI)."""
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
-    return {r.info.run_name: sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) for r in runs}
+    return {r.data.tags[JOB_KEY_TAG]: sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) for r in runs}
 
 
 def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
