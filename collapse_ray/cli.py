@@ -175,21 +175,18 @@ def _quiet(quiet: bool, local_ray: bool) -> Iterator[None]:
     env = {"RAY_AIR_NEW_OUTPUT": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if local_ray and "RAY_AUTH_MODE" not in os.environ:
         env["RAY_AUTH_MODE"] = "token"
-    saved_env = {name: os.environ.get(name) for name in env}
+    from .environment import environment_restored
+
     saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    os.environ.update(env)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        for name, level in saved_levels.items():
-            logging.getLogger(name).setLevel(level)
+    with environment_restored(env):
+        os.environ.update(env)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def _validate(args) -> int:

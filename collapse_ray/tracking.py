@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
+from .environment import environment_restored
 from .spec import ChainJob
 from .tasks import Metrics
 from .validation import SpecError, as_flat_dict
@@ -205,15 +206,8 @@ CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", 
 def credentials_in_environment(uri: str) -> Iterator[str]:
     """credentials_to_environment for the duration of the block, then the environment
     as it was (a library call must not leave credentials behind)."""
-    saved = {name: os.environ.get(name) for name in CREDENTIAL_VARIABLES}
-    try:
+    with environment_restored(CREDENTIAL_VARIABLES):
         yield credentials_to_environment(uri)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def with_credentials(uri: str) -> str:
