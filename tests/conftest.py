@@ -8,6 +8,10 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+# Session fixtures for the hub stand-ins (a tiny Gemma-2, HelpSteer2- and TinyStories-shaped
+# folders), shared by every slow test that needs them.
+from tests.standins import *  # noqa: E402,F401,F403
+
 try:
     from hypothesis import settings as _hypothesis_settings
 except ImportError:  # hypothesis is a dev dependency; only the fuzz tests need it
