@@ -12,7 +12,8 @@ Used by fig1_gaussian.py and toy_settings.py:
     booked.
   - `floor`: the same jobs (blocks of seeds, heaviest first) through `loop.run_chain`
     in one plain process per core (multiprocessing), no Ray, MLflow or Parquet.
-  - `kernel_throughput`: squared distance plus exp, numpy, one core, float32 and float64.
+  - `kernel_throughput`: squared distance plus exp, numpy, one core, float32 and float64;
+    `task_kernel_throughput`: the KDE task's own kernel, per precision.
 """
 
 from __future__ import annotations
@@ -194,6 +195,28 @@ def kernel_throughput(n_test: int = 500, n_points: int = 1000, dim: int = 2, rep
             block.sum(axis=1)
             best = min(best, time.perf_counter() - start)
         out[np.dtype(dtype).name] = n_test * n_points / best
+    return out
+
+
+def task_kernel_throughput(n_points=(10, 100, 1000), n_test: int = 500, chains: int = 10,
+                           repeats: int = 5) -> dict[str, dict[int, float]]:
+    """The KDE task's own kernel (kde._log_kernel_sums: distances, shift, exp, sum) in
+    evaluations per second on one core, per precision and number of points scored."""
+    from collapse_ray.tasks.kde import KDETestSet, _log_kernel_sums
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((chains, n_test, 2))
+    test = KDETestSet(x, np.einsum("cnd,cnd->cn", x, x))
+    out: dict[str, dict[int, float]] = {"float32": {}, "float64": {}}
+    for n in n_points:
+        points = rng.standard_normal((chains, n, 2))
+        for precision, rates in out.items():
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                _log_kernel_sums(test, points, 0.5, precision)
+                best = min(best, time.perf_counter() - start)
+            rates[n] = chains * n_test * n / best
     return out
 
 

@@ -159,6 +159,12 @@ def main() -> int:
                   f"iterations); machine, one core: float32 {machine['float32']:.3g}/s, float64 "
                   f"{machine['float64']:.3g}/s -> {evals / machine['float32'] / args.processes:.1f}s of bare "
                   f"float32 kernel on {args.processes} cores")
+            own = breakdown.task_kernel_throughput()
+            for precision, rates in own.items():
+                print(f"  task's kernel ({precision}, kde._log_kernel_sums, 500 test points x n points, one core): "
+                      + ", ".join(f"n={n} {r:.3g}/s" for n, r in rates.items()))
+            print("  float32 / float64: " + ", ".join(f"n={n} {own['float32'][n] / own['float64'][n]:.2f}x"
+                                                        for n in own["float32"]))
             for name, seconds, cores in (("engine", run.total, run.cores), ("floor", wall, args.processes),
                                          ("floor, evaluate only", phases["evaluate"], 1)):
                 rate = evals / seconds / cores

@@ -84,3 +84,9 @@ def test_every_trial_reports_its_timings_through_tune(tmp_path, local_ray):
     run = breakdown.EngineRun(ray_start=0.0, run=ended - started, results=0.0, run_started=started, run_ended=ended,
                               rows=0, cores=2, trials=trials)
     assert sum(s for _, s in breakdown.breakdown(run)) == pytest.approx(2 * run.total)
+
+
+def test_task_kernel_throughput_is_a_rate_per_precision_and_size():
+    rates = breakdown.task_kernel_throughput(n_points=(5, 40), n_test=30, chains=2, repeats=1)
+    assert set(rates) == {"float32", "float64"}
+    assert all(set(r) == {5, 40} and all(np.isfinite(v) and v > 0 for v in r.values()) for r in rates.values())

@@ -152,3 +152,46 @@ def test_record_every_keeps_a_subset_of_the_same_chain():
     assert sorted(some.iteration.unique()) == [1, 5, 10, 15, 20, 23]  # and the last
     kept = every[every.iteration.isin(some.iteration.unique())].reset_index(drop=True)
     pd.testing.assert_frame_equal(some, kept)  # what is kept changes no draw
+
+
+FLOAT32_NLL_BOUND = 1e-6  # nats on test_loss, the bound kde.py states for precision "float32"
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_float32_kernel_test_loss_within_its_stated_bound_of_float64(dataset):
+    # same seeds, so the same draws (evaluation draws nothing): only test_loss may differ,
+    # by at most the stated bound, on the grid's bandwidths, in a fresh fit (replace) and
+    # in the carried log-sum-exp over a growing pool (accumulate); and the bound is
+    # negligible against the Monte-Carlo SE of a 100-seed mean (why float32 is the default)
+    seeds = range(6)
+    for bandwidth, workflow, n in [(0.1, "accumulate", 32), (0.5, "replace", 316), (1.0, "accumulate", 100)]:
+        chain = ChainConfig(workflow=workflow, n_real=n, n_iterations=12).resolved()
+        fast = run_chain(KDETask(dataset=dataset, bandwidth=bandwidth, precision="float32"), chain, seeds).table
+        exact = run_chain(KDETask(dataset=dataset, bandwidth=bandwidth, precision="float64"), chain, seeds).table
+        pd.testing.assert_frame_equal(fast.drop(columns="test_loss"), exact.drop(columns="test_loss"), check_exact=True)
+        difference = np.abs(fast["test_loss"] - exact["test_loss"]).max()
+        assert 0 < difference <= FLOAT32_NLL_BOUND, (bandwidth, workflow, difference)
+        se_of_100_seed_mean = exact.groupby("iteration")["test_loss"].std().min() / np.sqrt(100)
+        assert se_of_100_seed_mean > 20 * FLOAT32_NLL_BOUND, (bandwidth, workflow, se_of_100_seed_mean)
+
+
+def test_float64_kernel_is_exact_where_float32_rounds():
+    from scipy.special import logsumexp
+
+    from collapse_ray.tasks.kde import _log_kernel_sums
+
+    task = KDETask(dataset="blobs", n_test=300)
+    real = task.real_data(700, gens([5, 6]))  # 300 x 700 per chain: more than one block, split by rows
+    points = real.train["x"]
+    for h in (0.1, 1.0):
+        exact = np.stack([logsumexp(-((real.test.x[c][:, None] - points[c][None]) ** 2).sum(-1) / (2 * h * h), axis=1)
+                          for c in range(2)])
+        assert np.abs(_log_kernel_sums(real.test, points, h, "float64") - exact).max() < 1e-9
+        assert np.abs(_log_kernel_sums(real.test, points, h, "float32") - exact).max() < 1e-5  # per test point
+
+
+def test_precision_is_validated():
+    from collapse_ray.spec import SpecError, build_task
+
+    with pytest.raises(SpecError, match="precision"):
+        build_task({"name": "kde", "precision": "float16"}, "task")
