@@ -43,6 +43,7 @@ class EngineRun:
     rows: int
     cores: int
     trials: list[dict] = field(default_factory=list)  # each trial's last Tune result
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the run, by process kind (CpuSampler)
 
     @property
     def total(self) -> float:
@@ -69,7 +70,8 @@ def run_engine(spec_name: str, seeds: int | None = None) -> EngineRun:
         try:
             run_started = time.time()
             start = time.perf_counter()
-            assert cli.main(["run", str(ROOT / "sweeps" / f"{spec_name}.yaml"), "--out", str(out), *overrides]) == 0
+            with CpuSampler() as sampler:
+                assert cli.main(["run", str(ROOT / "sweeps" / f"{spec_name}.yaml"), "--out", str(out), *overrides]) == 0
             ran = time.perf_counter() - start
             run_ended = time.time()
         finally:
@@ -82,7 +84,67 @@ def run_engine(spec_name: str, seeds: int | None = None) -> EngineRun:
         read = time.perf_counter() - start
         rows = len(pd.read_parquet(table, columns=["seed"]))
         trials = [_last_result(p) for p in out.glob(f"{spec_name}/*/tune/*/*/result.json")]
-    return EngineRun(ray_start, ran, read, run_started, run_ended, rows, cores, [t for t in trials if t])
+    return EngineRun(ray_start, ran, read, run_started, run_ended, rows, cores, [t for t in trials if t], sampler.cpu)
+
+
+class CpuSampler:
+    """CPU seconds used while it is entered, by the driver process (Tune's event loop, the
+    MLflow client, the progress callback) and by its descendants: Ray's own processes
+    (gcs_server, raylet, agents) and the workers that run trials. Descendants are read
+    once a second (a worker that exits loses at most its last second); on 2 shared cores
+    every such second is taken from the trials, whose phase clocks count wall time."""
+
+    def __init__(self, interval: float = 1.0):
+        import threading
+
+        self.interval = interval
+        self.cpu: dict[str, float] = {}
+        self._seen: dict[tuple[int, float], tuple[str, float, float]] = {}  # (pid, created) -> kind, at start, last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "CpuSampler":
+        import resource
+
+        self._driver = resource.getrusage(resource.RUSAGE_SELF)
+        self._sample(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import resource
+
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {"driver": now.ru_utime + now.ru_stime - self._driver.ru_utime - self._driver.ru_stime}
+        for kind, first, last in self._seen.values():
+            cpu[kind] = cpu.get(kind, 0.0) + last - first
+        self.cpu = cpu
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self, first: bool = False) -> None:
+        import psutil
+
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                with proc.oneshot():
+                    key = (proc.pid, proc.create_time())
+                    times = proc.cpu_times()
+                    used = times.user + times.system
+                    if key not in self._seen:
+                        name = " ".join(proc.cmdline()[:1]) or proc.name()
+                        kind = "trial workers" if name.startswith("ray::") else "Ray's own processes"
+                        self._seen[key] = (kind, used if first else 0.0, used)
+                    else:
+                        kind, start, _ = self._seen[key]
+                        self._seen[key] = (kind, start, used)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
 
 
 def _last_result(path: Path) -> dict | None:
@@ -141,6 +203,11 @@ def print_breakdown(run: EngineRun, floor_seconds: float | None = None) -> None:
     mlflow = sum(s for name, s in rows if name.startswith("MLflow"))
     print(f"  task's own arithmetic {task:.1f} core-s ({task / total:.0%}); MLflow {mlflow:.1f} core-s "
           f"({mlflow / total:.0%})")
+    if run.cpu:
+        booked = sum(t["trial_ended"] - t["trial_started"] for t in run.trials)
+        print(f"  CPU seconds during `collapse-ray run` ({run.cores} cores x {run.run:.1f}s = {run.cores * run.run:.1f} "
+              f"core-s): " + ", ".join(f"{kind} {s:.1f}" for kind, s in sorted(run.cpu.items()))
+              + f"; the trials' wall time {booked:.1f} core-s")
     if floor_seconds is not None:
         print(f"engine {run.total:.1f}s / floor {floor_seconds:.1f}s = {run.total / floor_seconds:.2f}x")
 

@@ -90,3 +90,17 @@ def test_task_kernel_throughput_is_a_rate_per_precision_and_size():
     rates = breakdown.task_kernel_throughput(n_points=(5, 40), n_test=30, chains=2, repeats=1)
     assert set(rates) == {"float32", "float64"}
     assert all(set(r) == {5, 40} and all(np.isfinite(v) and v > 0 for v in r.values()) for r in rates.values())
+
+
+def test_cpu_sampler_books_the_driver_and_its_children():
+    import subprocess
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.4)"
+    with breakdown.CpuSampler(interval=0.1) as sampler:
+        child = subprocess.Popen([sys.executable, "-c", burn])
+        start = time.process_time()
+        while time.process_time() - start < 0.3:
+            pass
+        child.wait()
+    assert sampler.cpu["driver"] >= 0.3
+    assert 0.55 <= sampler.cpu["Ray's own processes"] <= 1.5  # not named ray::, so not a trial worker
