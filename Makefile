@@ -31,8 +31,10 @@ quickstart: setup
 	@echo "MLflow store  : sqlite:///$(CURDIR)/results/mlflow.db"
 	@echo "MLflow UI     : $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000"
 
+# DeepSpeed builds its CPU ops into TORCH_EXTENSIONS_DIR, by default shared by every venv on the
+# machine with the venv's path in the build command, so each checkout would rebuild the others'.
 test: setup browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch_extensions $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The MLflow-UI test drives Debian's Chromium: installed here when missing, where apt
 # can run (root or passwordless sudo); elsewhere that test skips (and fails under CI=true).
