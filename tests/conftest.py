@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# There is no hub here: say so before `datasets`/`huggingface_hub` are imported (they read
+# these once, at import), so a hub id fails at once instead of after ~23 s of retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Session fixtures for the hub stand-ins (a tiny Gemma-2, HelpSteer2- and TinyStories-shaped
 # folders), shared by every slow test that needs them.
@@ -36,6 +42,41 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """A spec run once through `collapse-ray run` and `collapse-ray results`."""
+
+    table_path: Path  # the results table as CSV
+    out: Path  # the results folder (MLflow store, chains, pools)
+
+    def table(self):
+        import pandas as pd
+
+        return pd.read_csv(self.table_path)  # a fresh frame per reader: no test sees another's edits
+
+
+@pytest.fixture(scope="session")
+def sweep_once(tmp_path_factory, local_ray):
+    """`sweep_once(name, *overrides)` runs sweeps/<name>.yaml (with `--set` overrides)
+    once per session and hands every test that asks for the same run its results: an
+    end-to-end sweep read by several tests' checks is paid for once."""
+    from collapse_ray.spec import load_spec
+    from tests.helpers import run_spec_end_to_end
+
+    runs: dict[tuple[str, ...], SweepRun] = {}
+
+    def run(name: str, *overrides: str) -> SweepRun:
+        key = (name, *overrides)
+        if key not in runs:
+            spec = Path(__file__).parent.parent / "sweeps" / f"{name}.yaml"
+            folder = tmp_path_factory.mktemp(name)
+            _, out = run_spec_end_to_end(spec, folder, *overrides)
+            runs[key] = SweepRun(folder / f"{load_spec(spec).name}.csv", out)
+        return runs[key]
+
+    return run
 
 
 @pytest.fixture

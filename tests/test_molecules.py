@@ -231,8 +231,9 @@ def test_runs_under_the_workflows(workflow):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_quick_sweep_end_to_end_replace_loses_the_conformers_accumulate_keeps(tmp_path, local_ray):
-    """sweeps/diffusion_molecules_quick.yaml through Ray Tune, MLflow and the results table.
+def test_quick_sweep_end_to_end_replace_loses_the_conformers_accumulate_keeps(sweep_once):
+    """sweeps/diffusion_molecules_quick.yaml through Ray Tune, MLflow and the results table
+    (the session's one run of it, which tests/test_sweep_ray.py's figure check also reads).
 
     Measured with run_chain on seeds 0-8 (the sweep's chains are seeds 0-2), iteration 1
     -> 4, mean +- sd over seeds: replace's COV-R 1.00 -> 0.42 +- 0.41 (seeds 0-2) and
@@ -243,15 +244,12 @@ def test_quick_sweep_end_to_end_replace_loses_the_conformers_accumulate_keeps(tm
     The margins asked for, 0.1 and 0.2, are about 3 standard errors of accumulate's
     3-seed mean (sd 0.06 and 0.13).
     """
-    from pathlib import Path
-
     import pyarrow.parquet as pq
 
     from collapse_ray.tracking import client_for
-    from tests.helpers import run_spec_end_to_end
 
-    spec = Path(__file__).parent.parent / "sweeps" / "diffusion_molecules_quick.yaml"
-    table, out = run_spec_end_to_end(spec, tmp_path)
+    run = sweep_once("diffusion_molecules_quick")
+    table, out = run.table(), run.out
     assert len(table) == 3 * 3 * 4 and not table.duplicated(["run_key", "seed", "iteration"]).any()
     assert table[["test_loss", "cov_r", "mat_r"]].notna().all().all()
     by = {m: table.pivot_table(index="iteration", columns="workflow", values=m) for m in ("test_loss", "cov_r", "mat_r")}
