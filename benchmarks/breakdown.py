@@ -63,6 +63,7 @@ def run_engine(spec_name: str, seeds: int | None = None) -> EngineRun:
     overrides = sum((["--set", o] for o in seed_overrides(seeds)), [])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        sampler = CpuSampler().__enter__()  # Ray's start-up and the run; left before shutdown
         start = time.perf_counter()
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", configure_logging=True)
         ray_start = time.perf_counter() - start
@@ -70,18 +71,19 @@ def run_engine(spec_name: str, seeds: int | None = None) -> EngineRun:
         try:
             run_started = time.time()
             start = time.perf_counter()
-            with CpuSampler() as sampler:
-                assert cli.main(["run", str(ROOT / "sweeps" / f"{spec_name}.yaml"), "--out", str(out), *overrides]) == 0
+            assert cli.main(["run", str(ROOT / "sweeps" / f"{spec_name}.yaml"), "--out", str(out), *overrides]) == 0
             ran = time.perf_counter() - start
             run_ended = time.time()
         finally:
+            sampler.__exit__(None, None, None)
             start = time.perf_counter()
             ray.shutdown()
             ray_start += time.perf_counter() - start
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         table = out / f"{spec_name}.parquet"
         assert cli.main(["results", spec_name, "--out", str(table), "--results-dir", str(out)]) == 0
         read = time.perf_counter() - start
+        sampler.cpu["results export"] = time.process_time() - cpu_start
         rows = len(pd.read_parquet(table, columns=["seed"]))
         trials = [_last_result(p) for p in out.glob(f"{spec_name}/*/tune/*/*/result.json")]
     return EngineRun(ray_start, ran, read, run_started, run_ended, rows, cores, [t for t in trials if t], sampler.cpu)
@@ -136,13 +138,12 @@ class CpuSampler:
                     key = (proc.pid, proc.create_time())
                     times = proc.cpu_times()
                     used = times.user + times.system
-                    if key not in self._seen:
-                        name = " ".join(proc.cmdline()[:1]) or proc.name()
-                        kind = "trial workers" if name.startswith("ray::") else "Ray's own processes"
-                        self._seen[key] = (kind, used if first else 0.0, used)
-                    else:
-                        kind, start, _ = self._seen[key]
-                        self._seen[key] = (kind, start, used)
+                    # a worker renames itself "ray::IDLE", "ray::ImplicitFunc"... once started: read it each time
+                    name = " ".join(proc.cmdline()[:1]) or proc.name()
+                    kind = "trial workers" if name.startswith("ray::") or "default_worker.py" in " ".join(
+                        proc.cmdline()) else "Ray's own processes"
+                    start = self._seen[key][1] if key in self._seen else (used if first else 0.0)
+                    self._seen[key] = (kind, start, used)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
 
@@ -191,7 +192,7 @@ def breakdown(run: EngineRun) -> list[tuple[str, float]]:
     return rows
 
 
-def print_breakdown(run: EngineRun, floor_seconds: float | None = None) -> None:
+def print_breakdown(run: EngineRun, floor_seconds: float | None = None, floor_cpu: float | None = None) -> None:
     rows = breakdown(run)
     total = sum(s for _, s in rows)
     print(f"\nbreakdown over {run.cores} cores ({len(run.trials)} trials; core-seconds; wall = core-s / {run.cores}):")
@@ -205,27 +206,31 @@ def print_breakdown(run: EngineRun, floor_seconds: float | None = None) -> None:
           f"({mlflow / total:.0%})")
     if run.cpu:
         booked = sum(t["trial_ended"] - t["trial_started"] for t in run.trials)
-        print(f"  CPU seconds during `collapse-ray run` ({run.cores} cores x {run.run:.1f}s = {run.cores * run.run:.1f} "
-              f"core-s): " + ", ".join(f"{kind} {s:.1f}" for kind, s in sorted(run.cpu.items()))
-              + f"; the trials' wall time {booked:.1f} core-s")
+        print(f"  CPU seconds of Ray's start, the run and the export: " + ", ".join(
+            f"{kind} {s:.1f}" for kind, s in sorted(run.cpu.items())) + f" = {sum(run.cpu.values()):.1f} "
+            f"(the trials' wall time: {booked:.1f} core-s)")
     if floor_seconds is not None:
         print(f"engine {run.total:.1f}s / floor {floor_seconds:.1f}s = {run.total / floor_seconds:.2f}x")
+    if run.cpu and floor_cpu:
+        engine_cpu = sum(run.cpu.values())
+        print(f"engine {engine_cpu:.1f} CPU-s / floor {floor_cpu:.1f} CPU-s = {engine_cpu / floor_cpu:.2f}x "
+              f"(CPU time: what other users' load on shared cores changes least)")
 
 
 # -- floor ----------------------------------------------------------------------------
-def _run_job(job_dict: dict) -> tuple[float, dict]:
+def _run_job(job_dict: dict) -> tuple[float, dict, float]:
     from collapse_ray.loop import run_chain
     from collapse_ray.spec import ChainJob
 
     job = ChainJob.from_dict(job_dict)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = run_chain(job.point.task, job.point.chain, job.seeds)
-    return time.perf_counter() - start, result.phase_seconds
+    return time.perf_counter() - start, result.phase_seconds, time.process_time() - cpu_start
 
 
-def floor(spec_name: str, seeds: int | None = None, processes: int = 2) -> tuple[float, float, dict]:
+def floor(spec_name: str, seeds: int | None = None, processes: int = 2) -> tuple[float, float, dict, float]:
     """Wall seconds of the spec's jobs (same blocks, heaviest first) through run_chain in
-    `processes` plain processes; also their summed seconds and phase seconds."""
+    `processes` plain processes; also their summed seconds, phase seconds and CPU seconds."""
     from collapse_ray.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / f"{spec_name}.yaml", seed_overrides(seeds))
@@ -235,10 +240,10 @@ def floor(spec_name: str, seeds: int | None = None, processes: int = 2) -> tuple
         done = list(workers.imap_unordered(_run_job, jobs, chunksize=1))
     wall = time.perf_counter() - start
     phases: dict[str, float] = {}
-    for _, p in done:
+    for _, p, _ in done:
         for k, v in p.items():
             phases[k] = phases.get(k, 0.0) + v
-    return wall, sum(s for s, _ in done), phases
+    return wall, sum(s for s, _, _ in done), phases, sum(c for _, _, c in done)
 
 
 # -- machine throughput of the KDE kernel ---------------------------------------------

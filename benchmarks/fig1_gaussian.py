@@ -88,11 +88,11 @@ def main() -> int:
         print(f"engine: Ray start {run.ray_start:.1f}s + run {run.run:.1f}s (Tune, MLflow) + results table "
               f"{run.results:.1f}s = {engine_total:.1f}s for {75 * n_seeds:,} chains ({run.rows:,} rows)", flush=True)
         print(breakdown.load_average(), flush=True)
-        wall, summed, phases = breakdown.floor("fig1_gaussian", args.seeds, args.processes)
+        wall, summed, phases, floor_cpu = breakdown.floor("fig1_gaussian", args.seeds, args.processes)
         print(f"floor: the same jobs through run_chain in {args.processes} plain processes: {wall:.1f}s wall "
               f"({summed:.1f}s of chains; fit {phases['fit']:.1f}, evaluate {phases['evaluate']:.1f}, "
               f"sample {phases['sample']:.1f}, pool {phases['pool']:.1f})", flush=True)
-        breakdown.print_breakdown(run, wall)
+        breakdown.print_breakdown(run, wall, floor_cpu)
         print(breakdown.load_average(), flush=True)
         if n_seeds != 100:  # fixed costs do not scale with seeds: compare with the reference at 100 only
             engine_total = None

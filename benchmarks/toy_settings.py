@@ -147,11 +147,11 @@ def main() -> int:
         print(f"engine: Ray start {run.ray_start:.1f}s + run {run.run:.1f}s (Tune, MLflow) + results table "
               f"{run.results:.1f}s = {run.total:.1f}s ({run.rows:,} rows)", flush=True)
         print(breakdown.load_average(), flush=True)
-        wall, summed, phases = breakdown.floor(SPECS[args.setting], args.seeds, args.processes)
+        wall, summed, phases, floor_cpu = breakdown.floor(SPECS[args.setting], args.seeds, args.processes)
         print(f"floor: the same jobs through run_chain in {args.processes} plain processes: {wall:.1f}s wall "
               f"({summed:.1f}s of chains; fit {phases['fit']:.1f}, evaluate {phases['evaluate']:.1f}, "
               f"sample {phases['sample']:.1f}, pool {phases['pool']:.1f})", flush=True)
-        breakdown.print_breakdown(run, wall)
+        breakdown.print_breakdown(run, wall, floor_cpu)
         if args.setting == "kde":
             evals = kde_kernel_evaluations(spec)
             machine = breakdown.kernel_throughput()
