@@ -89,6 +89,9 @@ def run_engine(spec_name: str, seeds: int | None = None) -> EngineRun:
     return EngineRun(ray_start, ran, read, run_started, run_ended, rows, cores, [t for t in trials if t], sampler.cpu)
 
 
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # named like workers, but Ray's own
+
+
 class CpuSampler:
     """CPU seconds used while it is entered, by the driver process (Tune's event loop, the
     MLflow client, the progress callback) and by its descendants: Ray's own processes
@@ -139,9 +142,9 @@ class CpuSampler:
                     times = proc.cpu_times()
                     used = times.user + times.system
                     # a worker renames itself "ray::IDLE", "ray::ImplicitFunc"... once started: read it each time
-                    name = " ".join(proc.cmdline()[:1]) or proc.name()
-                    kind = "trial workers" if name.startswith("ray::") or "default_worker.py" in " ".join(
-                        proc.cmdline()) else "Ray's own processes"
+                    command = " ".join(proc.cmdline()) or proc.name()
+                    worker = command.startswith("ray::") and not command.startswith(RAY_AGENTS)
+                    kind = "trial workers" if worker or "default_worker.py" in command else "Ray's own processes"
                     start = self._seen[key][1] if key in self._seen else (used if first else 0.0)
                     self._seen[key] = (kind, start, used)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
