@@ -30,22 +30,20 @@ on matplotlib's Agg canvas without pyplot, so importing this module changes noth
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-import matplotlib.colors as mcolors
-import numpy as np
-import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+if __name__ == "__main__":  # run as a script: import the analysis package, not the folder's files
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from collapse_ray import theory
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-WORKFLOWS = ("replace", "accumulate_subsample", "accumulate")
+from analysis import drawing, style, tables  # noqa: E402
+
+WORKFLOWS = style.CLASSIC
 METRICS = ("mean_sq_error", "cov_trace_ratio", "cov_det_ratio", "test_loss")
 SUMMARY_METRICS = METRICS + ("cov_log_det_ratio",)
 # A line is one (dim, sigma2, n_real, n_synthetic, workflow); a point adds iteration.
@@ -60,148 +58,43 @@ YLABELS = {
 # Replace drives these toward 0 (mean error: from d sigma^2 / n up to d sigma^2), so
 # its panels are log-scaled; other panels go log only when their curves span a decade.
 LOG_UNDER_REPLACE = {"mean_sq_error", "cov_trace_ratio", "cov_det_ratio"}
-LOG_SPAN = 10.0
-WORKFLOW_TITLES = {
-    "replace": "replace", "accumulate": "accumulate", "accumulate_subsample": "accumulate-subsample",
-}
 
 
 # -- data -------------------------------------------------------------------------
 def load_table(path: str | Path) -> pd.DataFrame:
-    """The Gaussian rows of a results table (.csv or .parquet)."""
-    path = Path(path)
-    if path.suffix == ".csv":
-        table = pd.read_csv(path)
-    elif path.suffix == ".parquet":
-        table = pd.read_parquet(path)
-    else:
-        raise ValueError(f"table must end in .csv or .parquet; got {str(path)!r}")
-    missing = sorted(set(GROUP_KEYS + ["task", "seed"] + list(METRICS)) - set(table.columns))
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}")
+    """The Gaussian rows of a results table (.csv or .parquet); InputError (a
+    ValueError) for a table that is not one, or holds the same chains twice."""
+    table = tables.load_tables([path])
     table = table[table["task"] == "gaussian"].reset_index(drop=True)
     if table.empty:
-        raise ValueError(f"{path} has no rows with task == 'gaussian'")
-    if table.duplicated(["run_key", "seed", "iteration"]).any():
-        raise ValueError(f"{path} holds the same chains from several sweeps (collapse-ray results --all-sweeps?); "
-                         "keep one sweep_run_id")
+        raise tables.InputError(f"{path} has no rows with task == 'gaussian'")
     return table
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard error over seeds of each metric, long format.
-
-    One row per (dim, sigma2, n_real, n_synthetic, workflow, iteration, metric) with
-    `mean`, `se` (sample sd / sqrt(count), NaN for a single value), `count` (finite
-    values the mean is over) and `total` (all values). Non-finite values (+inf test
-    NLL of a singular fit) are left out of mean and se.
-    """
-    metrics = [m for m in SUMMARY_METRICS if m in table.columns]
-    long = table.melt(id_vars=GROUP_KEYS, value_vars=metrics, var_name="metric", value_name="value")
-    long["value"] = long["value"].astype(np.float64)
-    long["finite"] = np.where(np.isfinite(long["value"]), long["value"], np.nan)
-    grouped = long.groupby(GROUP_KEYS + ["metric"], sort=True)
-    out = grouped["finite"].agg(mean="mean", sd="std", count="count")
-    out["total"] = grouped["value"].size()
-    out["se"] = out["sd"] / np.sqrt(out["count"])
-    return out.drop(columns="sd").reset_index()
-
-
-def closed_form(metric: str, workflow: str, n_real: int, n_synthetic: int, dim: int, sigma2: float,
-                t: np.ndarray) -> np.ndarray | None:
-    """E[metric] at iterations t from `collapse_ray.theory`, or None where none is known."""
-    if n_synthetic != n_real:
-        return None
-    n = int(n_real)
-    if workflow == "replace":
-        if metric == "cov_trace_ratio":
-            return theory.gaussian_replace_trace_ratio(n, t)
-        if metric == "cov_det_ratio":
-            return theory.gaussian_replace_det_ratio(n, int(dim), t)
-        if metric == "mean_sq_error":
-            return theory.gaussian_replace_mean_sq_error(n, int(dim), sigma2, t)
-    if workflow == "accumulate":
-        if metric == "cov_trace_ratio":
-            return theory.gaussian_accumulate_trace_ratio(n, t)
-        if metric == "mean_sq_error":
-            return theory.gaussian_accumulate_mean_sq_error(n, int(dim), sigma2, t)
-    return None
-
-
-def closed_form_limit(metric: str, workflow: str, n_real: int, n_synthetic: int) -> float | None:
-    if metric == "cov_trace_ratio" and workflow == "accumulate" and n_synthetic == n_real:
-        return theory.gaussian_accumulate_trace_limit(int(n_real))
-    return None
-
-
-# -- styling ----------------------------------------------------------------------
-def line_colours(keys: list[tuple]) -> dict[tuple, tuple]:
-    """A sequential colour per (n_real, n_synthetic, sigma2) key, light (small n) to dark."""
-    cmap = matplotlib.colormaps["viridis"]
-    positions = np.linspace(0.85, 0.05, len(keys)) if len(keys) > 1 else [0.4]
-    return {key: cmap(p) for key, p in zip(keys, positions)}
-
-
-def darker(colour, amount: float = 0.45) -> tuple:
-    """The colour mixed toward black: theory lines, visible on top of the data band."""
-    r, g, b = mcolors.to_rgb(colour)
-    return (r * (1 - amount), g * (1 - amount), b * (1 - amount))
-
-
-def series_label(n_real: int, n_synthetic: int, sigma2: float, many_sigma2: bool) -> str:
-    label = f"n = {n_real}" if n_real == n_synthetic else f"n_real = {n_real}, n_syn = {n_synthetic}"
-    return label + (f", $\\sigma^2$ = {sigma2:g}" if many_sigma2 else "")
-
-
-def _positive_band(mean: np.ndarray, se: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarray]:
-    """mean -+ se; on a log axis a non-positive lower edge is masked (no band there)."""
-    lower, upper = mean - se, mean + se
-    if log:
-        lower = np.where(lower > 0, lower, np.nan)
-    return lower, upper
+    """Mean and standard error over seeds of each metric, long format: one row per
+    (dim, sigma2, n_real, n_synthetic, workflow, iteration, metric), finite values only
+    (`analysis.tables`)."""
+    return tables.summarise_long(table, GROUP_KEYS, [m for m in SUMMARY_METRICS if m in table.columns])
 
 
 # -- plotting ---------------------------------------------------------------------
-def plot_panel(ax, panel: pd.DataFrame, metric: str, workflow: str, colours: dict, log: bool) -> None:
-    """One metric under one workflow: data mean +- SE and closed forms, one colour per n."""
-    notes, shown_values = [], []
-    for (sigma2, n_real, n_syn), line in panel.groupby(["sigma2", "n_real", "n_synthetic"], sort=True):
+def plot_panel(ax, panel: pd.DataFrame, metric: str, colours: dict, log: bool) -> bool:
+    """One metric under one workflow: data mean +- SE and closed forms, one colour per n;
+    returns whether a closed form was drawn."""
+    drawn, any_theory = drawing.draw_lines(ax, panel, ["sigma2", "n_real", "n_synthetic"],
+                                           lambda g: (colours[(g["n_real"], g["n_synthetic"], g["sigma2"])], "-"),
+                                           log, theory=("gaussian", metric), limit=True)
+    notes = []
+    for (_, n_real, _), line in panel.groupby(["sigma2", "n_real", "n_synthetic"], sort=True):
         line = line.sort_values("iteration")
-        t = line["iteration"].to_numpy()
-        mean, se = line["mean"].to_numpy(), line["se"].to_numpy()
-        colour = colours[(n_real, n_syn, sigma2)]
-        shown = mean if not log else np.where(mean > 0, mean, np.nan)
-        ax.plot(t, shown, color=colour, lw=1.6, zorder=3)
-        lower, upper = _positive_band(mean, np.nan_to_num(se), log)
-        ax.fill_between(t, lower, upper, color=colour, alpha=0.25, lw=0, zorder=2)
-        shown_values += [shown, lower, upper]
-        dim = int(line["dim"].iloc[0])
-        expected = closed_form(metric, workflow, n_real, n_syn, dim, sigma2, t)
-        if expected is not None:
-            expected = np.where(expected > 0, expected, np.nan) if log else expected
-            ax.plot(t, expected, color=darker(colour), lw=1.3, ls="--", zorder=4)
-            shown_values.append(expected)
-        limit = closed_form_limit(metric, workflow, n_real, n_syn)
-        if limit is not None:
-            ax.axhline(limit, color=darker(colour), lw=1.0, ls=":", zorder=4)
-        notes += _panel_notes(line, shown, n_real)
+        mean = line["mean"].to_numpy(dtype=float)
+        notes += _panel_notes(line, np.where(mean > 0, mean, np.nan) if log else mean, n_real)
     if log:
-        _log_limits(ax, np.concatenate(shown_values) if shown_values else np.array([]))
+        drawing.log_limits(ax, np.concatenate(drawn) if drawn else np.array([]))
     if notes:
-        # an empty-handle legend, so that loc="best" keeps the note off the curves
-        note = ax.legend([Line2D([], [], ls="none")], ["\n".join(notes)], loc="best", handlelength=0,
-                         handletextpad=0, fontsize=7, labelcolor="0.25", framealpha=0.85)
-        note.set_zorder(5)
-
-
-def _log_limits(ax, values: np.ndarray, max_pad: float = 3.0) -> None:
-    """y limits around the positive values with at most a factor max_pad of margin
-    (matplotlib's 5 % of a 300-decade range would add 15 decades)."""
-    values = values[np.isfinite(values) & (values > 0)]
-    if len(values):
-        lo, hi = float(values.min()), float(values.max())
-        pad = min(10 ** (0.05 * (np.log10(hi) - np.log10(lo))), max_pad) if hi > lo else 2.0
-        ax.set_ylim(lo / pad, hi * pad)
+        drawing.note(ax, "\n".join(notes))
+    return any_theory
 
 
 def _panel_notes(line: pd.DataFrame, shown: np.ndarray, n_real: int) -> list[str]:
@@ -225,25 +118,10 @@ def _panel_notes(line: pd.DataFrame, shown: np.ndarray, n_real: int) -> list[str
     return notes
 
 
-def _legend_handles(colours: dict, labels: dict, has_theory: bool, has_limit: bool) -> list:
-    handles = [Line2D([], [], color=c, lw=2, label=labels[k]) for k, c in colours.items()]
-    handles.append(Patch(color="0.6", alpha=0.5, label="Monte-Carlo mean ± 1 SE"))
-    if has_theory:
-        handles.append(Line2D([], [], color="0.2", ls="--", lw=1.3, label="closed form"))
-    if has_limit:
-        handles.append(Line2D([], [], color="0.2", ls=":", lw=1.0, label=r"accumulate limit $t\to\infty$"))
-    return handles
-
-
 def use_log_scale(means: np.ndarray, metric: str, workflow: str) -> bool:
     """Log y for replace's collapsing metrics; elsewhere when no mean is negative and the
-    positive ones span LOG_SPAN (means at exactly 0, an underflowed det, get a note)."""
-    if workflow == "replace" and metric in LOG_UNDER_REPLACE:
-        return True
-    positive = means[np.isfinite(means) & (means > 0)]
-    if not len(positive) or (means[np.isfinite(means)] < 0).any():
-        return False
-    return positive.max() / positive.min() >= LOG_SPAN
+    positive ones span a decade (means at exactly 0, an underflowed det, get a note)."""
+    return (workflow == "replace" and metric in LOG_UNDER_REPLACE) or drawing.wants_log(means)
 
 
 def plot_dimension(summary: pd.DataFrame, dim: int) -> Figure:
@@ -252,31 +130,27 @@ def plot_dimension(summary: pd.DataFrame, dim: int) -> Figure:
     workflows = [w for w in WORKFLOWS if w in set(data["workflow"])]
     metrics = [m for m in METRICS if m in set(data["metric"])]
     keys = sorted(set(zip(data["n_real"], data["n_synthetic"], data["sigma2"])))
-    colours = line_colours(keys)
+    colours = style.n_colours(keys)
     many_sigma2 = data["sigma2"].nunique() > 1
-    labels = {k: series_label(k[0], k[1], k[2], many_sigma2) for k in keys}
-    fig = _figure((3.6 * len(workflows) + 0.6, 2.6 * len(metrics)))
-    axes = fig.subplots(len(metrics), len(workflows), sharex=True, squeeze=False)
+    labels = {k: style.series_label(k[0], k[1], k[2], many_sigma2) for k in keys}
+    fig = drawing.figure((3.6 * len(workflows) + 0.6, 2.6 * len(metrics)))
+    axes = drawing.panel_grid(fig, len(metrics), len(workflows), sharex=True,
+                              titles=[f"Gaussian, d = {dim}: {style.title(w)}" for w in workflows],
+                              ylabels=[YLABELS[m] for m in metrics])
+    has_theory = False
     for i, metric in enumerate(metrics):
         for j, workflow in enumerate(workflows):
             ax = axes[i, j]
             panel = data[(data["metric"] == metric) & (data["workflow"] == workflow)]
-            log = use_log_scale(panel["mean"].to_numpy(), metric, workflow)
+            log = use_log_scale(panel["mean"].to_numpy(dtype=float), metric, workflow)
             if log:
                 ax.set_yscale("log")
-            plot_panel(ax, panel, metric, workflow, colours, log)
+            has_theory |= plot_panel(ax, panel, metric, colours, log)
             ax.grid(True, which="major", alpha=0.3)
-            if i == 0:
-                ax.set_title(f"Gaussian, d = {dim}: {WORKFLOW_TITLES[workflow]}", fontsize=10)
-            if j == 0:
-                ax.set_ylabel(YLABELS[metric])
-            if i == len(metrics) - 1:
-                ax.set_xlabel("model-fitting iteration t")
-    has_theory = any(closed_form(m, w, k[0], k[1], dim, k[2], np.array([1])) is not None
-                     for m in metrics for w in workflows for k in keys)
     has_limit = "accumulate" in workflows and "cov_trace_ratio" in metrics
-    fig.legend(handles=_legend_handles(colours, labels, has_theory, has_limit), loc="outside lower center",
-               ncol=min(len(keys) + 3, 6), fontsize=9, frameon=False)
+    handles = drawing.colour_handles(colours, labels) + [drawing.band_handle("Monte-Carlo mean ± 1 SE")]
+    handles += drawing.theory_handles(has_theory, r"accumulate limit $t\to\infty$" if has_limit else None)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(keys) + 3, 6), fontsize=9, frameon=False)
     return fig
 
 
@@ -328,8 +202,7 @@ def plot_densities(axes, summary: pd.DataFrame) -> None:
     sigma2 = float(ones["sigma2"].iloc[0])
     last = int(summary["iteration"].max())
     shown = [t for t in DENSITY_ITERATIONS if t <= last] + ([last] if last not in DENSITY_ITERATIONS else [])
-    cmap = matplotlib.colormaps["viridis"]
-    colours = {t: cmap(0.9 * i / max(1, len(shown) - 1)) for i, t in enumerate(shown)}
+    colours = style.ramp(shown, "viridis", 0.0, 0.9, single=0.0)
     x = np.linspace(-4 * np.sqrt(sigma2), 4 * np.sqrt(sigma2), 600)
     peak = 1 / np.sqrt(2 * np.pi * sigma2)
     for ax, workflow in zip(axes, ("replace", "accumulate")):
@@ -339,7 +212,7 @@ def plot_densities(axes, summary: pd.DataFrame) -> None:
             ax.plot(x, np.exp(-0.5 * (x - mean) ** 2 / var) / np.sqrt(2 * np.pi * var), color=colours[t], lw=1.4)
         ax.plot(x, peak * np.exp(-0.5 * x**2 / sigma2), color="k", ls=(0, (4, 2)), lw=1.2)
         ax.set_ylim(0, 3 * peak)  # a collapsed fit's spike is cut off here
-        ax.set_title(f"{WORKFLOW_TITLES.get(workflow, workflow)}: one chain's fitted densities\n(d = 1, n = {n}, seed 0)",
+        ax.set_title(f"{style.title(workflow)}: one chain's fitted densities\n(d = 1, n = {n}, seed 0)",
                      fontsize=10)
         ax.set_xlabel("x")
         ax.set_ylabel("density")
@@ -354,13 +227,11 @@ def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
     replace and accumulate), then trace ratio and normalised mean error vs t:
     colour = d, replace solid, accumulate dashed."""
     dims = sorted(summary["dim"].unique())
-    cmap = matplotlib.colormaps["plasma"]
-    positions = np.linspace(0.0, 0.8, len(dims)) if len(dims) > 1 else [0.3]
-    colours = {d: cmap(p) for d, p in zip(dims, positions)}
-    styles = {"replace": "-", "accumulate": "--"}
+    colours = style.ramp(dims, "plasma", 0.0, 0.8, single=0.3)
+    styles = {w: style.LINE_STYLES[w] for w in ("replace", "accumulate")}
     panels = [("cov_trace_ratio", YLABELS["cov_trace_ratio"]),
               ("mean_sq_error", r"$\|\hat\mu_t - \mu_0\|^2$ / ($d\,\sigma^2$)")]
-    fig = _figure((9.5, 7.2 if densities else 3.8))
+    fig = drawing.figure((9.5, 7.2 if densities else 3.8))
     if densities:
         grid = fig.subplots(2, 2)
         plot_densities(grid[0], summary)
@@ -383,7 +254,7 @@ def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
                     ax.plot(one["iteration"], one["mean"] / scale, color=colours[d], ls=ls, lw=1.6)
     for ax, (_, ylabel) in zip(axes, panels):
         ax.set_yscale("log")
-        ax.set_xlabel("model-fitting iteration t")
+        ax.set_xlabel(style.XLABEL)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
     axes[0].set_title("Gaussian: covariance trace ratio", fontsize=10)
@@ -393,41 +264,27 @@ def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
     return fig
 
 
-def write_figures(summary: pd.DataFrame, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for dim in sorted(summary["dim"].unique()):
-        path = out / f"fig1_gaussian_d{int(dim)}.png"
-        _save(plot_dimension(summary, int(dim)), path)
-        written.append(path)
-    path = out / "fig1_gaussian_overview.png"
-    _save(plot_overview(summary), path)
-    written.append(path)
+def write_figures(summary: pd.DataFrame, out: Path, pdf: bool = False) -> list[Path]:
+    written = [drawing.save(plot_dimension(summary, int(dim)), out / f"fig1_gaussian_d{int(dim)}.png", pdf)
+               for dim in sorted(summary["dim"].unique())]
+    written.append(drawing.save(plot_overview(summary), out / "fig1_gaussian_overview.png", pdf))
     return written
 
 
-def _figure(size: tuple[float, float]) -> Figure:
-    """A pyplot-free figure on the Agg canvas: no global backend or figure state."""
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=150)
-
-
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", help="results table from `collapse-ray results` (.csv or .parquet)")
     parser.add_argument("--out", required=True, help="folder for the PNG files (created if needed)")
+    parser.add_argument("--pdf", action="store_true", help="also write each figure as PDF beside its PNG")
     args = parser.parse_args(argv)
     try:
         table = load_table(args.table)
-    except (OSError, ValueError) as error:
-        parser.error(str(error))  # one line on stderr, exit status 2
-    summary = summarise(table)
-    for path in write_figures(summary, Path(args.out)):
+    except tables.InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in write_figures(summarise(table), Path(args.out), args.pdf):
         print(path)
     return 0
 

@@ -3,6 +3,14 @@
     python analysis/figures.py results/fig2_kde.parquet results/linear_regression.parquet \\
         results/discrete.parquet results/fig1_gaussian.parquet results/mixing_policies.csv --out results/figures
 
+or pointed at a sweep in its MLflow store, which also logs the figures on the sweep's
+parent run (artifacts folder `figures/`), so the MLflow UI shows them beside the runs:
+
+    python analysis/figures.py --sweep quickstart --results-dir results --out results/figures
+
+(--sweep reads the newest sweep of that experiment from --tracking-uri, else
+$MLFLOW_TRACKING_URI, else RESULTS_DIR/mlflow.db; --out defaults to RESULTS_DIR/figures.)
+
 Each TABLE is what `collapse-ray results EXPERIMENT --out TABLE` wrote (.csv or .parquet);
 the tables are read and concatenated. The same chain (run_key, seed, iteration, with the
 same settings) from several sweeps is refused: pick one sweep per experiment. Written
@@ -36,140 +44,98 @@ into --out, each path printed:
   (analysis/neural_figures.py).
 
 Means are over seeds, of finite values only, with +-1 standard-error bands; settings are
-never averaged together (see analysis/toy_figures.py). Bad input (a missing file, a
-suffix other than .csv/.parquet, duplicate chains, no known task) exits with status 2
-and one line on stderr.
+never averaged together (analysis/tables.py). `--pdf` writes a PDF beside each PNG. Bad
+input (a missing file, a suffix other than .csv/.parquet, duplicate chains, no known
+task, an unknown sweep or store) exits with status 2 and one line on stderr.
 """
-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
-import pandas as pd
+if __name__ == "__main__":  # run as a script: import the analysis package, not the folder's files
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import pandas as pd  # noqa: E402
 
-def _sibling(name: str):
-    """A module of analysis/ loaded by path (analysis/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from analysis import fig1_gaussian as fig1  # noqa: E402
+from analysis import lm_figures as lm  # noqa: E402
+from analysis import neural_figures as neural  # noqa: E402
+from analysis import sweep_run, tables  # noqa: E402
+from analysis import toy_figures as toy  # noqa: E402
+from analysis.drawing import save  # noqa: E402
+from analysis.tables import InputError  # noqa: E402
 
-
-toy = _sibling("toy_figures")
-lm = _sibling("lm_figures")
-neural = _sibling("neural_figures")
-fig1 = toy.fig1
 EXIT_BAD_INPUT = 2
-
-
-class InputError(ValueError):
-    """A table that cannot be drawn; the message is one line."""
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if path.suffix not in (".csv", ".parquet"):
-        raise InputError(f"table must end in .csv or .parquet; got {str(path)!r}")
-    if not path.is_file():
-        raise InputError(f"no such table: {str(path)!r}")
-    try:
-        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    except Exception as error:  # a truncated or foreign file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"cannot read {str(path)!r}: {reason}") from None
-    missing = sorted({"task", "workflow", "run_key", "seed", "iteration", "n_real", "n_synthetic"} - set(table.columns))
-    if missing:
-        raise InputError(f"{path} is not a `collapse-ray results` table: no column(s) {missing}")
-    return table
+KNOWN_TASKS = toy.TASKS + lm.LM_TASKS + neural.NEURAL_TASKS
+read_table = tables.read_table
 
 
 def load_tables(paths: list[str | Path]) -> pd.DataFrame:
-    """The tables concatenated; refuses the same chains from several sweeps."""
-    tables = [read_table(p) for p in paths]
-    table = pd.concat(tables, ignore_index=True, sort=False)
-    if "sweep_run_id" not in table.columns:
-        table["sweep_run_id"] = ""
-    # the same chain: run key, seed, iteration and every setting (run keys name only the
-    # swept settings, so two experiments can share one for different settings)
-    settings = [c for c in toy.config_columns(table) if c != "sweep_run_id"]
-    keys = ["run_key", "seed", "iteration"] + settings
-    duplicate = table.duplicated(["run_key", "seed", "iteration"], keep=False)
-    if duplicate.any():  # candidates only: comparing every setting as text is slow on big tables
-        keyed = table.loc[duplicate, keys].astype(str)  # NaN-safe; bandwidth may mix numbers and words
-        duplicate = keyed.duplicated(keep=False).reindex(table.index, fill_value=False)
-    if duplicate.any():
-        sweeps = sorted(table.loc[duplicate, "sweep_run_id"].astype(str).unique())
-        first = table.loc[duplicate].iloc[0]
-        where = f"sweeps {', '.join(sweeps)}" if len(sweeps) > 1 else f"sweep {sweeps[0]}: a table given twice?"
-        raise InputError(
-            f"chain {first['run_key']} seed {first['seed']} iteration {first['iteration']} appears more than once "
-            f"({where}); keep one sweep per experiment (collapse-ray results without --all-sweeps)")
-    tasks = toy.TASKS + lm.LM_TASKS + neural.NEURAL_TASKS
-    known = sorted(set(table["task"]) & set(tasks))
-    if not known:
-        raise InputError(f"no rows of a known task ({', '.join(tasks)}); got tasks "
+    """The tables concatenated; refuses the same chains from several sweeps, and tables
+    without a task that has figures."""
+    return known_tasks(tables.load_tables(paths))
+
+
+def known_tasks(table: pd.DataFrame) -> pd.DataFrame:
+    if not set(table["task"]) & set(KNOWN_TASKS):
+        raise InputError(f"no rows of a known task ({', '.join(KNOWN_TASKS)}); got tasks "
                          f"{sorted(map(str, set(table['task'])))}")
     return table
 
 
 def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None,
-             kde_layout: str = "panels") -> list[Path]:
-    """Every figure that applies to the table; returns the paths written. kde_layout:
-    Fig. 2 as a panel per dataset ("panels") or (A)'s datasets x workflows grid ("grid")."""
+             kde_layout: str = "panels", pdf: bool = False) -> list[Path]:
+    """Every figure that applies to the table; returns the PNG paths written (a PDF
+    beside each with `pdf`). kde_layout: Fig. 2 as a panel per dataset ("panels") or
+    (A)'s datasets x workflows grid ("grid")."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    summaries = {}
-    for task in toy.TASKS:
-        rows = toy.task_rows(table, task)
-        if not rows.empty:
-            summaries[task] = toy.summarise(rows)
+    rows = {task: tables.task_rows(table, task) for task in toy.TASKS}
+    summaries = {task: tables.summarise(r) for task, r in rows.items() if not r.empty}
+
+    def draw(fig, name: str) -> None:
+        written.append(save(fig, out / name, pdf))
 
     if "gaussian" in summaries:
-        rows = toy.task_rows(table, "gaussian")
-        rows = rows[rows["workflow"].isin(toy.CLASSIC)]
-        if not rows.empty:
+        classic = rows["gaussian"][rows["gaussian"]["workflow"].isin(toy.CLASSIC)]
+        if not classic.empty:
             # Fig. 1 groups by dim, sigma2, n and workflow only: one value of anything else
-            rows, notes = toy.fix_settings(rows, fig1.LINE_KEYS + ["task", *toy.KNOBS])
+            classic, notes = tables.fix_settings(classic, fig1.LINE_KEYS + ["task", *toy.KNOBS])
             if notes:
                 print(f"note: Fig. 1 drawn for {', '.join(notes)}", file=sys.stderr)
-            written += fig1.write_figures(fig1.summarise(rows), out)
+            written += fig1.write_figures(fig1.summarise(classic), out, pdf)
 
     if "kde" in summaries:
         for bandwidth in toy.kde_bandwidths(summaries["kde"]):
-            path = out / f"fig2_kde_bw{toy.safe_name(bandwidth)}.png"
-            written.append(toy.save(toy.plot_kde(summaries["kde"], bandwidth, kde_layout), path))
+            draw(toy.plot_kde(summaries["kde"], bandwidth, kde_layout), f"fig2_kde_bw{toy.safe_name(bandwidth)}.png")
         for dataset in toy.bandwidth_study_datasets(summaries["kde"]):
-            path = out / f"kde_nll_vs_bandwidth_{toy.safe_name(dataset)}.png"
-            written.append(toy.save(toy.plot_kde_bandwidth(summaries["kde"], dataset), path))
+            name = f"kde_nll_vs_bandwidth_{toy.safe_name(dataset)}.png"
+            draw(toy.plot_kde_bandwidth(summaries["kde"], dataset), name)
 
     if "linear_regression" in summaries and _classic(summaries["linear_regression"]):
-        path = out / "linear_regression_theory.png"
-        written.append(toy.save(toy.plot_regression_theory(summaries["linear_regression"]), path))
+        draw(toy.plot_regression_theory(summaries["linear_regression"]), "linear_regression_theory.png")
 
     if "discrete" in summaries:
-        rows = toy.task_rows(table, "discrete")
-        collapse = toy.collapse_rows(rows)
+        collapse = toy.collapse_rows(rows["discrete"])
         if not collapse.empty:  # (A)'s protocol: replace until one outcome is left
-            written.append(toy.save(toy.plot_discrete_entropy(collapse), out / "discrete_entropy.png"))
-            written.append(toy.save(toy.plot_discrete_collapse_time(collapse), out / "discrete_collapse_time.png"))
-        fixed = rows[~toy.collapse_mask(rows)]  # chains run for a fixed number of iterations
-        if not fixed.empty and _classic(toy.summarise(fixed)):
-            written.append(toy.save(toy.plot_discrete(toy.summarise(fixed)), out / "discrete_diversity.png"))
+            draw(toy.plot_discrete_entropy(collapse), "discrete_entropy.png")
+            draw(toy.plot_discrete_collapse_time(collapse), "discrete_collapse_time.png")
+        fixed = rows["discrete"][~toy.collapse_mask(rows["discrete"])]  # chains run for a fixed number of iterations
+        if not fixed.empty and _classic(tables.summarise(fixed)):
+            draw(toy.plot_discrete(tables.summarise(fixed)), "discrete_diversity.png")
 
     fig4 = {t: s for t, s in summaries.items() if t in toy.FIG4_TASKS and _classic(s)}
     if fig4:
-        written.append(toy.save(toy.plot_fig4(fig4), out / "fig4_workflows.png"))
+        draw(toy.plot_fig4(fig4), "fig4_workflows.png")
 
     for task, summary in summaries.items():
         if toy.has_mixing(summary):
-            written.append(toy.save(toy.plot_mixing(task, summary), out / f"mixing_policies_{task}.png"))
+            draw(toy.plot_mixing(task, summary), f"mixing_policies_{task}.png")
 
-    written += lm.write_figures(table, out)
-    written += neural.write_figures(table, out, tracking_uri)
+    written += lm.write_figures(table, out, pdf)
+    written += neural.write_figures(table, out, tracking_uri, pdf)
     return written
 
 
@@ -188,23 +154,45 @@ def _tracking_uri(given: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tables", nargs="+", metavar="TABLE",
+    parser.add_argument("tables", nargs="*", metavar="TABLE",
                         help="results table from `collapse-ray results` (.csv or .parquet)")
-    parser.add_argument("--out", required=True, help="folder for the PNG files (created if needed)")
+    parser.add_argument("--sweep", metavar="NAME", default=None,
+                        help="instead of tables: the newest sweep of experiment NAME in its MLflow store; its figures "
+                             "are also logged on the sweep's parent run")
+    parser.add_argument("--results-dir", default="results",
+                        help="with --sweep: the folder `collapse-ray run --out` wrote (its mlflow.db); "
+                             "default: results")
+    parser.add_argument("--out", default=None,
+                        help="folder for the PNG files (created if needed); with --sweep default RESULTS_DIR/figures")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store the sweeps logged to, for figures made of logged pictures (sample grids); "
-                             "default: $MLFLOW_TRACKING_URI, else results/mlflow.db when it exists")
+                        help="MLflow store the sweeps logged to, for --sweep and for figures made of logged pictures "
+                             "(sample grids); default: $MLFLOW_TRACKING_URI, else results/mlflow.db when it exists")
     parser.add_argument("--kde-layout", choices=toy.KDE_LAYOUTS, default="panels",
                         help="Fig. 2: a panel per dataset with the workflows as line styles (panels), or "
                              "(A)'s layout, datasets in rows and workflows in columns, log y (grid)")
+    parser.add_argument("--pdf", action="store_true", help="also write each figure as PDF beside its PNG")
     args = parser.parse_args(argv)
     try:
-        table = load_tables(args.tables)
+        if bool(args.tables) == bool(args.sweep):
+            raise InputError("give results TABLEs or --sweep NAME (one of the two)")
+        if args.sweep:
+            sweep = sweep_run.read_sweep(sweep_run.tracking_uri_for(args.results_dir, args.tracking_uri), args.sweep)
+            table, tracking_uri = known_tasks(tables.one_sweep_per_chain(sweep.table)), sweep.tracking_uri
+            out = Path(args.out) if args.out else Path(args.results_dir) / "figures"
+        else:
+            if not args.out:
+                raise InputError("--out is required with results tables (the folder for the figures)")
+            table, tracking_uri, out = load_tables(args.tables), _tracking_uri(args.tracking_uri), Path(args.out)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for path in draw_all(table, Path(args.out), _tracking_uri(args.tracking_uri), args.kde_layout):
+    written = draw_all(table, out, tracking_uri, args.kde_layout, args.pdf)
+    for path in written:
         print(path)
+    if args.sweep:
+        logged = sweep_run.log_figures(sweep, written, args.pdf)
+        print(f"logged {len(logged)} file(s) on sweep {args.sweep!r}'s parent run {sweep.parent_run_id} "
+              f"(artifacts: {sweep_run.FIGURES_FOLDER}/)")
     return 0
 
 

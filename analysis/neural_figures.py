@@ -10,7 +10,7 @@ results` table:
   to MLflow (samples/iteration_TTT/samples.png of each run's first seed), so these need
   the tracking store (`--tracking-uri`); without one they are skipped with a note.
 
-Means over seeds with +-1 standard-error bands. Called by analysis/figures.py.
+Means over seeds (of finite values, `analysis.tables`) with +-1 standard-error bands. Called by analysis/figures.py.
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.image  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from analysis import drawing, style, tables
 
 NEURAL_TASKS = ("vae", "diffusion", "conformer_diffusion")
 DATA_COLUMN = "source"  # every neural task names its data set `source`
-ORDER = ("replace", "accumulate_subsample", "accumulate")
-COLORS = {"replace": "tab:red", "accumulate_subsample": "tab:orange", "accumulate": "tab:blue"}
 QUALITY = (("mmd", "kernel MMD$^2$ to held-out real (lower is better)"),
            ("classifier_confidence", "digit classifier confidence (higher is sharper)"))
 # conformers: both of GeoDiff's measures, each its own row
@@ -41,18 +37,7 @@ LOSS_LABEL = {"vae": "test loss: -ELBO (nats/image, held-out real)",
 GRID_ITERATIONS = (1, 5)  # and the last
 
 
-def _mean_se(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    out = frame.groupby(["workflow", "iteration"])[metric].agg(["mean", "std", "count"]).reset_index()
-    out["se"] = out["std"] / out["count"] ** 0.5
-    return out
-
-
-def _workflows(names) -> list[str]:
-    names = set(names)
-    return [w for w in ORDER if w in names] + sorted(names - set(ORDER))
-
-
-def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
+def plot_workflows(rows: pd.DataFrame, task: str) -> Figure:
     """Test loss (top) and sample quality (bottom) over iterations, a column per data set."""
     datasets = sorted(rows[DATA_COLUMN].astype(str).unique())
     if task in TASK_QUALITY:
@@ -61,7 +46,8 @@ def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
         quality = [(m, label) for m, label in QUALITY if m in rows and rows[m].notna().any()][:1]
     metrics = [("test_loss", LOSS_LABEL[task])] + quality
     width = max(4.5 * len(datasets), 6.0)  # one data set: room for the suptitle
-    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(width, 3.4 * len(metrics)), squeeze=False)
+    fig = drawing.figure((width, 3.4 * len(metrics)), layout="tight")
+    axes = fig.subplots(len(metrics), len(datasets), squeeze=False)
     for j, data in enumerate(datasets):
         sub = rows[rows[DATA_COLUMN].astype(str) == data]
         for i, (metric, label) in enumerate(metrics):
@@ -69,14 +55,10 @@ def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
             if metric not in sub or sub[metric].isna().all():
                 ax.set_axis_off()
                 continue
-            summary = _mean_se(sub, metric)
-            for workflow in _workflows(summary.workflow):
+            summary = tables.mean_se(sub, ["workflow", "iteration"], metric)
+            for workflow in style.ordered(summary.workflow):
                 line = summary[summary.workflow == workflow].sort_values("iteration")
-                color = COLORS.get(workflow)
-                ax.plot(line.iteration, line["mean"], marker="o", ms=3, color=color, label=workflow)
-                if line["count"].max() > 1:
-                    ax.fill_between(line.iteration, line["mean"] - line.se, line["mean"] + line.se,
-                                    color=color, alpha=0.2)
+                drawing.mean_curve(ax, line, "iteration", style.colour(workflow), style.title(workflow), ms=3)
             ax.set_xlabel("model-fitting iteration")
             ax.set_ylabel(label, fontsize=8)
             ax.set_title(f"{task} on {data}", fontsize=10)
@@ -85,7 +67,6 @@ def plot_workflows(rows: pd.DataFrame, task: str) -> plt.Figure:
             ax.legend(fontsize=8)
     fig.suptitle(f"{task}: replace collapses, accumulate holds" if {"replace", "accumulate"} <= set(rows.workflow)
                  else task)
-    fig.tight_layout()
     return fig
 
 
@@ -93,12 +74,14 @@ def grid_iterations(last: int) -> list[int]:
     return sorted({t for t in GRID_ITERATIONS if t <= last} | {last})
 
 
-def plot_sample_grids(pictures: dict[tuple[str, int], Path], title: str) -> plt.Figure:
+def plot_sample_grids(pictures: dict[tuple[str, int], Path], title: str) -> Figure:
     """pictures[(workflow, iteration)] -> PNG; a row per workflow, a column per iteration."""
-    workflows = _workflows({w for w, _ in pictures})
+    import matplotlib.image
+
+    workflows = style.ordered({w for w, _ in pictures})
     iterations = sorted({t for _, t in pictures})
-    fig, axes = plt.subplots(len(workflows), len(iterations), figsize=(3.2 * len(iterations), 3.4 * len(workflows)),
-                             squeeze=False)
+    fig = drawing.figure((3.2 * len(iterations), 3.4 * len(workflows)), layout="tight")
+    axes = fig.subplots(len(workflows), len(iterations), squeeze=False)
     for i, workflow in enumerate(workflows):
         for j, iteration in enumerate(iterations):
             ax = axes[i][j]
@@ -106,9 +89,8 @@ def plot_sample_grids(pictures: dict[tuple[str, int], Path], title: str) -> plt.
             path = pictures.get((workflow, iteration))
             if path is not None:
                 ax.imshow(matplotlib.image.imread(path))
-            ax.set_title(f"{workflow}, iteration {iteration}", fontsize=9, color=COLORS.get(workflow, "black"))
+            ax.set_title(f"{style.title(workflow)}, iteration {iteration}", fontsize=9, color=style.colour(workflow))
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -137,13 +119,13 @@ def fetch_pictures(rows: pd.DataFrame, tracking_uri: str, folder: Path) -> dict[
     return pictures
 
 
-def write_figures(table: pd.DataFrame, out: Path, tracking_uri: str | None = None) -> list[Path]:
+def write_figures(table: pd.DataFrame, out: Path, tracking_uri: str | None = None, pdf: bool = False) -> list[Path]:
     written = []
     for task in NEURAL_TASKS:
         rows = table[table["task"] == task]
         if rows.empty:
             continue
-        written.append(_save(plot_workflows(rows, task), out / f"{task}_workflows.png"))
+        written.append(drawing.save(plot_workflows(rows, task), out / f"{task}_workflows.png", pdf))
         if tracking_uri is None:
             print(f"note: {task} sample grids need the MLflow store (--tracking-uri); skipped", file=sys.stderr)
             continue
@@ -155,11 +137,6 @@ def write_figures(table: pd.DataFrame, out: Path, tracking_uri: str | None = Non
                     continue
                 name = f"{task}_{Path(data).name.replace('.', '_')}_samples.png"
                 fig = plot_sample_grids(pictures, f"{task} on {data}: samples of the first seed")
-                written.append(_save(fig, out / name))
+                written.append(drawing.save(fig, out / name, pdf))
     return written
 
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -4,9 +4,6 @@ or MLflow, as tests/test_analysis.py does)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,11 +12,9 @@ from collapse_ray.loop import run_chain
 from collapse_ray.spec import parse_spec
 from collapse_ray.tracking import job_params
 
-SCRIPT = Path(__file__).parent.parent / "analysis" / "figures.py"
-spec_ = importlib.util.spec_from_file_location("figures", SCRIPT)
-figures = importlib.util.module_from_spec(spec_)
-spec_.loader.exec_module(figures)
-toy = figures.toy
+from analysis import figures
+from analysis import tables as shaping
+from analysis import toy_figures as toy
 
 CLASSIC = ["replace", "accumulate", "accumulate_subsample"]
 
@@ -68,7 +63,7 @@ def test_summary_is_mean_and_standard_error_over_finite_seeds(tables):
     table = tables["linear_regression"].copy()
     cell = (table.workflow == "accumulate") & (table.n_real == 10) & (table.sigma2 == 1.0) & (table.iteration == 4)
     table.loc[table.index[cell][0], "test_loss"] = np.inf  # a degenerate fit
-    summary = toy.summarise(toy.task_rows(table, "linear_regression"))
+    summary = shaping.summarise(shaping.task_rows(table, "linear_regression"))
     row = summary[(summary.metric == "test_loss") & (summary.workflow == "accumulate") & (summary.n_real == 10)
                   & (summary.sigma2 == 1.0) & (summary.iteration == 4)]
     assert len(row) == 1  # one group per setting: sigma2 = 0.1 is not averaged in
@@ -88,10 +83,10 @@ def test_summary_is_mean_and_standard_error_over_finite_seeds(tables):
 def test_kde_bandwidth_labels_sort_numbers_then_rules(tables, tmp_path):
     path = tmp_path / "kde.csv"
     tables["kde"].to_csv(path, index=False)  # CSV mixes "0.5" and "scott" in one column
-    summary = toy.summarise(toy.task_rows(figures.read_table(path), "kde"))
+    summary = shaping.summarise(shaping.task_rows(figures.read_table(path), "kde"))
     assert toy.kde_bandwidths(summary) == ["0.5", "scott"]
     labels = ["scott", "10", "0.5", "silverman", "2"]
-    assert sorted(labels, key=toy.label_order) == ["0.5", "2", "10", "scott", "silverman"]
+    assert sorted(labels, key=shaping.label_order) == ["0.5", "2", "10", "scott", "silverman"]
 
 
 def test_one_command_draws_every_figure(tables, tmp_path, capsys):
@@ -155,12 +150,12 @@ def test_discrete_collapse_figures_from_chains_that_stop(tmp_path, capsys):
         "seeds": 1,
     }, sweep_run_id="s")
     both = pd.concat([table, capped], ignore_index=True)
-    times = toy.collapse_times(toy.task_rows(both, "discrete"))
+    times = toy.collapse_times(shaping.task_rows(both, "discrete"))
     assert len(times) == 2 * 2 * 12 + 1 and (~times.collapsed).sum() == 1
     # a chain's collapse iteration is its last row, where its entropy first fell below 1e-8
     first = table[table.entropy < 1e-8].groupby(["run_key", "seed"]).iteration.min().sort_index().to_numpy()
     assert np.array_equal(np.sort(times[times.collapsed].iteration.to_numpy()), np.sort(first))
-    carried = toy.carried_to_group_end(toy.task_rows(table, "discrete"), "fraction_of_initial_entropy")
+    carried = toy.carried_to_group_end(shaping.task_rows(table, "discrete"), "fraction_of_initial_entropy")
     end = carried.groupby(["n_outcomes", "n_real"]).tail(1)
     assert np.allclose(end["mean"], 0.0)  # every chain of the group has collapsed by its end
     path = tmp_path / "discrete.csv"
@@ -179,7 +174,7 @@ def test_kde_bandwidth_study_and_a_layout(tmp_path):
         "cases": [{"task.dataset": ["moons", "swiss_roll"], "task.bandwidth": [0.1, 1.0, "scott"]},
                   {"task.dataset": ["circles"], "task.bandwidth": [0.5]}],
     })
-    summary = toy.summarise(toy.task_rows(table, "kde"))
+    summary = shaping.summarise(shaping.task_rows(table, "kde"))
     assert toy.bandwidth_study_datasets(summary) == ["moons", "swiss_roll"]  # circles has one bandwidth
     path = tmp_path / "kde.csv"
     table.to_csv(path, index=False)
@@ -193,3 +188,10 @@ def test_kde_bandwidth_study_and_a_layout(tmp_path):
     grid = toy.plot_kde(summary, "1", layout="grid")
     assert len(grid.axes) == 2 * 2  # datasets in rows, workflows in columns
     assert all(ax.get_yscale() == "log" for ax in grid.axes)
+    assert [ax.get_title() for ax in grid.axes[:2]] == ["replace", "accumulate"]
+    assert [ax.get_ylabel() for ax in grid.axes[::2]] == ["moons\ntest NLL", "swiss roll\ntest NLL"]
+    assert [bool(ax.get_xlabel()) for ax in grid.axes] == [False, False, True, True]  # under the bottom row
+    panels = toy.plot_kde(summary, "1", layout="panels")
+    lines = panels.axes[0].get_lines()
+    assert len(lines) == 2 * 2  # per n, per workflow: the workflow as the line style, n as the colour
+    assert {line.get_linestyle() for line in lines} == {"-", "--"}

@@ -1,0 +1,70 @@
+"""The closed forms of `collapse_ray.theory` as figure overlays: E[metric] at iterations
+t of one line (a setting), or accumulate's t -> infinity limit, where one is known.
+
+They hold for n_synthetic == n_real and no fresh real data, under replace and accumulate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from collapse_ray import theory
+
+from analysis.style import missing
+
+
+def applies(cfg: Mapping) -> bool:
+    fresh = cfg.get("n_fresh_real")
+    return cfg.get("n_synthetic") == cfg.get("n_real") and (missing(fresh) or fresh == 0)
+
+
+def gaussian(metric: str, workflow: str, n: int, dim: int, sigma2: float, t: np.ndarray) -> np.ndarray | None:
+    if workflow == "replace":
+        if metric == "cov_trace_ratio":
+            return theory.gaussian_replace_trace_ratio(n, t)
+        if metric == "cov_det_ratio":
+            return theory.gaussian_replace_det_ratio(n, dim, t)
+        if metric == "mean_sq_error":
+            return theory.gaussian_replace_mean_sq_error(n, dim, sigma2, t)
+    if workflow == "accumulate":
+        if metric == "cov_trace_ratio":
+            return theory.gaussian_accumulate_trace_ratio(n, t)
+        if metric == "mean_sq_error":
+            return theory.gaussian_accumulate_mean_sq_error(n, dim, sigma2, t)
+    return None
+
+
+def expected(task: str, metric: str, workflow: str, cfg: Mapping, t: np.ndarray) -> np.ndarray | None:
+    """E[metric] at iterations t, or None where none is known."""
+    if workflow not in ("replace", "accumulate") or not applies(cfg):
+        return None
+    n = int(cfg["n_real"])
+    if task == "gaussian":
+        return gaussian(metric, workflow, n, int(cfg["dim"]), float(cfg["sigma2"]), t)
+    if task == "linear_regression" and metric == "test_loss":
+        d = int(cfg["dim"])
+        if n <= d + 1:
+            return None
+        formula = theory.linear_regression_replace if workflow == "replace" else theory.linear_regression_accumulate
+        return formula(n, d, float(cfg["sigma2"]), t)
+    if task == "discrete" and metric == "gini_simpson":
+        formula = (theory.discrete_replace_gini_simpson if workflow == "replace"
+                   else theory.discrete_accumulate_gini_simpson)
+        return formula(int(cfg["n_outcomes"]), n, t)
+    return None
+
+
+def limit(task: str, metric: str, workflow: str, cfg: Mapping) -> float | None:
+    """Accumulate's bound or t -> infinity limit, where known."""
+    if workflow != "accumulate" or not applies(cfg):
+        return None
+    n = int(cfg["n_real"])
+    if task == "gaussian" and metric == "cov_trace_ratio":
+        return theory.gaussian_accumulate_trace_limit(n)
+    if task == "linear_regression" and metric == "test_loss" and n > int(cfg["dim"]) + 1:
+        return np.pi**2 / 6 * theory.linear_regression_base(n, int(cfg["dim"]), float(cfg["sigma2"]))
+    if task == "discrete" and metric == "gini_simpson":
+        return (1 - 1 / int(cfg["n_outcomes"])) * theory.gaussian_accumulate_trace_limit(n)
+    return None
