@@ -106,7 +106,7 @@ class KDETask:
     """Keep the metrics of iteration 1 and every record_every-th (the bandwidth study's
     1000-iteration chains keep 1, 100, ..., 1000, the iterations (A)'s notebooks plot)."""
     precision: Precision = "float32"
-    """Kernel values in float32 (1.3-3x the kernel throughput; test_loss within 1e-6 nats
+    """Kernel values in float32 (1.3-1.45x float64's kernel throughput; test_loss within 1e-6 nats
     of float64's on the same draws, measured <= 3e-8 over the Fig. 2 grid's cells, where
     the Monte-Carlo SE of a 100-seed mean is >= 1.4e-4: tests/test_kde.py) or float64
     (exact to ~1e-12)."""
@@ -244,7 +244,9 @@ def _log_kernel_sums(test: KDETestSet, points: np.ndarray, h: float, precision: 
     slower; those terms are below e^-700 of the largest) and summed in float64: exact to
     ~1e-12 in the log-density. "float32": the shifted exponent (<= 0, formed in float64, so
     no distance cancellation happens in float32) is rounded to float32, exponentiated and
-    summed in float32, 1.3-3x the kernel throughput, at a cost of at most ~1e-5 in a test
+    summed in float32, 1.3-1.45x float64's kernel throughput at 100-1000 points (0.55 of
+    the machine's bare float32 distance-plus-exp rate; benchmarks/breakdown.py
+    task_kernel_throughput), at a cost of at most ~1e-5 in a test
     point's log-density (the rounding, 6e-8 relative on each exponent that matters,
     |arg| < 17 + log n, and the float32 sum's); averaged over n_test points test_loss moves
     by <= 3e-8 nats on the full grid's cells (measured), and tests/test_kde.py holds it to
