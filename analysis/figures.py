@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     if args.sweep:
         logged = sweep_run.log_figures(sweep, written, args.pdf)
-        print(f"logged {len(logged)} file(s) on sweep {args.sweep!r}'s parent run {sweep.parent_run_id} "
-              f"(artifacts: {sweep_run.FIGURES_FOLDER}/)")
+        print(f"logged {len(logged)} file(s) on the parent run {sweep.parent_run_id} of sweep {args.sweep} "
+              f"(MLflow UI: that run's Artifacts, {sweep_run.FIGURES_FOLDER}/)")
     return 0
 
 
