@@ -1,21 +1,25 @@
-"""Memory of the process that drives a language-model chain, as the pool grows, and
+"""Memory of the processes that drive a language-model chain, as the pool grows, and
 where one fit's time goes.
 
-    python benchmarks/lm_pool_memory.py                 # 10k, 100k, 1M rows: ~3 min on 2 cores
+    python benchmarks/lm_pool_memory.py                 # 10k, 100k, 1M rows: a few minutes on 2 cores
     python benchmarks/lm_pool_memory.py --rows 10000 --fit
 
-1. Pool memory. A stand-in sampler (procedural stories, ~190 characters, no model)
-   fills a pool on disk in the pool's own layout: half real rows (iteration 0), half
-   synthetic (iteration 1), as an accumulate chain at its second fit. Each way of
-   reading the fit's training set runs in a fresh process, whose peak RSS is printed:
-     in_memory  ArrayPool.load + take(selection): the pool in the trial process (today)
-     streamed   the index from the shards' row counts, then the selection as a Ray Data
-                read (pool.selection_dataset) that a Ray task iterates in batches, as a
-                Ray Train worker streams its shard: the trial holds the index, not the rows
-   (the streamed process's figure includes Ray's driver state, ~the same at every size).
-2. --fit: one Ray Train fit of the tiny preset (2 workers, DeepSpeed ZeRO-1) with the
-   held-out loss on the workers: its wall time against the training loop's, the
-   evaluation's, and the rest (worker start-up, process group, engine, data loading).
+1. Pool memory, through the real chain loop (loop.run_chain): a 2-iteration accumulate
+   chain of a stand-in text task (StandInTextTask: procedural stories, ~200 characters,
+   no model) whose pool holds ROWS rows at its second fit (half real, half synthetic).
+   The driver (a fresh process that starts Ray, as `collapse-ray run` does) runs the
+   chain in a Ray task, as Tune runs a trial; both peak RSS are printed:
+     in_memory  the rows path: the pool in the trial's ArrayPool (the toy tasks' path,
+                and the language models' before the pool went to disk)
+     on_disk    the pool-on-disk hooks (loop.PoolOnDiskTask), as PretrainingTask and
+                SFTTask use them: Ray tasks write the real rows and the samples into the
+                shards, the fit streams the selection (pool.PoolSelection.dataset) in a
+                Ray task as a Ray Train worker streams its shard; the trial holds the index
+   Both tables of test_loss (a stand-in: mean characters per row) must be equal.
+2. --fit: one Ray Train fit of the tiny preset (2 workers, DeepSpeed ZeRO-1) on a pool
+   selection streamed from the shards, held-out loss on the workers: wall time split into
+   data loading (read + tokenize into the object store), training, evaluation, and the
+   rest (worker start-up, process group, engine, saving).
 """
 
 from __future__ import annotations
@@ -25,90 +29,200 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 CHUNK = 50_000
+WORDS = np.array("the a cat dog saw ran big small happy sad tree park ball sun moon and then".split())
 
 
-def write_stand_in_pool(root: Path, rows: int) -> None:
-    """Shards as ArrayPool.write_shards lays them out (chain 0), written in chunks."""
-    from collapse_ray.pool import SHARD_NAME
-
-    rng = np.random.default_rng(0)
-    words = np.array("the a cat dog saw ran big small happy sad tree park ball sun moon and then".split())
-    for iteration, source, n in ((0, "real", rows // 2), (1, "synthetic", rows - rows // 2)):
-        path = root / f"iteration={iteration}" / f"source={source}" / SHARD_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        schema = pa.schema([("chain", pa.int64()), ("row", pa.int64()), ("text", pa.string())],
-                           metadata={"collapse_ray.shapes": json.dumps({"text": []})})
-        with pq.ParquetWriter(path, schema) as writer:
-            for start in range(0, n, CHUNK):
-                k = min(CHUNK, n - start)
-                text = [" ".join(s) for s in words[rng.integers(len(words), size=(k, 40))]]
-                writer.write_table(pa.table({"chain": np.zeros(k, np.int64), "row": np.arange(start, start + k),
-                                             "text": text}, schema=schema))
+def stories(n: int, seed: int):
+    """n procedural stories (40 words, ~200 characters), CHUNK at a time."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, CHUNK):
+        k = min(CHUNK, n - start)
+        yield [" ".join(s) for s in WORDS[rng.integers(len(WORDS), size=(k, 40))]]
 
 
-READER = r"""
-import resource, sys
-from pathlib import Path
-import numpy as np
-import pyarrow.parquet as pq
-from collapse_ray.pool import ArrayPool, SHARD_NAME, selection_dataset
-from collapse_ray.workflows import PoolIndex, make_workflow
+def _write_stories(n: int, seed: int, target) -> None:
+    from collapse_ray.pool import ShardWriter
 
-root, mode = Path(sys.argv[1]), sys.argv[2]
-workflow = make_workflow("accumulate")
-if mode == "in_memory":
-    pool = ArrayPool.load(root, [0], 1)
-    train = pool.take(workflow.select(pool.index, 2, [np.random.default_rng(0)]))
-    n = train["text"].shape[1]
-else:
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    import ray.data
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    counts = [pq.read_metadata(root / f"iteration={t}" / f"source={s}" / SHARD_NAME).num_rows
-              for t, s in ((0, "real"), (1, "synthetic"))]
-    index = PoolIndex(np.repeat([0, 1], counts), np.repeat(np.array([0, 1], np.int8), counts))
-    dataset = selection_dataset(root, index, workflow.select(index, 2, [np.random.default_rng(0)]), 0, ["text"])
+    with ShardWriter(target, ("text",)) as shard:
+        for texts in stories(n, seed):
+            shard.write({"text": texts})
 
-    @ray.remote(num_cpus=1)
-    def worker(dataset):  # stands in for a Ray Train worker streaming its shard
-        return sum(len(b["text"]) for b in dataset.iter_batches(batch_size=4096, batch_format="pyarrow"))
 
-    n = ray.get(worker.remote(dataset))
-print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def _mean_length_streamed(selection) -> float:
+    """Stands in for the Ray Train workers: streams the selection from the shards."""
+    import pyarrow.compute as pc
+
+    chars = rows = 0
+    for batch in selection.dataset(["text"]).iter_batches(batch_size=4096, batch_format="pyarrow"):
+        chars += int(pc.sum(pc.utf8_length(batch["text"])).as_py() or 0)
+        rows += batch.num_rows
+    return chars / rows
+
+
+def _as_rows(texts: list[str]) -> dict[str, np.ndarray]:
+    column = np.empty((1, len(texts)), dtype=object)
+    column[0, :] = texts
+    return {"text": column}
+
+
+@dataclass(frozen=True)
+class StandInTextTask:
+    """A language-model-shaped task without a model: rows are a `text` column of
+    stories, the "fit" is their mean length (exact: integer sums), samples are fresh
+    procedural stories. It offers the pool-on-disk hooks (off the trial through Ray
+    tasks, as the language models); RowsPath(task) takes it down the rows path."""
+
+    name: ClassVar[str] = "stand_in_text"
+    batched: ClassVar[bool] = False
+
+    def real_data(self, n_real, rngs):
+        from collapse_ray.tasks.protocol import RealData
+
+        texts = [t for chunk in stories(n_real, 0) for t in chunk]
+        return RealData(train=_as_rows(texts), test=None, context=None)
+
+    def fit(self, train, context=None) -> float:
+        texts = train["text"][0]
+        return sum(len(t) for t in texts) / len(texts)
+
+    def sample(self, model, n, rngs, context=None):
+        return _as_rows([t for chunk in stories(n, int(rngs[0].integers(2**31))) for t in chunk])
+
+    def sample_real(self, n, rngs, context=None):
+        return self.sample(None, n, rngs, context)
+
+    def evaluate(self, model, test):
+        return {"test_loss": np.array([model])}
+
+    def row_nbytes(self) -> int:
+        return 200
+
+    # -- the pool on disk (loop.PoolOnDiskTask) --
+    def real_data_on_disk(self, n_real, rngs, target):
+        from collapse_ray.tasks.protocol import RealData
+
+        if target is not None:
+            _off_trial(_write_stories, n_real, 0, target)
+        return RealData(train={}, test=None, context=None)
+
+    def fit_on_disk(self, selection, context=None) -> float:
+        return _off_trial(_mean_length_streamed, selection)
+
+    def sample_on_disk(self, model, n, rngs, context, target) -> None:
+        _off_trial(_write_stories, n, int(rngs[0].integers(2**31)), target)
+
+
+class RowsPath:
+    """A task down the loop's rows path: it offers the Task protocol's methods (and
+    with_workdir) only, so the loop keeps its rows in an ArrayPool."""
+
+    def __init__(self, task):
+        self.task, self.name, self.batched = task, task.name, task.batched
+
+    def with_workdir(self, path):
+        return RowsPath(self.task.with_workdir(path)) if hasattr(self.task, "with_workdir") else self
+
+    def real_data(self, n_real, rngs):
+        return self.task.real_data(n_real, rngs)
+
+    def fit(self, train, context=None):
+        return self.task.fit(train, context)
+
+    def sample(self, model, n, rngs, context=None):
+        return self.task.sample(model, n, rngs, context)
+
+    def sample_real(self, n, rngs, context=None):
+        return self.task.sample_real(n, rngs, context)
+
+    def evaluate(self, model, test):
+        return self.task.evaluate(model, test)
+
+    def row_nbytes(self) -> int:
+        return self.task.row_nbytes()
+
+
+def _off_trial(fn, *args):
+    from collapse_ray.text.backends import Placement
+    from collapse_ray.text.pool_steps import off_trial
+
+    return off_trial(Placement("ray_train", 2, False, 0.9, "ray_data", 2), fn, *args)
+
+
+def run_trial(rows: int, on_disk: bool, folder: str) -> dict[str, Any]:
+    """One chain in this process (the trial): its peak RSS and table."""
+    import resource
+
+    from collapse_ray.loop import run_chain
+    from collapse_ray.spec import ChainConfig
+
+    task = StandInTextTask() if on_disk else RowsPath(StandInTextTask())
+    chain = ChainConfig(workflow="accumulate", n_real=rows // 2, n_synthetic=rows - rows // 2, n_iterations=2,
+                        checkpoint_every=2)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = run_chain(task, chain, [0], checkpoint_dir=folder)
+    return {"test_loss": result.table["test_loss"].tolist(), "before_mb": before,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+DRIVER = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])  # the repository: Ray's workers import this module by name too
+import ray
+import benchmarks.lm_pool_memory as bench
+rows, on_disk, folder = int(sys.argv[2]), sys.argv[3] == "on_disk", sys.argv[4]
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+import ray.data
+ray.data.DataContext.get_current().enable_progress_bars = False
+# a fresh worker process per trial (max_calls=1), as Tune starts a trial actor
+trial = ray.remote(num_cpus=0.01, max_calls=1)(bench.run_trial)
+out = ray.get(trial.remote(rows, on_disk, folder))
+out["driver_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
 """
 
 
-def peak_rss_mb(root: Path, mode: str) -> tuple[int, float]:
-    done = subprocess.run([sys.executable, "-c", READER, str(root), mode], capture_output=True, text=True, check=True)
-    n, mb = done.stdout.split()[-2:]
-    return int(n), float(mb)
+def measure(rows: int, mode: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(__file__).resolve().parent.parent
+        done = subprocess.run([sys.executable, "-c", DRIVER, str(repo), str(rows), mode, str(Path(tmp) / "chain")],
+                              capture_output=True, text=True, cwd=repo)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-3000:])
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def fit_breakdown() -> None:
     import ray
 
     from collapse_ray.loop import chain_generators
+    from collapse_ray.pool import DiskPool
     from collapse_ray.tasks import PretrainingTask
+    from collapse_ray.workflows import make_workflow
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     with tempfile.TemporaryDirectory() as tmp:
         task = PretrainingTask(max_length=64, vocab_size=300, n_test=50, num_workers=2, micro_batch_size=8,
-                               eval_steps=5).with_workdir(tmp)
-        real = task.real_data(512, [chain_generators(0)[0]])
-        figures = task.fit(real.train, real.context).figures
-    total, train, evaluation = figures["fit_seconds"], figures["train_seconds"], figures["eval_seconds"]
-    print(f"\none Ray Train fit (tiny preset, 512 stories, 2 workers, ZeRO-1, eval every 5 of "
-          f"{figures['optimizer_steps']:.0f} steps):")
-    print(f"  wall {total:6.1f} s = training {train:5.1f} s + evaluation on the workers {evaluation:4.1f} s "
-          f"+ start-up and data loading {total - train - evaluation:5.1f} s")
+                               eval_steps=5).with_workdir(Path(tmp) / "task")
+        pool = DiskPool(Path(tmp) / "pool", [0])
+        target = pool.target(0, "real")
+        real = task.real_data_on_disk(512, [chain_generators(0)[0]], target)
+        pool.added(target)
+        selection = pool.selection(make_workflow("replace").select(pool.index, 1, [np.random.default_rng(0)]))
+        figures = task.fit_on_disk(selection, real.context).figures
+    total, data = figures["fit_seconds"], figures["data_seconds"]
+    train, evaluation = figures["train_seconds"], figures["eval_seconds"]
+    rest = total - data - train - evaluation
+    print(f"\none Ray Train fit (tiny preset, 512 stories streamed from the pool, 2 workers, ZeRO-1, "
+          f"eval every 5 of {figures['optimizer_steps']:.0f} steps):")
+    print(f"  {'wall':>6} {'data loading':>13} {'training':>9} {'evaluation':>11} {'start-up etc.':>14}")
+    print(f"  {total:6.1f} {data:13.1f} {train:9.1f} {evaluation:11.1f} {rest:14.1f}   seconds")
 
 
 def main() -> None:
@@ -116,15 +230,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--fit", action="store_true", help="also time one Ray Train fit")
     args = parser.parse_args()
-    print(f"{'pool rows':>10} {'in_memory MB':>13} {'streamed MB':>12}")
+    print("peak RSS (MB) of a 2-iteration accumulate chain whose second fit sees the whole pool")
+    print(f"{'pool rows':>10} {'trial in_memory':>16} {'trial on_disk':>14} {'driver in_memory':>17} "
+          f"{'driver on_disk':>15}")
     for rows in args.rows:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp) / "pool"
-            write_stand_in_pool(root, rows)
-            n_memory, memory = peak_rss_mb(root, "in_memory")
-            n_streamed, streamed = peak_rss_mb(root, "streamed")
-            assert n_memory == n_streamed == rows, (n_memory, n_streamed, rows)
-            print(f"{rows:>10} {memory:>13.0f} {streamed:>12.0f}", flush=True)
+        memory, disk = measure(rows, "in_memory"), measure(rows, "on_disk")
+        assert memory["test_loss"] == disk["test_loss"], (memory["test_loss"], disk["test_loss"])
+        print(f"{rows:>10} {memory['peak_mb']:>16.0f} {disk['peak_mb']:>14.0f} {memory['driver_mb']:>17.0f} "
+              f"{disk['driver_mb']:>15.0f}", flush=True)
     if args.fit:
         fit_breakdown()
 

@@ -32,6 +32,13 @@ from the newest checkpoint it finds. Metrics reach the sink just before each che
 on resume the sink is asked which iteration it already holds, so an iteration logged
 before a crash but after the last checkpoint is recomputed (identically: the random
 state is restored) yet not logged again.
+
+Pool on disk: a task with the PoolOnDiskTask hooks (language models) never sees rows.
+Its pool is the chain's hive-partitioned Parquet (`<checkpoint_dir>/pool`, on the
+storage the sweep shares), and the loop holds only the index (pool.DiskPool): it gives
+the task a `ShardTarget` to write its real rows and each iteration's samples into, and
+a `PoolSelection` handle (root, index, selection, chain) to fit on, which the task's
+workers stream. Toy tasks keep the in-memory ArrayPool.
 """
 
 from __future__ import annotations
@@ -41,12 +48,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from .pool import ArrayPool, remove_stale_temporaries
+from .pool import ArrayPool, DiskPool, PoolSelection, ShardTarget, remove_stale_temporaries
 from .spec import ChainConfig
 from .tasks import Metrics, RealData, Task
 from .workflows import by_statistics as uses_statistics
@@ -63,6 +70,27 @@ class MetricSink(Protocol):
         ...
 
     def log_iterations(self, seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> None: ...
+
+
+@runtime_checkable
+class PoolOnDiskTask(Protocol):
+    """Optional task hooks: the task's rows live in the pool's shards, not in this process
+    (language models, whose pools reach tens of GB). Unbatched tasks only (one chain)."""
+
+    def real_data_on_disk(self, n_real: int, rngs: Sequence[np.random.Generator],
+                          target: ShardTarget | None) -> RealData:
+        """As real_data, but the training rows are written to `target` (None: already
+        there, on resume) and RealData.train is empty."""
+        ...
+
+    def fit_on_disk(self, selection: PoolSelection, context: Any) -> Any:
+        """As fit, on the rows `selection` names (read from the shards where fitted)."""
+        ...
+
+    def sample_on_disk(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any,
+                       target: ShardTarget) -> None:
+        """As sample, but the n rows are written to `target` (pool.ShardWriter)."""
+        ...
 
 
 @dataclass
@@ -135,21 +163,44 @@ def run_chain(
         # tasks that keep files (tokenizers, fitted models) keep them with the checkpoint
         task = task.with_workdir(ckpt / "task")
 
+    on_disk = isinstance(task, PoolOnDiskTask)
+    if on_disk and (task.batched or by_statistics):
+        raise ValueError(f"task {task.name!r}: the pool-on-disk hooks are for unbatched row-path tasks")
+    if on_disk and pool_dir is None:  # no checkpoint folder: a throwaway one for the shards and files
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="collapse_ray-chain-"))
+        pool_dir = scratch / "pool"
+        if hasattr(task, "with_workdir"):
+            task = task.with_workdir(scratch / "task")
     generators = [chain_generators(s) for s in seeds]
-    real = task.real_data(chain.n_real, [g[0] for g in generators])
+    data_rngs = [g[0] for g in generators]
 
     state, manifest = _load_checkpoint(ckpt)
     if pool_dir is not None and pool_dir.exists():
         remove_stale_temporaries(pool_dir)  # left by a writer killed mid-shard
-    if state is None:
+    fresh = state is None
+    if fresh:
         stopping = np.zeros(len(seeds), dtype=np.int64) if hasattr(task, "stop_condition") else None
         state = _State(0, [g[1] for g in generators], None, [], stopped_at=stopping)
-        pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
-        pool.add(dict(real.train), iteration=0, source="real")
-    elif _finished(state, chain.n_iterations):  # finished: no iteration left to train
-        pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
-    else:  # exactly the shards the checkpoint lists, each checked against its hash
-        pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity, manifest=manifest)
+    if on_disk:  # the shards are the pool; only the index is held here
+        if fresh or _finished(state, chain.n_iterations):
+            pool = DiskPool(pool_dir, seeds, keep_history=keep_history)
+        else:  # exactly the shards the checkpoint lists, each checked against its hash
+            pool = DiskPool.load(pool_dir, seeds, keep_history, manifest)
+        target = pool.target(0, "real") if fresh else None
+        real = task.real_data_on_disk(chain.n_real, data_rngs, target)
+        if target is not None:
+            pool.added(target)
+    else:
+        real = task.real_data(chain.n_real, data_rngs)
+        if fresh:
+            pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
+            pool.add(dict(real.train), iteration=0, source="real")
+        elif _finished(state, chain.n_iterations):  # finished: no iteration left to train
+            pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
+        else:  # exactly the shards the checkpoint lists, each checked against its hash
+            pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity, manifest=manifest)
     resumed_from = state.iteration
     logged = sink.last_logged_iteration() if sink is not None else 0
     if pool_dir is not None and chain.persist_pool:
@@ -176,6 +227,8 @@ def run_chain(
             if state.stats is None:  # iteration 1: the real rows
                 state.stats = task.statistics(pool.rows_of(0), real.context)
             model = task.fit_statistics(state.stats)
+        elif on_disk:  # a handle on the selected rows; the task's workers read them
+            model = task.fit_on_disk(pool.selection(workflow.select(pool.index, t, state.rngs)), live.context)
         else:
             train = pool.take(workflow.select(pool.index, t, state.rngs))
             if active is not None and len(active) < len(seeds):
@@ -280,6 +333,11 @@ def _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, real, by
     n_chains = len(pool.chain_ids) if active is not None else 0
     if by_statistics and not chain.persist_pool:
         new = task.sample_statistics(model, chain.n_synthetic, rngs, real.context)
+    elif isinstance(pool, DiskPool):  # the samples go straight into their shard
+        target = pool.target(t, "synthetic")
+        task.sample_on_disk(model, chain.n_synthetic, rngs, real.context, target)
+        pool.added(target)
+        new = None
     else:
         rows = task.sample(model, chain.n_synthetic, rngs, real.context)
         if phases is not None:

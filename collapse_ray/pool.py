@@ -417,3 +417,228 @@ def _block_counts(index: PoolIndex):
 def _row_keys(iteration: np.ndarray, source_code: np.ndarray, row: np.ndarray) -> np.ndarray:
     """One int64 per (iteration, source, row): rows under 2**32 per shard."""
     return (np.asarray(iteration, np.int64) << 33) | (np.asarray(source_code, np.int64) << 32) | np.asarray(row, np.int64)
+
+
+# -- the pool on disk: rows in the shards, only the index in the process ---------------
+class ShardTarget:
+    """Where one (iteration, source) block of a chain's rows goes: the shard file, and
+    the `row` id its first row takes (its offset within the iteration's block, as
+    write_shards numbers rows). Whoever makes the rows writes them here (ShardWriter),
+    so they need not pass through the process that holds the pool."""
+
+    __slots__ = ("root", "iteration", "source", "chain_id", "first_row")
+
+    def __init__(self, root: str | Path, iteration: int, source: str, chain_id: int, first_row: int):
+        self.root, self.iteration, self.source = str(root), int(iteration), source
+        self.chain_id, self.first_row = int(chain_id), int(first_row)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / f"iteration={self.iteration}" / f"source={self.source}" / SHARD_NAME
+
+    def __repr__(self) -> str:
+        return f"ShardTarget({self.path}, chain {self.chain_id}, first row {self.first_row})"
+
+
+class ShardWriter:
+    """Streams rows of one text-like pool shard (1-D columns) into a hidden temporary
+    file and renames it on commit: readers see all of it or none, as write_shards.
+
+        with ShardWriter(target, ("text",)) as shard:
+            shard.write({"text": batch})   # batch after batch; memory: one batch
+    """
+
+    def __init__(self, target: ShardTarget, columns: Sequence[str], types: dict[str, pa.DataType] | None = None):
+        self.target, self.rows = target, 0
+        types = types or {}
+        self.schema = pa.schema(
+            [("chain", pa.int64()), ("row", pa.int64())] + [(c, types.get(c, pa.string())) for c in columns],
+            metadata={"collapse_ray.shapes": json.dumps({c: [] for c in columns})})
+        self.path = target.path
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        self._writer = None
+
+    def __enter__(self) -> "ShardWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self.tmp, self.schema)
+        return self
+
+    def write(self, columns: dict[str, Sequence]) -> None:
+        k = len(next(iter(columns.values())))
+        if k == 0:
+            return
+        start = self.target.first_row + self.rows
+        arrays = {"chain": pa.array(np.full(k, self.target.chain_id, np.int64)),
+                  "row": pa.array(np.arange(start, start + k, dtype=np.int64))}
+        arrays.update({name: pa.array(list(values), type=self.schema.field(name).type)
+                       for name, values in columns.items()})
+        self._writer.write_table(pa.table(arrays, schema=self.schema))
+        self.rows += k
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self._writer.close()
+        if kind is None and self.rows:
+            os.replace(self.tmp, self.path)
+        else:  # failed, or nothing to write (an empty block has no shard, as in write_shards)
+            self.tmp.unlink(missing_ok=True)
+
+
+class PoolSelection:
+    """A handle on one chain's selected rows in the pool's shards, given to a task in
+    place of the rows: ROOT, the pool index and the workflow's selection, the chain id
+    (its `chain` column) and position (its row set in a per-chain selection), and the
+    manifest entries of the shards the rows lie in (their sha256 identify the content)."""
+
+    __slots__ = ("root", "index", "selection", "chain_id", "position", "shards")
+
+    def __init__(self, root, index: PoolIndex, selection: Selection, chain_id: int, position: int,
+                 shards: Sequence[dict]):
+        self.root, self.index, self.selection = str(root), index, selection
+        self.chain_id, self.position, self.shards = int(chain_id), int(position), tuple(shards)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows_by_shard().values())
+
+    def rows_by_shard(self) -> dict[tuple[int, str], np.ndarray]:
+        return selected_rows(self.index, self.selection, self.position) if len(self.index.iteration) else {}
+
+    def dataset(self, columns: Sequence[str]):
+        """A Ray Data read of the selected rows (selection_dataset): nothing is read here."""
+        return selection_dataset(self.root, self.index, self.selection, self.chain_id, columns, self.position)
+
+    def read(self, columns: Sequence[str]) -> dict[str, list]:
+        """The selected rows, in this process and in the selection's own order: what
+        `ArrayPool.take(selection)` gives one chain (in-process backends, debugging)."""
+        positions = (np.arange(len(self.index.iteration))[self.selection] if isinstance(self.selection, slice)
+                     else np.asarray(self.selection))
+        if positions.ndim == 2:
+            positions = positions[self.position]
+        if len(positions) == 0:
+            return {c: [] for c in columns}
+        firsts, starts = np.unique(self.index.iteration, return_index=True)
+        iterations = self.index.iteration[positions]
+        rows = positions - starts[np.searchsorted(firsts, iterations)]
+        codes = self.index.source[positions]
+        out = {c: np.empty(len(positions), dtype=object) for c in columns}
+        for it in np.unique(iterations):
+            for code, source in enumerate(SOURCES):
+                mask = (iterations == it) & (codes == code)
+                if not mask.any():
+                    continue
+                path = Path(self.root) / f"iteration={int(it)}" / f"source={source}" / SHARD_NAME
+                table = pq.read_table(path, columns=["chain", "row", *columns],
+                                      filters=[("chain", "=", self.chain_id)])
+                at = np.empty(int(pc.max(table["row"]).as_py()) + 1, dtype=np.int64)
+                at[table["row"].to_numpy()] = np.arange(table.num_rows)
+                for c in columns:
+                    out[c][mask] = np.asarray(table[c].to_pylist(), dtype=object)[at[rows[mask]]]
+        return {c: list(v) for c, v in out.items()}
+
+    def digest(self) -> str:
+        """Identifies the selected content: the shards' sha256 and the row ids taken."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for entry in sorted(self.shards, key=lambda e: e["path"]):
+            h.update(f"{entry['path']}:{entry['sha256']};".encode())
+        for (it, source), rows in sorted(self.rows_by_shard().items()):
+            h.update(f"{it}/{source}:".encode())
+            h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        h.update(str(self.chain_id).encode())
+        return h.hexdigest()
+
+
+class DiskPool:
+    """The pool as its shards on disk; this process holds only the index (iteration and
+    source per row: 9 bytes a row) and the shards' manifest entries.
+
+    The same reading interface as ArrayPool for the loop (index, manifest, write_shards,
+    latest_iteration), but rows never enter it: `target` says where a block's rows
+    go, whoever makes them writes them there, and `added` records the written shard.
+    `selection` hands out a PoolSelection instead of `take`'s rows."""
+
+    def __init__(self, root: str | Path, chain_ids: Sequence[int], keep_history: bool = True):
+        self.root = Path(root)
+        self.chain_ids = np.asarray(chain_ids, dtype=np.int64)
+        self.keep_history = keep_history
+        self._blocks: list[tuple[int, str, int]] = []  # (iteration, source, rows per chain), in added order
+        self._shards: dict[tuple[int, str], dict] = {}
+
+    def __len__(self) -> int:
+        return sum(k for _, _, k in self._blocks)
+
+    @property
+    def index(self) -> PoolIndex:
+        counts = [k for _, _, k in self._blocks]
+        return PoolIndex(iteration=np.repeat(np.asarray([b[0] for b in self._blocks], dtype=np.int64), counts),
+                         source=np.repeat(np.asarray([SOURCES.index(b[1]) for b in self._blocks], np.int8), counts))
+
+    @property
+    def latest_iteration(self) -> int:
+        return self._blocks[-1][0] if self._blocks else -1
+
+    def nbytes(self) -> int:
+        """Bytes of rows this object holds: the index only."""
+        return len(self) * (8 + 1)
+
+    def target(self, iteration: int, source: str, position: int = 0) -> ShardTarget:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
+        if iteration < self.latest_iteration:
+            raise ValueError(f"rows of iteration {iteration} added after iteration {self.latest_iteration}")
+        first = sum(k for it, _, k in self._blocks if it == iteration)
+        return ShardTarget(self.root, iteration, source, int(self.chain_ids[position]), first)
+
+    def added(self, target: ShardTarget) -> None:
+        """Record the shard a writer put at `target` (none: an empty block)."""
+        if not target.path.exists():
+            return
+        rows = pq.read_metadata(target.path).num_rows
+        if rows % len(self.chain_ids):
+            raise ValueError(f"{target.path} holds {rows} rows, not a multiple of {len(self.chain_ids)} chains")
+        self._append(target.iteration, target.source, rows // len(self.chain_ids),
+                     _manifest_entry(target.path, self.root, rows))
+
+    def add(self, rows: dict[str, np.ndarray], iteration: int, source: str) -> None:
+        """Rows made in this process (fresh real rows: few), written to their shard at once."""
+        k = _n_rows(rows, len(self.chain_ids))
+        if k == 0:
+            return
+        target = self.target(iteration, source)
+        staging = ArrayPool(self.chain_ids)
+        staging.add(rows, iteration, source)
+        table = staging._block_table(np.arange(k), -target.first_row)
+        write_table_atomic(table, target.path)
+        self._append(iteration, source, k, _manifest_entry(target.path, self.root, table.num_rows))
+
+    def _append(self, iteration: int, source: str, k: int, entry: dict) -> None:
+        if not self.keep_history and self._blocks and iteration > self.latest_iteration:
+            self._blocks = []  # the workflow never looks back: older blocks leave the index
+        self._blocks.append((iteration, source, k))
+        self._shards[(iteration, source)] = entry
+
+    def write_shards(self, root: str | Path | None = None) -> list[Path]:
+        return []  # every block was written when it was added
+
+    def manifest(self) -> list[dict]:
+        return [self._shards[(it, s)] for it, s in sorted((it, s) for it, s, _ in self._blocks)]
+
+    def selection(self, selection: Selection, position: int = 0) -> PoolSelection:
+        index = self.index
+        blocks = selected_rows(index, selection, position) if len(index.iteration) else {}
+        return PoolSelection(self.root, index, selection, int(self.chain_ids[position]), position,
+                             [self._shards[b] for b in sorted(blocks)])
+
+    @classmethod
+    def load(cls, root: str | Path, chain_ids: Sequence[int], keep_history: bool,
+             manifest: Sequence[dict]) -> "DiskPool":
+        """The pool a checkpoint's manifest lists, each shard checked against its row
+        count and sha256. Within an iteration the loop adds the synthetic block before
+        the fresh real one (iteration 0: real only), so that is their order here."""
+        pool = cls(root, chain_ids, keep_history)
+        listed = check_manifest(pool.root, manifest)
+        order = {"synthetic": 0, "real": 1}
+        for it, source in sorted(listed, key=lambda b: (b[0], order[b[1]])):
+            entry = listed[(it, source)]
+            pool._append(it, source, entry["rows"] // len(pool.chain_ids), entry)
+        return pool

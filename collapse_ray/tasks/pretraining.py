@@ -12,17 +12,18 @@ Rows are a `text` column; one chain per trial. Quick run (2 CPU cores, ~3 min):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..text import corpora
+from ..text import backends, corpora, pool_steps
 from ..text.models import is_preset, load_tokenizer
 from ..text.settings import (
     LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, first_token_counts,
-    fit_texts, prepare_tokenizer, sample_texts,
+    fit_texts, prepare_tokenizer, sample_settings, sample_texts,
 )
 from ..validation import fail
 from .protocol import Metrics, RealData, Rows
@@ -73,6 +74,18 @@ class PretrainingTask(LanguageModelSettings):
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
         return as_rows([corpora.procedural_story(rngs[0]) for _ in range(n)])
+
+    # -- the pool on disk (loop.PoolOnDiskTask): the trial never holds the rows --------
+    def real_data_on_disk(self, n_real: int, rngs: Sequence[np.random.Generator], target) -> RealData:
+        return pool_steps.real_data_on_disk(self, n_real, rngs, target)
+
+    def fit_on_disk(self, selection, context: Any = None):
+        return pool_steps.fit_on_disk(self, selection, context)
+
+    def sample_on_disk(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any, target) -> None:
+        s = sample_settings(self, model, self.generation, context)
+        batches = functools.partial(backends.iter_samples, n, chain_seed(rngs[0]), s, self.placement())
+        pool_steps.sample_on_disk(self.placement(), batches, target)
 
     def evaluate(self, model, test) -> Metrics:
         return evaluate_texts(model, test)

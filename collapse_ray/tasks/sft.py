@@ -41,11 +41,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..text import corpora
+from ..text import backends, corpora, pool_steps
 from ..text.models import load_tokenizer
 from ..text.settings import (
     LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, fit_texts,
-    prepare_tokenizer, sample_texts,
+    prepare_tokenizer, sample_settings,
 )
 from ..validation import SpecError, check_min, fail, require
 from .protocol import Metrics, RealData, Rows
@@ -208,9 +208,10 @@ class SFTTask(LanguageModelSettings):
         tokenizer_dir = prepare_tokenizer(fitter, loaded)
         train = self._fitting(load_tokenizer(tokenizer_dir), "train", self.value_pool_real, loaded)
         model = fit_texts(fitter, train, TextContext(tokenizer_dir, seed))
-        texts = fitter._accepted_samples(model, self.value_pool_size, seed)
         tmp = folder / f".pool.parquet.tmp-{os.getpid()}"
-        pq.write_table(pa.table({"text": pa.array(texts, type=pa.string())}), tmp)
+        with pq.ParquetWriter(tmp, pa.schema([("text", pa.string())])) as writer:  # batch by batch
+            for texts in fitter._accepted_batches(model, self.value_pool_size, seed):
+                writer.write_table(pa.table({"text": pa.array(texts, type=pa.string())}))
         os.replace(tmp, path)
 
     # -- protocol ----------------------------------------------------------------------
@@ -221,25 +222,44 @@ class SFTTask(LanguageModelSettings):
         return as_rows(self._accepted_samples(model, n, chain_seed(rngs[0])))
 
     def _accepted_samples(self, model, n: int, seed: int) -> list[str]:
-        """Sample until n samples parse (rounds sized by the acceptance rate so far)."""
-        accepted, drawn = [], 0
+        return [text for batch in self._accepted_batches(model, n, seed) for text in batch]
+
+    def _accepted_batches(self, model, n: int, seed: int):
+        """Sample until n samples parse (rounds sized by the acceptance rate so far),
+        yielding the parsed ones batch by batch as they are drawn: n in all, in order."""
+        accepted, drawn = 0, 0
         seeds = np.random.SeedSequence(seed).generate_state(MAX_SAMPLING_ROUNDS)
+        settings = sample_settings(self, model)
         for round_seed in seeds:
-            if len(accepted) >= n or drawn >= MAX_DRAWS_PER_SAMPLE * n:
+            if accepted >= n or drawn >= MAX_DRAWS_PER_SAMPLE * n:
                 break
-            rate = max(len(accepted) / drawn, 0.1) if drawn else 1.0
-            ask = int(np.ceil((n - len(accepted)) / rate * 1.1))
-            made = sample_texts(self, model, ask, int(round_seed))
-            drawn += len(made)
-            accepted.extend(format_example(*p) for p in map(parse_example, made) if p is not None)
-        if len(accepted) < n:
-            raise RuntimeError(f"sft sampler: {len(accepted)} of {drawn} samples parsed as one user and one "
+            rate = max(accepted / drawn, 0.1) if drawn else 1.0
+            ask = int(np.ceil((n - accepted) / rate * 1.1))
+            for made in backends.iter_samples(ask, int(round_seed), settings, self.placement()):
+                drawn += len(made)
+                kept = [format_example(*p) for p in map(parse_example, made) if p is not None]
+                yield kept[: n - accepted]
+                accepted += len(kept)
+                if accepted >= n:  # the rest of the round would be cut off
+                    break
+        if accepted < n:
+            raise RuntimeError(f"sft sampler: {accepted} of {drawn} samples parsed as one user and one "
                                f"assistant part; {n} were needed (is the model trained enough to keep the format?)")
-        return accepted[:n]
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
         pairs = [corpora.procedural_instruction(rngs[0]) for _ in range(n)]
         return as_rows([format_example(p, r) for p, r in pairs])
+
+    # -- the pool on disk (loop.PoolOnDiskTask): the trial never holds the rows --------
+    def real_data_on_disk(self, n_real: int, rngs: Sequence[np.random.Generator], target) -> RealData:
+        return pool_steps.real_data_on_disk(self, n_real, rngs, target)
+
+    def fit_on_disk(self, selection, context: Any = None):
+        return pool_steps.fit_on_disk(self, selection, context)
+
+    def sample_on_disk(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any, target) -> None:
+        batches = functools.partial(self._accepted_batches, model, n, chain_seed(rngs[0]))
+        pool_steps.sample_on_disk(self.placement(), batches, target)
 
     def evaluate(self, model, test) -> Metrics:
         return evaluate_texts(model, test)

@@ -128,16 +128,27 @@ def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_
     """A fit on a Ray Dataset of `text` rows (e.g. pool.selection_dataset): Ray Data
     tasks tokenize them (BOS + ids + EOS, long rows cut or dropped) into the object
     store and the workers stream their shards from there; the caller never holds the
-    texts or their tokens."""
+    texts or their tokens. Micro-batches are clamped to each worker's share of the
+    examples (as fit_texts does before a fit on rows). No example left (all dropped as
+    long): no fit, figures {"train_examples": 0}. `data_seconds`: reading and
+    tokenizing, before the trainer starts."""
+    from dataclasses import replace
     from functools import partial
 
     quiet_ray_data()
+    start = time.perf_counter()
     tokens = texts.map_batches(partial(_tokenize_batch, settings.tokenizer_dir, max_length, drop_long),
                                batch_format="pyarrow")
     # materialised before the workers hold the CPUs (see fit_ray_train); its count sizes
     # every worker's equal number of micro-batches
     dataset = tokens.repartition(2 * placement.num_workers).materialize()
-    return _train_on_dataset(settings, dataset, dataset.count(), placement, held_out)
+    n = dataset.count()
+    if n == 0:
+        return {"train_examples": 0.0}
+    settings = replace(settings, micro_batch_size=min(settings.micro_batch_size, max(1, n // placement.num_workers)))
+    data_seconds = time.perf_counter() - start
+    figures = _train_on_dataset(settings, dataset, n, placement, held_out)
+    return {**figures, "data_seconds": data_seconds}
 
 
 def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, batch):
@@ -277,7 +288,8 @@ class _Generator:
                 "text": np.array(texts, dtype=object)}
 
 
-def sample_ray_data(n: int, seed: int, s: SampleSettings, placement: Placement) -> list[str]:
+def _sampling_dataset(n: int, seed: int, s: SampleSettings, placement: Placement):
+    """Ray Data batch inference: a block per chunk of samples, mapped by generator actors."""
     import pandas as pd
     import ray.data
 
@@ -288,12 +300,40 @@ def sample_ray_data(n: int, seed: int, s: SampleSettings, placement: Placement) 
     frames = [pd.DataFrame([c], columns=["chunk", "count", "seed"]) for c in chunks]
     dataset = ray.data.from_pandas(frames)
     gpu = {"num_gpus": 1} if placement.use_gpu else {"num_cpus": placement.cpus_per_worker}
-    made = dataset.map_batches(
+    return dataset.map_batches(
         _Generator, fn_constructor_kwargs={"settings": s}, batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=max(1, min(placement.sampling_concurrency, len(chunks)))), **gpu,
-    ).to_pandas()
+    )
+
+
+def sample_ray_data(n: int, seed: int, s: SampleSettings, placement: Placement) -> list[str]:
+    made = _sampling_dataset(n, seed, s, placement).to_pandas()
     made = made.sort_values(["chunk", "pos"])  # actors finish out of order
     return [str(t) for t in made["text"]]
+
+
+def iter_samples(n: int, seed: int, s: SampleSettings, placement: Placement):
+    """The n samples `sample` returns, in the same order, chunk by chunk: a caller that
+    writes them as they come holds one chunk at a time, never all n."""
+    if n == 0:
+        return
+    if placement.sampler == "local":
+        model, tokenizer, device = load_for_inference(s.model_dir, s.tokenizer_dir)
+        for _, count, chunk_seed in _chunks(n, seed, s.batch_size):
+            yield generate(model, tokenizer, count, chunk_seed, s, device)
+        return
+    import ray.data
+
+    # in input (chunk) order, however the actors finish: this process's context only
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    last = -1  # chunk of the previous row: each next row continues it or starts the next
+    for batch in _sampling_dataset(n, seed, s, placement).iter_batches(batch_size=None, batch_format="numpy"):
+        steps = np.diff(np.concatenate([[last], batch["chunk"]]))
+        if ((steps < 0) | (steps > 1)).any():
+            raise RuntimeError(f"sampled chunks arrived out of order after chunk {last}: {batch['chunk'][:5].tolist()}")
+        if len(batch["chunk"]):
+            last = int(batch["chunk"][-1])
+        yield [str(t) for t in batch["text"]]
 
 
 def sample(n: int, seed: int, s: SampleSettings, placement: Placement) -> list[str]:

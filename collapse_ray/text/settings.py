@@ -285,10 +285,7 @@ def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> F
     chain's seed and the same key: reproducible, and different per iteration.
     """
     texts = [str(t) for t in texts]
-    digest = hashlib.sha256("\x00".join(texts).encode())
-    digest.update(settings.config_digest().encode())
-    digest.update(str(context.seed).encode())
-    key = digest.hexdigest()[:20]
+    key = fit_key(settings, "\x00".join(texts), context)
     out = settings.workdir / "models" / key
     figures_file = out / "fit.json"
     if figures_file.exists():
@@ -297,20 +294,38 @@ def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> F
     examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
     if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
         return FittedLM(_initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
-    fit_settings = FitSettings(
+    fit_settings = fit_settings_for(settings, context, out, key, len(examples))
+    figures = backends.fit(fit_settings, examples, settings.placement(), context.held_out)
+    figures["train_examples"] = float(len(examples))
+    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
+    return FittedLM(str(out), context.tokenizer_dir, figures)
+
+
+def fit_key(settings: LanguageModelSettings, training_set: str, context: TextContext) -> str:
+    """The folder name of a fit: the training set's identity, the fitting configuration
+    and the chain's seed (its first 8 hex digits seed the fit)."""
+    digest = hashlib.sha256(training_set.encode())
+    digest.update(settings.config_digest().encode())
+    digest.update(str(context.seed).encode())
+    return digest.hexdigest()[:20]
+
+
+def fit_settings_for(settings: LanguageModelSettings, context: TextContext, out: Path, key: str,
+                     n_examples: int | None) -> FitSettings:
+    """The training loop's settings for one fit; micro-batches no larger than each
+    worker's share of n_examples (None: not known yet, the backend clamps it)."""
+    micro = settings.micro_batch_size
+    if n_examples is not None:
+        micro = min(micro, max(1, n_examples // settings.num_workers))
+    return FitSettings(
         model_name=settings.model, tokenizer_dir=context.tokenizer_dir, output_dir=str(out),
-        seed=int(key[:8], 16) % 2**31, epochs=settings.epochs,
-        micro_batch_size=min(settings.micro_batch_size, max(1, len(examples) // settings.num_workers)),
+        seed=int(key[:8], 16) % 2**31, epochs=settings.epochs, micro_batch_size=micro,
         grad_accum_steps=settings.grad_accum_steps, learning_rate=settings.learning_rate,
         warmup_ratio=settings.resolved_warmup_ratio(), warmup_steps=settings.warmup_steps,
         betas=(settings.adam_beta1, settings.adam_beta2), schedule=settings.schedule, weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
         precision=settings.resolved_precision(), eval_steps=settings.eval_steps,
     )
-    figures = backends.fit(fit_settings, examples, settings.placement(), context.held_out)
-    figures["train_examples"] = float(len(examples))
-    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
-    return FittedLM(str(out), context.tokenizer_dir, figures)
 
 
 def _initial_model(settings, tokenizer, context: TextContext, out: Path) -> str:
@@ -344,13 +359,17 @@ def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed:
                  generation: str = "from_bos", context: TextContext | None = None) -> list[str]:
     """n samples; generation: see backends.SampleSettings (first_token needs the
     context's first-token counts)."""
-    s = backends.SampleSettings(
+    return backends.sample(n, seed, sample_settings(settings, model, generation, context), settings.placement())
+
+
+def sample_settings(settings: LanguageModelSettings, model: FittedLM, generation: str = "from_bos",
+                    context: TextContext | None = None) -> backends.SampleSettings:
+    return backends.SampleSettings(
         model_dir=model.model_dir, tokenizer_dir=model.tokenizer_dir, temperature=settings.temperature,
         top_p=settings.top_p, max_new_tokens=settings.max_length - 1, batch_size=settings.sampling_batch_size,
         generation=generation, first_tokens=context.first_tokens if context else (),
         first_token_counts=context.first_token_counts if context else (),
     )
-    return backends.sample(n, seed, s, settings.placement())
 
 
 def first_token_counts(tokenizer, texts: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:

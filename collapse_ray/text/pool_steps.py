@@ -1,0 +1,89 @@
+"""The language-model tasks' steps on a pool that lives on disk (loop.PoolOnDiskTask).
+
+The trial process that runs the chain loop holds the pool's index, never its rows:
+- real rows: loaded (and the tokenizer trained on them) in a Ray task, which writes
+  them into the pool's iteration-0 shard and returns only the held-out examples and
+  the chain's context;
+- fits: a `PoolSelection` handle becomes a Ray Data read of the shards it names,
+  tokenized by Ray Data and streamed by the Ray Train workers (backends.fit_ray_train_texts);
+- samples: a Ray task drives Ray Data batch inference and streams the samples into
+  the iteration's shard as they come (pool.ShardWriter: hidden file, then rename);
+  the loop then records the shard and its sha256 in the pool manifest.
+With the in-process backends (`backend: local`, `sampler: local`, debugging) the same
+steps run in this process on the same files, and give the rows-path results exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..pool import PoolSelection, ShardTarget, ShardWriter
+from ..tasks.protocol import RealData
+from . import backends
+from .settings import FittedLM, LanguageModelSettings, TextContext, _initial_model, fit_key, fit_settings_for, fit_texts
+
+TEXT = ("text",)
+
+
+def off_trial(placement: backends.Placement, fn: Callable, *args) -> Any:
+    """fn(*args) in a Ray task, so whatever it holds (rows, samples) is never in this
+    process; in this process when nothing of the task runs on Ray. The Ray task asks for
+    no CPU: like the trial, it drives work that holds the CPUs (actors, workers)."""
+    if placement.backend == "local" and placement.sampler == "local":
+        return fn(*args)
+    import ray
+
+    return ray.get(ray.remote(num_cpus=0)(fn).remote(*args))
+
+
+def real_data_on_disk(task, n_real: int, rngs: Sequence[np.random.Generator], target: ShardTarget | None) -> RealData:
+    return off_trial(task.placement(), _real_rows_into, task, n_real, rngs, target)
+
+
+def _real_rows_into(task, n_real: int, rngs, target: ShardTarget | None) -> RealData:
+    real = task.real_data(n_real, rngs)
+    if target is not None:
+        with ShardWriter(target, TEXT) as shard:
+            shard.write({"text": real.train["text"][0]})
+    return RealData(train={}, test=real.test, context=real.context)
+
+
+def fit_on_disk(settings: LanguageModelSettings, selection: PoolSelection, context: TextContext) -> FittedLM:
+    """Fit on the selected rows. In-process backend: read here in the selection's order,
+    then fit_texts (the rows path's fit, bit for bit). Ray Train: the workers stream the
+    rows; the fit is stored under a key of the selection's content (shard sha256s and
+    row ids), so a resumed iteration finds it again."""
+    if settings.backend == "local" or len(selection) == 0:
+        return fit_texts(settings, selection.read(TEXT)["text"] if len(selection) else [], context)
+    key = fit_key(settings, "pool:" + selection.digest(), context)
+    out = settings.workdir / "models" / key
+    figures_file = out / "fit.json"
+    if figures_file.exists():
+        return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
+    fit_settings = fit_settings_for(settings, context, out, key, None)
+    figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), settings.placement(),
+                                           settings.max_length, settings.long_rows == "drop", context.held_out)
+    if not figures.get("train_examples"):  # every row dropped as too long: the initial model
+        from .models import load_tokenizer
+
+        return FittedLM(_initial_model(settings, load_tokenizer(context.tokenizer_dir), context, out),
+                        context.tokenizer_dir, {})
+    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
+    return FittedLM(str(out), context.tokenizer_dir, figures)
+
+
+def sample_on_disk(placement: backends.Placement, batches: Callable[[], Iterable[list[str]]],
+                   target: ShardTarget) -> None:
+    """Write the texts `batches()` yields into `target`, batch by batch, off the trial."""
+    off_trial(placement, _write_batches, batches, target)
+
+
+def _write_batches(batches: Callable[[], Iterable[list[str]]], target: ShardTarget) -> int:
+    with ShardWriter(target, TEXT) as shard:
+        for texts in batches():
+            shard.write({"text": texts})
+    return shard.rows
