@@ -24,11 +24,11 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/collapse-ray run sweeps/quickstart.yaml --out results
 	$(BIN)/collapse-ray results quickstart --out results/quickstart.csv --results-dir results
-	$(BIN)/python analysis/figures.py results/quickstart.csv --out results/figures
+	$(BIN)/python analysis/figures.py --sweep quickstart --results-dir results --out results/figures
 	@echo
 	@echo "Results table : results/quickstart.csv"
 	@echo "Figures       : $(CURDIR)/results/figures/"
-	@echo "MLflow store  : sqlite:///$(CURDIR)/results/mlflow.db"
+	@echo "MLflow store  : sqlite:///$(CURDIR)/results/mlflow.db  (figures also on the sweep's parent run: Artifacts, figures/)"
 	@echo "MLflow UI     : $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000"
 
 # DeepSpeed builds its CPU ops into TORCH_EXTENSIONS_DIR, by default shared by every venv on the
