@@ -20,7 +20,14 @@
 # Settings (environment): COLLAPSE_RAY_SHARED (default /tmp/collapse_ray_shared: the
 # results folder every node would share, the MLflow database and artifacts, logs),
 # RAY_PORT (6379), DASHBOARD_PORT (8265), MLFLOW_PORT (5000), RAY_NUM_CPUS (all),
-# RAY_TEMP_DIR (Ray's default), RAY_START_ARGS (more `ray start` flags, e.g. ports).
+# RAY_TEMP_DIR (Ray's default), RAY_START_ARGS (more `ray start` flags for the head, e.g.
+# ports), RAY_WORKERS (0: worker nodes to start beside the head, a multi-node cluster on
+# one machine), RAY_WORKER_NUM_CPUS (1 each). Each worker node gets its own temp folder
+# (RAY_TEMP_DIR-wN, else a fresh /tmp/ray-wN.XXXXXX) and its own free ports.
+#
+# `stop` ends only what `start` started: the process groups recorded in
+# $COLLAPSE_RAY_SHARED/*.pid. It never runs `ray stop`, which would end every Ray
+# cluster on the machine, other users' included.
 set -euo pipefail
 
 SHARED=${COLLAPSE_RAY_SHARED:-/tmp/collapse_ray_shared}
@@ -40,6 +47,35 @@ print_env() {
   echo "export COLLAPSE_RAY_SHARED=$SHARED"
 }
 
+free_port() {  # a loopback port nobody listens on right now
+  python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_worker() {  # start_worker N: worker node N joins the head, with its own temp folder and ports
+  local n=$1 temp
+  if [[ -n "${RAY_TEMP_DIR:-}" ]]; then temp="$RAY_TEMP_DIR-w$n"; mkdir -p "$temp"; else temp=$(mktemp -d "/tmp/ray-w$n.XXXXXX"); fi
+  echo "$temp" >"$SHARED/ray-worker-$n.tempdir"
+  # two nodes on one machine must not share a port: every listener a node opens, chosen here
+  setsid ray start --block --address "$LOOPBACK:$RAY_PORT" --node-ip-address "$LOOPBACK" \
+    --num-cpus "${RAY_WORKER_NUM_CPUS:-1}" --temp-dir "$temp" \
+    --node-manager-port "$(free_port)" --object-manager-port "$(free_port)" \
+    --dashboard-agent-listen-port "$(free_port)" --dashboard-agent-grpc-port "$(free_port)" \
+    --runtime-env-agent-port "$(free_port)" --metrics-export-port "$(free_port)" --disable-usage-stats \
+    >"$SHARED/logs/ray-worker-$n.log" 2>&1 &
+  echo $! >"$SHARED/ray-worker-$n.pid"
+}
+
+wait_for_nodes() {  # wait_for_nodes COUNT SECONDS: until COUNT nodes are alive
+  for _ in $(seq "$2"); do
+    alive=$(ray list nodes --address "http://$LOOPBACK:$DASHBOARD_PORT" --filter "state=ALIVE" --format json 2>/dev/null \
+      | python -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
+    if [[ "$alive" -ge "$1" ]]; then return 0; fi
+    sleep 1
+  done
+  echo "error: $1 Ray nodes were not alive within $2 s (see $SHARED/logs)" >&2
+  return 1
+}
+
 wait_for() {  # wait_for URL SECONDS NAME
   for _ in $(seq "$2"); do
     if python - "$1" <<'EOF' 2>/dev/null; then return 0; fi
@@ -57,6 +93,10 @@ start() {
   if [[ -z "${RAY_AUTH_TOKEN:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
     ray get-auth-token --generate >/dev/null
   fi
+  # Ray's own actors (Ray Train's PlacementGroupCleaner) find "their" cluster through the
+  # state API; with more than one Ray on the machine auto-detection fails ("Found multiple
+  # active Ray instances"), so every process of this cluster is told the address.
+  export RAY_API_SERVER_ADDRESS="http://$LOOPBACK:$DASHBOARD_PORT"
   num_cpus_args=()
   if [[ -n "${RAY_NUM_CPUS:-}" ]]; then num_cpus_args=(--num-cpus "$RAY_NUM_CPUS"); fi
   # --block keeps `ray start` as the parent of the head's processes, so `stop` ends
@@ -76,7 +116,9 @@ start() {
   echo $! >"$SHARED/mlflow.pid"
   wait_for "http://$LOOPBACK:$MLFLOW_PORT/health" 120 "mlflow server"
   wait_for "http://$LOOPBACK:$DASHBOARD_PORT/api/gcs_healthz" 60 "Ray dashboard"
-  echo "Ray head: $LOOPBACK:$RAY_PORT, dashboard and job server http://$LOOPBACK:$DASHBOARD_PORT" >&2
+  for n in $(seq "${RAY_WORKERS:-0}"); do start_worker "$n"; done
+  wait_for_nodes $((1 + ${RAY_WORKERS:-0})) 120
+  echo "Ray head (+ ${RAY_WORKERS:-0} worker nodes): $LOOPBACK:$RAY_PORT, dashboard and job server http://$LOOPBACK:$DASHBOARD_PORT" >&2
   echo "MLflow tracking server and UI: http://$LOOPBACK:$MLFLOW_PORT (store $SHARED/mlflow.db)" >&2
   echo "Use these exports:" >&2
   print_env
@@ -93,6 +135,12 @@ stop_group() {  # stop_group PIDFILE: TERM the process group, KILL what is left
 
 stop() {
   stop_group "$SHARED/mlflow.pid"
+  for pidfile in "$SHARED"/ray-worker-*.pid; do
+    [[ -e "$pidfile" ]] || continue
+    stop_group "$pidfile"
+    tempfile="${pidfile%.pid}.tempdir"
+    if [[ -f "$tempfile" ]]; then rm -rf "$(cat "$tempfile")"; rm -f "$tempfile"; fi
+  done
   stop_group "$SHARED/ray.pid"
 }
 
