@@ -65,19 +65,18 @@ QUICK = sorted(p.stem for p in (ROOT / "sweeps").glob("*_quick.yaml"))
 
 
 @pytest.mark.parametrize("name", QUICK)
-def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, local_ray, capsys):
+def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sweep_once):
     """Each spec's quick variant, as written, through Ray Tune, MLflow, the results table
-    and the figure command."""
+    and the figure command (the session's one run of the spec: tests/test_molecules.py
+    reads the molecule sweep's too)."""
     import importlib.util
 
     from collapse_ray.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
-    out = tmp_path / "results"
-    assert cli.main(["run", str(ROOT / "sweeps" / f"{name}.yaml"), "--out", str(out)]) == 0
-    table_path = tmp_path / f"{name}.csv"
-    assert cli.main(["results", name, "--out", str(table_path), "--results-dir", str(out)]) == 0
-    table = pd.read_csv(table_path)
+    run = sweep_once(name)
+    out, table_path = run.out, run.table_path
+    table = run.table()
     expected = sum(len(spec.seeds) * p.chain.n_iterations for p in spec.points)
     assert len(table) == expected and not table.duplicated(["run_key", "seed", "iteration"]).any()
     assert table.test_loss.notna().all()
