@@ -43,7 +43,7 @@ def sweep_run_status(uri: str, name: str) -> str:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_sweep_says_so_and_resumes(tmp_path, signum):
     name = f"interrupt_{signal.Signals(signum).name.lower()}"
-    chain = {**SLOW_CHAIN, "n_iterations": 60}
+    chain = {**SLOW_CHAIN, "n_iterations": 20}  # two trials one after the other: the signal lands mid-sweep
     spec = write_spec(tmp_path, name, task=SLOW_TASK, chain=chain, seeds=4, run={"max_concurrent_trials": 1},
                       grid={"chain.n_real": [5000, 4000]})
     out = tmp_path / "results"
