@@ -25,6 +25,10 @@
 # one machine), RAY_WORKER_NUM_CPUS (1 each). Each worker node gets its own temp folder
 # (RAY_TEMP_DIR-wN, else a fresh /tmp/ray-wN.XXXXXX) and its own free ports.
 #
+# Ray 2.60's `ray start` replaces --node-ip-address 127.0.0.1 by the machine's routable
+# address (resolve_ip_for_localhost): the nodes advertise that address; the dashboard,
+# job server and tracking server listen on 127.0.0.1 only.
+#
 # `stop` ends only what `start` started: the process groups recorded in
 # $COLLAPSE_RAY_SHARED/*.pid. It never runs `ray stop`, which would end every Ray
 # cluster on the machine, other users' included.
@@ -116,8 +120,10 @@ start() {
   echo $! >"$SHARED/mlflow.pid"
   wait_for "http://$LOOPBACK:$MLFLOW_PORT/health" 120 "mlflow server"
   wait_for "http://$LOOPBACK:$DASHBOARD_PORT/api/gcs_healthz" 60 "Ray dashboard"
-  for n in $(seq "${RAY_WORKERS:-0}"); do start_worker "$n"; done
-  wait_for_nodes $((1 + ${RAY_WORKERS:-0})) 120
+  if [[ "${RAY_WORKERS:-0}" -gt 0 ]]; then
+    for n in $(seq "$RAY_WORKERS"); do start_worker "$n"; done
+    wait_for_nodes $((1 + RAY_WORKERS)) 180
+  fi
   echo "Ray head (+ ${RAY_WORKERS:-0} worker nodes): $LOOPBACK:$RAY_PORT, dashboard and job server http://$LOOPBACK:$DASHBOARD_PORT" >&2
   echo "MLflow tracking server and UI: http://$LOOPBACK:$MLFLOW_PORT (store $SHARED/mlflow.db)" >&2
   echo "Use these exports:" >&2
