@@ -91,13 +91,20 @@ class WithoutStatistics:
 class TrackingServer:
     """A real `mlflow server` on loopback that a test can stop and start again."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, migrated_store: Path | None = None):
         self.port = free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.folder = folder
+        self.migrated_store = migrated_store  # an empty migrated store to start from (conftest)
         self.proc = None
 
     def start(self):
+        store = self.folder / "mlflow.db"
+        if self.migrated_store is not None and not store.exists():
+            import shutil
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.migrated_store, store)  # the server's first start skips the migrations
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",

@@ -57,7 +57,7 @@ def test_a_read_only_out_is_one_line_before_anything_starts(small_disk, tmp_path
 @pytest.mark.slow
 def test_a_disk_that_fills_mid_sweep_fails_fast_and_resumes(small_disk, tmp_path):
     name = "disk_full"
-    chain = {**SLOW_CHAIN, "n_iterations": 40}
+    chain = {**SLOW_CHAIN, "n_iterations": 20}  # the disk fills at iteration 3, in well under a second
     spec = write_spec(tmp_path, name, task=SLOW_TASK, chain=chain, seeds=4, run={"max_failures": 1})
     out = small_disk / "results"
     driver = start_driver("run", str(spec), "--out", str(out))
