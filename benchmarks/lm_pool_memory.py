@@ -7,8 +7,9 @@ where one fit's time goes.
 1. Pool memory, through the real chain loop (loop.run_chain): a 2-iteration accumulate
    chain of a stand-in text task (StandInTextTask: procedural stories, ~200 characters,
    no model) whose pool holds ROWS rows at its second fit (half real, half synthetic).
-   The driver (a fresh process that starts Ray, as `collapse-ray run` does) runs the
-   chain in a Ray task, as Tune runs a trial; both peak RSS are printed:
+   The driver (a process that starts Ray, as `collapse-ray run` does; its peak RSS is
+   restarted before each run) runs the chain in a fresh Ray worker, as Tune runs a
+   trial; both peak RSS are printed:
      in_memory  the rows path: the pool in the trial's ArrayPool (the toy tasks' path,
                 and the language models' before the pool went to disk)
      on_disk    the pool-on-disk hooks (loop.PoolOnDiskTask), as PretrainingTask and
@@ -172,30 +173,48 @@ def run_trial(rows: int, on_disk: bool, folder: str) -> dict[str, Any]:
 
 
 DRIVER = r"""
-import json, resource, sys
+import json, sys, tempfile
 sys.path.insert(0, sys.argv[1])  # the repository: Ray's workers import this module by name too
 import ray
 import benchmarks.lm_pool_memory as bench
-rows, on_disk, folder = int(sys.argv[2]), sys.argv[3] == "on_disk", sys.argv[4]
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 import ray.data
 ray.data.DataContext.get_current().enable_progress_bars = False
 # a fresh worker process per trial (max_calls=1), as Tune starts a trial actor
 trial = ray.remote(num_cpus=0.01, max_calls=1)(bench.run_trial)
-out = ray.get(trial.remote(rows, on_disk, folder))
-out["driver_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(out))
+for rows in map(int, sys.argv[2:]):
+    for mode in ("in_memory", "on_disk"):
+        bench.reset_peak_rss()
+        with tempfile.TemporaryDirectory() as tmp:
+            out = ray.get(trial.remote(rows, mode == "on_disk", tmp + "/chain"))
+        out.update(rows=rows, mode=mode, driver_mb=bench.peak_rss_mb())
+        print(json.dumps(out), flush=True)
 """
 
 
-def measure(rows: int, mode: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(__file__).resolve().parent.parent
-        done = subprocess.run([sys.executable, "-c", DRIVER, str(repo), str(rows), mode, str(Path(tmp) / "chain")],
-                              capture_output=True, text=True, cwd=repo)
-        if done.returncode:
-            raise RuntimeError(done.stderr[-3000:])
-        return json.loads(done.stdout.strip().splitlines()[-1])
+def reset_peak_rss() -> None:
+    """Linux: start this process's peak RSS (VmHWM) afresh from its current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure(sizes: list[int]):
+    """One driver (one Ray start: a loaded machine's Ray may time out starting) runs
+    both modes at every size; yields their figures as they come."""
+    repo = Path(__file__).resolve().parent.parent
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(repo), *map(str, sizes)], stdout=subprocess.PIPE,
+                              text=True, cwd=repo)
+    for line in driver.stdout:
+        if line.startswith("{"):
+            yield json.loads(line)
+    if driver.wait():
+        raise RuntimeError(f"the benchmark's driver failed (exit {driver.returncode})")
 
 
 def fit_breakdown() -> None:
@@ -233,11 +252,11 @@ def main() -> None:
     print("peak RSS (MB) of a 2-iteration accumulate chain whose second fit sees the whole pool")
     print(f"{'pool rows':>10} {'trial in_memory':>16} {'trial on_disk':>14} {'driver in_memory':>17} "
           f"{'driver on_disk':>15}")
-    for rows in args.rows:
-        memory, disk = measure(rows, "in_memory"), measure(rows, "on_disk")
+    figures = measure(args.rows)
+    for memory, disk in zip(figures, figures):  # in_memory then on_disk, per size
         assert memory["test_loss"] == disk["test_loss"], (memory["test_loss"], disk["test_loss"])
-        print(f"{rows:>10} {memory['peak_mb']:>16.0f} {disk['peak_mb']:>14.0f} {memory['driver_mb']:>17.0f} "
-              f"{disk['driver_mb']:>15.0f}", flush=True)
+        print(f"{memory['rows']:>10} {memory['peak_mb']:>16.0f} {disk['peak_mb']:>14.0f} "
+              f"{memory['driver_mb']:>17.0f} {disk['driver_mb']:>15.0f}", flush=True)
     if args.fit:
         fit_breakdown()
 

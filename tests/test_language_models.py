@@ -188,3 +188,13 @@ def test_paper_scale_and_value_grid_rules_are_validated():
         parse_spec({"task": {"name": "pretraining", "model": "google/gemma-2-2b"}, "run": {"cpus_per_trial": 0.01}})
     with pytest.raises(SpecError, match="task.zero_stage must be one of"):
         parse_spec({"task": {"name": "sft", "zero_stage": 4}, "run": {"cpus_per_trial": 0.01}})
+    # engine, precision and ZeRO stage: combinations the loop would not honour are refused
+    run = {"cpus_per_trial": 0.01}
+    with pytest.raises(SpecError, match="task.zero_stage must be left at its default with task.engine torch"):
+        parse_spec({"task": {"name": "sft", "engine": "torch", "zero_stage": 2}, "run": run})
+    with pytest.raises(SpecError, match="task.precision must be auto, fp32 or bf16 with task.engine torch"):
+        parse_spec({"task": {"name": "pretraining", "engine": "torch", "precision": "fp16"}, "run": run})
+    with pytest.raises(SpecError, match="task.precision must be auto, fp32 or bf16 without a GPU"):
+        parse_spec({"task": {"name": "sft", "precision": "fp16"}, "run": run})
+    parse_spec({"task": {"name": "sft", "engine": "torch", "precision": "bf16"}, "run": run})
+    parse_spec({"task": {"name": "sft", "precision": "fp16", "use_gpu": True, "zero_stage": 3}, "run": run})

@@ -16,6 +16,7 @@ steps run in this process on the same files, and give the rows-path results exac
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -65,8 +66,10 @@ def fit_on_disk(settings: LanguageModelSettings, selection: PoolSelection, conte
     if figures_file.exists():
         return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
     fit_settings = fit_settings_for(settings, context, out, key, None)
+    start = time.perf_counter()
     figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), settings.placement(),
                                            settings.max_length, settings.long_rows == "drop", context.held_out)
+    figures["fit_seconds"] = time.perf_counter() - start
     if not figures.get("train_examples"):  # every row dropped as too long: the initial model
         from .models import load_tokenizer
 

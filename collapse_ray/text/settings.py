@@ -100,7 +100,7 @@ class LanguageModelSettings:
         check_min(self.vocab_size, 300, f"{where}.vocab_size")  # 256 bytes + merges + EOS
         check_min(self.corpus_seed, 0, f"{where}.corpus_seed")
         check_min(self.eval_steps, 0, f"{where}.eval_steps")
-        require(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "one of {0, 1, 2, 3}", self.zero_stage)
+        check_engine(self, where)
         for name in ("learning_rate", "temperature", "cpus_per_worker"):
             check_finite_positive(getattr(self, name), f"{where}.{name}")
         if self.warmup_ratio is not None:
@@ -215,6 +215,28 @@ class LanguageModelSettings:
     def config_digest(self) -> str:
         """Identifies the fitting configuration (files keyed by it are safe to reuse)."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_engine(settings: LanguageModelSettings, where: str) -> None:
+    """engine, precision and zero_stage together, in one place: a combination the
+    training loop would not honour is refused, not silently trained otherwise.
+
+    - zero_stage is DeepSpeed's: with engine torch only its default (1, unused) is accepted;
+    - fp16: DeepSpeed's loss scaler only (torch autocast in fp16 without one would
+      underflow; the plain-torch loop has none), and on GPUs (DeepSpeed's CPU path has
+      no fp16 optimizer);
+    - bf16 and fp32 with either engine; auto: bf16 on a GPU that has it, else fp32.
+    """
+    require(settings.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "one of {0, 1, 2, 3}", settings.zero_stage)
+    if settings.engine == "torch":
+        require(settings.zero_stage == 1, f"{where}.zero_stage",
+                "left at its default with task.engine torch (ZeRO stages are DeepSpeed's; use engine: deepspeed)",
+                settings.zero_stage)
+        require(settings.precision != "fp16", f"{where}.precision",
+                "auto, fp32 or bf16 with task.engine torch (fp16 needs DeepSpeed's loss scaler)", settings.precision)
+    if settings.precision == "fp16":
+        require(settings.use_gpu, f"{where}.precision", "auto, fp32 or bf16 without a GPU (task.use_gpu: false)",
+                settings.precision)
 
 
 # -- shared steps of the language-model tasks -------------------------------------------

@@ -183,6 +183,22 @@ def train_worker(
     return figures
 
 
+def deepspeed_config(settings: FitSettings, world_size: int) -> dict:
+    """The DeepSpeed config of a fit: batch sizes, clipping, the ZeRO stage and
+    precision (the combinations text.settings.check_engine accepts)."""
+    return {
+        "train_micro_batch_size_per_gpu": settings.micro_batch_size,
+        "gradient_accumulation_steps": settings.grad_accum_steps,
+        "train_batch_size": settings.micro_batch_size * settings.grad_accum_steps * world_size,
+        "gradient_clipping": settings.max_grad_norm,
+        "zero_optimization": {"stage": settings.zero_stage},
+        "bf16": {"enabled": settings.precision == "bf16"},
+        "fp16": {"enabled": settings.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
 class _Engine:
     """One training step and saving, for DeepSpeed or plain torch."""
 
@@ -195,17 +211,7 @@ class _Engine:
         if settings.engine == "deepspeed":
             import deepspeed
 
-            config = {
-                "train_micro_batch_size_per_gpu": settings.micro_batch_size,
-                "gradient_accumulation_steps": settings.grad_accum_steps,
-                "train_batch_size": settings.micro_batch_size * settings.grad_accum_steps * world_size,
-                "gradient_clipping": settings.max_grad_norm,
-                "zero_optimization": {"stage": settings.zero_stage},
-                "bf16": {"enabled": settings.precision == "bf16"},
-                "fp16": {"enabled": settings.precision == "fp16"},
-                "steps_per_print": 10**9,
-                "wall_clock_breakdown": False,
-            }
+            config = deepspeed_config(settings, world_size)
             # adopts the process group Ray Train (or fit_local) set up; gloo on CPU
             deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
             self.ds, *_ = deepspeed.initialize(
