@@ -14,16 +14,21 @@ A spec (see sweeps/quickstart.yaml):
 
 `--set dotted.key=value` overrides use the same dotted keys; values are parsed as YAML.
 Every grid point is validated up front, so a bad value anywhere fails before Ray starts.
+
+This module is the sweep: its records (grid points, jobs, the `run:` block), `--set`
+and grid expansion. A chain's own config and rules live in collapse_ray/chain.py, the
+hardened YAML reading in collapse_ray/yaml_loading.py. Each grid cell's chain is built
+and resolved once, here; its jobs carry it to the trials.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,10 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from yaml.composer import ComposerError
-from yaml.constructor import ConstructorError
 
+from .chain import MAX_SYNTHETIC_RATIO, ChainConfig, WorkflowName, chain_nbytes, rows_held
 from .tasks import TASKS, Task
+from .tasks.protocol import ChecksChain, ChecksRun, FitsEmptyTrainingSet, offers
 from .validation import (
     INT_BITS,
     SpecError,
@@ -46,100 +51,14 @@ from .validation import (
     key_name,
     require,
 )
-from .workflows import (
-    KNOBS,
-    PRESETS,
-    WORKFLOW_NAMES,
-    MixingPolicy,
-    make_workflow,
-    max_rows_held,
-)
+from .yaml_loading import MAX_SPEC_BYTES, MAX_YAML_DEPTH, load_yaml, load_yaml_file, yaml_problem
 
-MAX_SYNTHETIC_RATIO = 1e6  # synthetic rows per real row; beyond this the row count overflows
-
-WorkflowName = Literal[
-    "replace", "accumulate", "accumulate_subsample", "fresh_data", "iterative_retraining", "real_fraction"
+# Re-exported for the modules that import them from here (chain.py and yaml_loading.py are their home).
+__all__ = [
+    "MAX_SPEC_BYTES", "MAX_SYNTHETIC_RATIO", "MAX_YAML_DEPTH", "ChainConfig", "ChainJob", "ExecutionConfig",
+    "GridPoint", "SpecError", "SweepSpec", "WorkflowName", "build_task", "header_comment", "load_spec", "load_yaml",
+    "parse_override", "parse_spec", "task_to_dict",
 ]
-assert WorkflowName.__args__ == WORKFLOW_NAMES  # one spelling everywhere
-
-
-@dataclass(frozen=True)
-class ChainConfig:
-    """One model-fitting chain: how much data, which workflow, how long."""
-
-    workflow: WorkflowName = "replace"
-    """Training-workflow (a mixing-policy preset, see collapse_ray/workflows.py)."""
-    n_real: int = 100
-    """Real training rows; iteration 1 fits these alone."""
-    n_synthetic: int | None = None
-    """Synthetic rows sampled after each fit; null means n_real, as in (A)."""
-    n_train: int | None = None
-    """Training-set size of accumulate_subsample and real_fraction; null means n_real, as in (A)."""
-    synthetic_ratio: float | None = None
-    """iterative_retraining: synthetic rows per real row (Bertrand et al.'s lambda); null means 1."""
-    real_fraction: float | None = None
-    """real_fraction: share of real rows in the training set; null means 0.1."""
-    n_fresh_real: int | None = None
-    """New real rows per iteration (fresh_data; optional for accumulate*); null means
-    n_real for fresh_data, else 0."""
-    n_iterations: int = 10
-    """Model-fitting iterations, counting iteration 1 on real data."""
-    checkpoint_every: int = 1
-    """Checkpoint (and log to MLflow) every this many iterations; 0 = only at the end.
-    A crashed chain resumes from its last checkpoint."""
-    persist_pool: bool = False
-    """Write every iteration's rows to Parquet (else only what a resume needs)."""
-
-    def validate(self, where: str) -> None:
-        if self.n_real != 0:  # 0 is for tasks that fit an empty training set, see _grid_point
-            check_min(self.n_real, 1, f"{where}.n_real")
-        check_min(self.n_iterations, 1, f"{where}.n_iterations")
-        check_min(self.checkpoint_every, 0, f"{where}.checkpoint_every")
-        for name in ("n_synthetic", "n_train"):
-            value = getattr(self, name)
-            if value is not None:  # a cell with no real rows resolves n_synthetic to 0
-                check_min(value, 0 if (name == "n_synthetic" and self.n_real == 0) else 1, f"{where}.{name}")
-        if self.n_fresh_real is not None:
-            check_min(self.n_fresh_real, 0, f"{where}.n_fresh_real")
-        if self.synthetic_ratio is not None:
-            require(math.isfinite(self.synthetic_ratio) and 0 <= self.synthetic_ratio <= MAX_SYNTHETIC_RATIO,
-                    f"{where}.synthetic_ratio", f"a number in [0, {MAX_SYNTHETIC_RATIO:g}]", self.synthetic_ratio)
-        if self.real_fraction is not None:
-            require(0 <= self.real_fraction <= 1, f"{where}.real_fraction", "a number in [0, 1]", self.real_fraction)
-        takes = PRESETS[self.workflow][1]
-        for knob in KNOBS:
-            value = getattr(self, knob)
-            if value not in (None, 0) and knob not in takes:
-                users = sorted(name for name, (_, knobs) in PRESETS.items() if knob in knobs)
-                fail(f"{where}.{knob}", f"null unless workflow is one of {{{', '.join(users)}}}", value)
-
-    def resolved(self) -> ChainConfig:
-        """Defaults that depend on other fields made explicit (this is what gets logged)."""
-        takes = PRESETS[self.workflow][1]
-
-        def knob(name, default):
-            if name not in takes:
-                return None
-            value = getattr(self, name)
-            return default if value is None else value
-
-        return dataclasses.replace(
-            self,
-            n_synthetic=self.n_synthetic if self.n_synthetic is not None else self.n_real,
-            n_train=knob("n_train", self.n_real),
-            synthetic_ratio=knob("synthetic_ratio", 1.0),
-            real_fraction=knob("real_fraction", 0.1),
-            n_fresh_real=knob("n_fresh_real", self.n_real if self.workflow == "fresh_data" else 0),
-        )
-
-    def policy(self) -> MixingPolicy:
-        chain = self.resolved()
-        return make_workflow(chain.workflow, **{k: getattr(chain, k) for k in KNOBS})
-
-    def checkpoints_at(self, iteration: int) -> bool:
-        if iteration == self.n_iterations:
-            return True
-        return self.checkpoint_every > 0 and iteration % self.checkpoint_every == 0
 
 
 @dataclass(frozen=True)
@@ -180,12 +99,14 @@ class GridPoint:
     key: str  # e.g. gaussian__replace__dim10__n_real100
     swept: tuple[tuple[str, Any], ...]  # the grid's (dotted key, value) at this cell
     task: Task
-    chain: ChainConfig
+    chain: ChainConfig  # resolved, once, by _grid_point (with its policy: chain.py)
 
 
 @dataclass(frozen=True)
 class ChainJob:
-    """What one Ray Tune trial runs: a grid point for a block of seeds."""
+    """What one Ray Tune trial runs: a grid point for a block of seeds. Handed to the
+    trial as it is (it pickles with its resolved chain); to_dict/from_dict are for
+    reading it back from files."""
 
     key: str
     point: GridPoint
@@ -227,30 +148,37 @@ class SweepSpec:
     description: str = dataclasses.field(default="", compare=False)
 
     def jobs(self) -> list[ChainJob]:
-        """Trials, heaviest first, so the long ones do not straggle at the end."""
-        jobs = []
-        for point in self.points:
-            for block in _seed_blocks(self.seeds, self._seeds_per_trial(point)):
-                jobs.append(ChainJob(f"{point.key}__seeds{block[0]}-{block[-1]}", point, block))
-        return sorted(jobs, key=_work_estimate, reverse=True)
+        """Trials, heaviest first, so the long ones do not straggle at the end (made once per spec)."""
+        return list(self._jobs)
 
-    def _seeds_per_trial(self, point: GridPoint) -> int:
+    def n_trials(self) -> int:
+        """len(self.jobs()), without making them (parse_spec bounds it before any is made)."""
+        return sum(math.ceil(len(self.seeds) / n) for n in self._seeds_per_trial)
+
+    # Derived once per spec, in the instance's __dict__ (fields and equality do not see it).
+    @functools.cached_property
+    def _jobs(self) -> tuple[ChainJob, ...]:
+        jobs = []
+        for point, per_trial in zip(self.points, self._seeds_per_trial):
+            for block in _seed_blocks(self.seeds, per_trial):
+                jobs.append(ChainJob(f"{point.key}__seeds{block[0]}-{block[-1]}", point, block))
+        return tuple(sorted(jobs, key=_work_estimate, reverse=True))
+
+    @functools.cached_property
+    def _seeds_per_trial(self) -> tuple[int, ...]:
+        """Seeds (chains) one trial of each grid point carries."""
+        return tuple(self._seeds_per_trial_of(point) for point in self.points)
+
+    def _seeds_per_trial_of(self, point: GridPoint) -> int:
         if self.run.seeds_per_trial != "auto":
             return self.run.seeds_per_trial
         if not point.task.batched:
             return 1
-        chain = point.chain
-        workflow = chain.policy()
-        held = max_rows_held(workflow, point.task, chain.n_real, chain.n_synthetic, chain.n_iterations)
-        per_chain = max(1, held * point.task.row_nbytes()) * 2  # pool + a training-set copy
+        per_chain = max(1, rows_held(point.task, point.chain) * point.task.row_nbytes()) * 2  # pool + a training-set copy
         memory = self.run.memory_per_trial_gb * 2**30  # inf when a huge budget overflows
         if memory >= per_chain * len(self.seeds):
             return len(self.seeds)
         return max(1, int(memory // per_chain))
-
-    def n_trials(self) -> int:
-        """len(self.jobs()), without making them."""
-        return sum(math.ceil(len(self.seeds) / self._seeds_per_trial(p)) for p in self.points)
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec with defaults filled in, for logging next to the results."""
@@ -270,7 +198,6 @@ MAPPING_KEYS = ("task", "chain", "run")  # top-level keys whose sub-keys `--set`
 MAX_SEEDS = 100_000
 MAX_GRID_POINTS = 10_000
 MAX_TRIALS = 100_000
-MAX_YAML_DEPTH = 32  # a spec is 3 levels deep; deeper is a mistake (and recursion in PyYAML)
 
 
 def _work_estimate(job: ChainJob) -> float:
@@ -301,7 +228,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), load_yaml(value)
     except yaml.YAMLError as err:
         raise SpecError(f"--set {key_name(key.strip())}: value {describe(value)} is not valid YAML"
-                        f"{_yaml_problem(err, value)}") from None
+                        f"{yaml_problem(err, value)}") from None
 
 
 def _refuse_swept_overrides(set_keys: Sequence[str], grid, cases) -> None:
@@ -344,120 +271,10 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, failing with a YAMLError (and its line) on everything a
-    document can get wrong: too deep (PyYAML recurses), recursive aliases, and scalars
-    its constructors choke on (2001-13-45, an integer of 5000 digits)."""
-
-    _depth = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                    self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def get_single_node(self):
-        node = super().get_single_node()
-        if node is not None:
-            _node_height(node, 1, set(), {})  # aliases can nest deeper than the text does
-        return node
-
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep)
-        except (ArithmeticError, LookupError, TypeError, ValueError) as err:  # PyYAML's constructors on bad
-            # scalars (`!!int ''` is an IndexError); YAMLErrors pass through
-            raise ConstructorError(None, None, f"cannot read {describe(node.value)}: {err}", node.start_mark) from None
-
-
-def _node_height(node, level: int, open_nodes: set[int], heights: dict[int, int]) -> int:
-    if id(node) in open_nodes:
-        raise ComposerError(None, None, "an alias refers to a node that contains it", node.start_mark)
-    height = heights.get(id(node))
-    if height is None:
-        if level > MAX_YAML_DEPTH:
-            raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (through aliases)",
-                                node.start_mark)
-        children = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
-        open_nodes.add(id(node))
-        height = 1 + max((_node_height(c, level + 1, open_nodes, heights) for c in children), default=0)
-        open_nodes.discard(id(node))
-        heights[id(node)] = height
-    if level - 1 + height > MAX_YAML_DEPTH:
-        raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (through aliases)",
-                            node.start_mark)
-    return height
-
-
-def load_yaml(text: str) -> Any:
-    """yaml.safe_load, raising only yaml.YAMLError on bad input."""
-    return yaml.load(text, Loader=_SpecLoader)
-
-
-def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
-    """' at line L, column C: what is wrong' for a YAML error."""
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    problem = getattr(err, "problem", None) or getattr(err, "context", None)
-    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
-        line = text.count("\n", 0, err.position) + 1
-        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
-        code = err.character if isinstance(err.character, int) else ord(err.character[:1] or "\0")
-        return f" at line {line}, column {column}: {err.reason} (character U+{code:04X})"
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{where}: {' '.join(str(problem).split())}" if problem else where
-
-
-MAX_SPEC_BYTES = 1 << 20  # a spec is a few KiB; a bigger file is a mistake (and slow YAML)
-
-
-def _read_spec_file(path: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_SPEC_BYTES (a FIFO would block, a
-    device never end): SpecError otherwise."""
-    import stat
-
-    mode = os.stat(path).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a folder fails to open, saying so)
-        raise SpecError(f"spec file {str(path)!r} must be a regular file; got a "
-                        f"{'FIFO' if stat.S_ISFIFO(mode) else 'device or socket'}")
-    with open(path, "rb") as f:
-        data = f.read(MAX_SPEC_BYTES + 1)
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError(f"spec file {str(path)!r} must be at most {MAX_SPEC_BYTES >> 10} KiB; it is "
-                        f"{os.stat(path).st_size >> 10} KiB")
-    return data
-
-
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     path = Path(path)
-    try:
-        data = _read_spec_file(path)
-    except SpecError:
-        raise
-    except OSError as err:
-        raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror or err}") from None
-    except ValueError as err:  # e.g. a NUL in the path
-        raise SpecError(f"spec file {str(path)!r} cannot be read: {err}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text: byte {data[err.start]:#04x} at line {line}, "
-                        f"offset {err.start}") from None
-    try:
-        raw = load_yaml(text)
-    except yaml.YAMLError as err:
-        raise SpecError(f"spec file {str(path)!r} is not valid YAML{_yaml_problem(err, text)}") from None
-    spec = parse_spec(raw, default_name=path.stem, overrides=overrides)
-    return dataclasses.replace(spec, description=header_comment(text))
+    text, raw = load_yaml_file(path)
+    return parse_spec(raw, default_name=path.stem, overrides=overrides, description=header_comment(text))
 
 
 def header_comment(text: str) -> str:
@@ -470,7 +287,7 @@ def header_comment(text: str) -> str:
     return "\n".join(lines).strip()[:5000]
 
 
-def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] = ()) -> SweepSpec:
+def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] = (), description: str = "") -> SweepSpec:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -519,28 +336,18 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
                             f"{describe(point.key)}; remove duplicate values")
         seen.add(point.key)
     for point in points:  # task-specific rules for the run block (e.g. Ray Train trials)
-        check_run = getattr(point.task, "check_run", None)
-        if check_run is not None:
-            check_run(run, "run")
+        if isinstance(point.task, ChecksRun):
+            point.task.check_run(run, "run")
     _check_chain_memory(points, run)
+    # the spec's own task and chain blocks, without the grid: logged (resolved_dict), not run
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
-    spec = SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points))
+    spec = SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points), description)
     n_trials = spec.n_trials()
     if n_trials > MAX_TRIALS:
         raise SpecError(f"run.seeds_per_trial: the sweep would run {n_trials} trials ({len(points)} grid points x "
                         f"blocks of seeds), at most {MAX_TRIALS}: raise run.seeds_per_trial or use fewer seeds")
     return spec
-
-
-def chain_nbytes(point: GridPoint) -> int:
-    """Memory one chain of a grid point needs at least: its pool at its largest, held
-    twice (pool + the selected training set), plus what the task says its fitted state
-    takes beyond that (`state_nbytes`, e.g. a d x d covariance), when it says."""
-    chain = point.chain
-    held = max_rows_held(chain.policy(), point.task, chain.n_real, chain.n_synthetic, chain.n_iterations)
-    state = getattr(point.task, "state_nbytes", None)
-    return 2 * held * point.task.row_nbytes() + (state() if state is not None else 0)
 
 
 def _check_chain_memory(points: Sequence[GridPoint], run: ExecutionConfig) -> None:
@@ -552,7 +359,7 @@ def _check_chain_memory(points: Sequence[GridPoint], run: ExecutionConfig) -> No
             # the budget sizes seed batches; one-chain tasks (language models) hold their
             # pool as their own code decides, and their specs do not set it
             continue
-        need = chain_nbytes(point)
+        need = chain_nbytes(point.task, point.chain)
         if need > budget:
             raise SpecError(
                 f"run.memory_per_trial_gb must be at least {need / 2**30:.3g} for one chain of {point.key} "
@@ -566,12 +373,11 @@ def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...
     for key, value in swept:
         _set_dotted(cell, key, value, "grid")
     task = build_task(cell["task"], "task")
-    chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()
-    if chain.n_real == 0 and not getattr(task, "fits_empty_training_set", False):
+    chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()  # the cell's one resolution
+    if chain.n_real == 0 and not offers(task, FitsEmptyTrainingSet):
         fail("chain.n_real", f"an integer >= 1 for task {task.name}", chain.n_real)
-    check_chain = getattr(task, "check_chain", None)  # task-specific size rules
-    if check_chain is not None:
-        check_chain(chain, "chain")
+    if isinstance(task, ChecksChain):  # task-specific size rules
+        task.check_chain(chain, "chain")
     return GridPoint(_point_key(task, chain, swept), swept, task, chain)
 
 

@@ -15,7 +15,7 @@ import reprlib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 INT_BITS = 63
 """Integers must fit numpy's int64: |value| < 2**63."""
@@ -38,6 +38,15 @@ class SpecError(ValueError):
         super().__init__(one_line(str(message)))
         self.field = field
         self.allowed = allowed
+
+
+@runtime_checkable
+class Validated(Protocol):
+    """A config with range rules beyond its field types (tasks, the chain, the run block)."""
+
+    def validate(self, where: str) -> None:
+        """from_mapping, right after building the dataclass from user data: range and cross-field rules
+        (SpecError naming `where`.field)."""
 
 
 class _ShortRepr(reprlib.Repr):
@@ -145,7 +154,8 @@ def from_mapping(cls: type, data: Any, where: str, **fixed: Any) -> Any:
     """Build dataclass `cls` from `data`, refusing unknown keys and wrong types.
 
     `fixed` are keyword arguments supplied by the caller rather than the user.
-    Range checks live in each class's `__post_init__` (they raise SpecError too).
+    Range and cross-field checks live in the class's `validate(where)` (`Validated`),
+    called here; they raise SpecError too.
     """
     if data is None:
         data = {}
@@ -169,9 +179,8 @@ def from_mapping(cls: type, data: Any, where: str, **fixed: Any) -> Any:
     if missing:
         raise SpecError(f"{where}.{missing[0]} is required")
     obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check(where)
+    if isinstance(obj, Validated):
+        obj.validate(where)
     return obj
 
 

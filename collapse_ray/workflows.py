@@ -24,16 +24,20 @@ Presets (the names used in specs, MLflow params and legends):
 
 A selection is a `slice` (the same rows for every chain: every chain's pool has the same
 layout) or an int array (chains, k), one row set per chain.
+
+Which knobs a preset accepts is checked here only (`check_knobs`, a SpecError); the
+chain config (collapse_ray/chain.py) asks this module, as does `make_workflow`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .tasks.protocol import AdditiveStatisticsTask, Task
+from .validation import SpecError, describe, fail
 
 Selection = slice | np.ndarray
 
@@ -142,25 +146,34 @@ WORKFLOW_NAMES = tuple(PRESETS)
 KNOBS = ("n_train", "synthetic_ratio", "real_fraction", "n_fresh_real")
 
 
+def check_knobs(name: str, knobs: Mapping[str, Any], where: str = "workflow") -> None:
+    """SpecError unless preset `name` takes every knob given a value (None and 0 mean
+    unset): the one check of which knobs a workflow accepts."""
+    takes = PRESETS[name][1]
+    unknown = [k for k in knobs if k not in KNOBS]
+    if unknown:
+        raise SpecError(f"{where}: unknown knob {describe(unknown[0])}; knobs: {', '.join(KNOBS)}")
+    for knob in KNOBS:
+        value = knobs.get(knob)
+        if value not in (None, 0) and knob not in takes:
+            users = sorted(preset for preset, (_, preset_knobs) in PRESETS.items() if knob in preset_knobs)
+            fail(f"{where}.{knob}", f"null unless workflow is one of {{{', '.join(users)}}}", value)
+
+
 def make_workflow(name: str, **knobs) -> MixingPolicy:
     """The preset `name` with the knobs it takes (see PRESETS); None means unset."""
-    components, takes = PRESETS[name]
+    check_knobs(name, knobs)
+    components, _ = PRESETS[name]
     values = {k: v for k, v in knobs.items() if v is not None}
-    extra = [k for k, v in values.items() if k not in takes and v != 0]
-    if extra:
-        raise ValueError(f"workflow {name!r} takes {takes or 'no knobs'}; got {extra}")
     values.setdefault("n_fresh_real", 0)
     return MixingPolicy(name=name, **components, **values)
 
 
-def by_statistics(workflow: MixingPolicy, task: Task) -> bool:
-    """Can the chain carry the training set's statistics instead of its rows?"""
-    return workflow.update is not None and isinstance(task, AdditiveStatisticsTask)
+def __getattr__(name: str):
+    """`by_statistics` and `max_rows_held` moved to collapse_ray.chain (they ask the task,
+    which workflows do not know); the old imports keep working until their callers move."""
+    if name in ("by_statistics", "max_rows_held"):
+        from . import chain
 
-
-def max_rows_held(workflow: MixingPolicy, task: Task, n_real: int, n_synthetic: int, n_iterations: int) -> int:
-    """Most pool rows a chain holds in memory at once (sizes seed batches)."""
-    per_iteration = n_synthetic + workflow.n_fresh_real
-    if workflow.needs_history and not by_statistics(workflow, task):
-        return n_real + per_iteration * (n_iterations - 1)
-    return n_real + per_iteration
+        return getattr(chain, "uses_statistics" if name == "by_statistics" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

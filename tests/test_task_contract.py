@@ -130,3 +130,68 @@ def test_bad_parameters_are_refused_naming_the_field(task):
             build_task({"name": task.name, **SMALL.get(task.name, {}), name: -1}, "task")
     with pytest.raises(SpecError, match="unknown key"):
         build_task({"name": task.name, "no_such_field": 1}, "task")
+
+
+def hook_members(hook: type) -> set[str]:
+    """The names a hook protocol declares (its methods and class attributes)."""
+    names = {n for n, v in vars(hook).items() if callable(v) and not n.startswith("_")}
+    return names | {n for n in vars(hook).get("__annotations__", {}) if not n.startswith("_")}
+
+
+def test_every_optional_hook_a_task_defines_is_declared_whole(task):
+    """A task that defines any member of a hook protocol defines all of it, with the
+    protocol's parameters, and isinstance agrees (stop_condition without take_chains,
+    say, would fail in the loop only once a chain stopped)."""
+    import inspect
+
+    from collapse_ray.tasks.protocol import OPTIONAL_HOOKS
+
+    for hook in OPTIONAL_HOOKS:
+        members = hook_members(hook)
+        defined = {n for n in members if hasattr(type(task), n)}
+        if not defined:
+            assert not isinstance(task, hook)
+            continue
+        assert defined == members, f"{task.name} defines {sorted(defined)} of {hook.__name__} {sorted(members)}"
+        assert isinstance(task, hook)
+        for name in members:
+            declared = vars(hook)[name] if name in vars(hook) else None
+            if callable(declared):
+                assert (list(inspect.signature(getattr(type(task), name)).parameters)
+                        == list(inspect.signature(declared).parameters)), f"{task.name}.{name} vs {hook.__name__}"
+
+
+def test_no_hook_is_looked_up_that_protocol_py_does_not_declare():
+    """Every attribute the engine modules (collapse_ray/*.py) read off a task, and every
+    name they getattr/hasattr on one, is a `Task` member, a declared optional hook or a
+    config field of some task (tracking reads `source` where a task has one): the one
+    file protocol.py lists all a task may offer."""
+    import ast
+    from pathlib import Path
+
+    from collapse_ray.tasks.protocol import OPTIONAL_HOOKS, AdditiveStatisticsTask
+
+    def is_task(node) -> bool:  # task, self.task, point.task, job.point.task
+        return (isinstance(node, ast.Name) and node.id == "task") or (isinstance(node, ast.Attribute)
+                                                                       and node.attr == "task")
+
+    declared = set().union(*(hook_members(h) for h in (Task, AdditiveStatisticsTask, *OPTIONAL_HOOKS)))
+    assert {"name", "batched", "fit", "stop_condition", "take_chains", "validate"} <= declared
+    found: dict[str, str] = {}
+    for path in sorted((Path(__file__).parents[1] / "collapse_ray").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and is_task(node.value):
+                found.setdefault(node.attr, path.name)
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                    and len(node.args) >= 2 and is_task(node.args[0]) and isinstance(node.args[1], ast.Constant)):
+                found.setdefault(node.args[1].value, path.name)
+    assert len(found) > 10, "the scan finds the loop's task calls"
+    fields = {f.name for cls in TASKS.values() for f in dataclasses.fields(cls)}
+    undeclared = {name: where for name, where in found.items() if name not in declared | fields}
+    assert not undeclared, f"looked up on a task but not declared in tasks/protocol.py: {undeclared}"
+
+
+def test_the_empty_training_set_flag_is_read_as_a_flag():
+    from collapse_ray.tasks.protocol import FitsEmptyTrainingSet, offers
+
+    assert offers(make("sft"), FitsEmptyTrainingSet) and not offers(make("gaussian"), FitsEmptyTrainingSet)

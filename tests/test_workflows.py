@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from collapse_ray.pool import ArrayPool
-from collapse_ray.workflows import PRESETS, make_workflow
+from collapse_ray.validation import SpecError
+from collapse_ray.workflows import KNOBS, PRESETS, make_workflow
 
 N_CHAINS, N = 3, 4
 REAL = 100.0
@@ -105,8 +106,29 @@ def test_statistics_shortcuts_are_offered_only_where_exact():
     update = {name: preset(name).update for name in PRESETS}
     assert update == {"replace": "replace", "accumulate": "merge", "accumulate_subsample": None,
                       "fresh_data": "replace", "iterative_retraining": None, "real_fraction": None}
-    with pytest.raises(ValueError, match="takes"):
+    with pytest.raises(SpecError, match=r"n_train must be null unless workflow is one of \{accumulate_subsample, real_fraction\}"):
         make_workflow("replace", n_train=4)
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+def test_one_check_of_which_knobs_a_workflow_takes(knob):
+    """A spec's chain block and make_workflow refuse a knob a preset does not take with
+    the same SpecError (the check lives in workflows.check_knobs only)."""
+    from collapse_ray.spec import parse_spec
+
+    value = {"n_train": 5, "synthetic_ratio": 0.5, "real_fraction": 0.5, "n_fresh_real": 3}[knob]
+    for name, (_, takes) in PRESETS.items():
+        if knob in takes:
+            make_workflow(name, **{knob: value})
+            continue
+        with pytest.raises(SpecError) as direct:
+            make_workflow(name, **{knob: value})
+        with pytest.raises(SpecError) as in_spec:
+            parse_spec({"task": {"name": "gaussian"}, "chain": {"workflow": name, knob: value}})
+        assert str(in_spec.value) == str(direct.value).replace("workflow.", "chain.", 1)
+        assert in_spec.value.field == f"chain.{knob}"
+    with pytest.raises(SpecError, match="unknown knob 'n_trian'"):
+        make_workflow("accumulate_subsample", n_trian=5)
 
 
 def test_pool_without_history_keeps_only_the_newest_iteration():

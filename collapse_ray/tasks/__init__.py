@@ -1,7 +1,8 @@
 """Task settings, each one module behind the `Task` protocol, listed by registry key.
 
 Adding a task: write `tasks/<key>.py` with a frozen dataclass implementing
-`protocol.Task` (plus `validate(where)`), and list it here. The contract tests in
+`protocol.Task` (plus `validate(where)`, and any of the optional hooks declared in
+protocol.py's `OPTIONAL_HOOKS`), and list it here. The contract tests in
 tests/test_task_contract.py then cover it automatically.
 """
 

@@ -19,39 +19,28 @@ TorchTrainer driving DeepSpeed, or in-process) and returns a saved model folder;
 `evaluate` is cross-entropy on the held-out real split. The loop, workflows and
 checkpoint/resume logic are the same as for every other task.
 
-Optional hooks a task may define (looked up with getattr, so most tasks ignore them):
-  with_workdir(path) -> Task     the loop gives tasks that keep files (tokenizers,
-                                 fitted models) the chain's checkpoint folder
-  check_chain(chain, where)      task-specific rules on the chain config (SpecError)
-  check_run(run, where)          task-specific rules on the `run:` block (SpecError)
-  check_cluster(run, cpus, where)  one chain must fit the cluster's CPUs (SpecError)
-  fits_empty_training_set        class flag: chain.n_real = 0 is meaningful (value grids)
-  iteration_artifacts(model, context) -> {file name: bytes}
-                                 pictures of an iteration's model (e.g. samples.png of the
-                                 batch's first chain); sweeps log them to the chain's MLflow
-                                 run under samples/iteration_TTT/
-  stop_condition(metrics) -> bool array (chains,) or None
-                                 a chain stops at the first iteration where it holds
-                                 (chain.n_iterations is the cap; None: never); needs
-  take_chains(stats, test, context, index) -> (stats, test, context)
-                                 the same for the chains at positions `index` only (stats
-                                 is None on the rows path): the loop drops stopped chains
-                                 from the batch with it (discrete: collapse to one outcome)
-  records_iteration(t) -> bool   keep iteration t's metrics (a subset for long chains;
-                                 stopping iterations and the last are always kept)
-  iteration_series(model) -> {name: [(step, value), ...]}
-                                 a curve inside iteration t's fit (language models: the
-                                 held-out loss against optimiser step); sweeps log it to
-                                 the chain's MLflow run as metric name/iteration_TTT
+Optional hooks: a task may offer more than `Task`, each a small runtime-checkable
+protocol below (`OPTIONAL_HOOKS` lists them all), asked with `isinstance` where it is
+used; a task offers a hook by defining its methods. This file is the whole list:
+tests/test_task_contract.py fails on a hook looked up anywhere else that is not declared
+here, and on a task that defines part of one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from ..validation import Validated
+
+if TYPE_CHECKING:  # (the chain and spec modules import this one)
+    from ..chain import ChainConfig
+    from ..pool import PoolSelection, ShardTarget
+    from ..spec import ExecutionConfig
 
 Rows = Mapping[str, np.ndarray]
 """Column name -> array of shape (n_chains, n_rows, ...)."""
@@ -114,3 +103,115 @@ class AdditiveStatisticsTask(Task, Protocol):
         """Statistics of n rows sampled from `model`, equal in distribution to
         `statistics(sample(model, n, rngs, context), context)`."""
         ...
+
+
+# Optional hooks. Each docstring says who calls it, and when.
+
+
+@runtime_checkable
+class ChecksChain(Protocol):
+    def check_chain(self, chain: ChainConfig, where: str) -> None:
+        """Spec time, once per grid cell, with the cell's resolved chain: task-specific size rules (SpecError)."""
+
+
+@runtime_checkable
+class ChecksRun(Protocol):
+    def check_run(self, run: ExecutionConfig, where: str) -> None:
+        """Spec time, once per grid cell: task-specific rules on the `run:` block (SpecError)."""
+
+
+@runtime_checkable
+class ChecksCluster(Protocol):
+    def check_cluster(self, run: ExecutionConfig, cpus: float, where: str) -> None:
+        """The sweep's driver, once Ray is up and before any trial: one chain must fit the cluster's CPUs (SpecError)."""
+
+
+@runtime_checkable
+class FitsEmptyTrainingSet(Protocol):
+    fits_empty_training_set: ClassVar[bool]
+    """Spec time: when true, chain.n_real = 0 is meaningful (value grids); else it is refused."""
+
+
+@runtime_checkable
+class SizesState(Protocol):
+    def state_nbytes(self) -> int:
+        """Spec time, in the memory pre-check: bytes a fitted state takes beyond the pool (e.g. a d x d covariance)."""
+
+
+@runtime_checkable
+class PreparesSweep(Protocol):
+    def prepare_sweep(self, shared_dir: Path) -> None:
+        """The sweep's driver, once per grid cell before any trial: write files every cell reads (e.g. sft's pools)."""
+
+
+@runtime_checkable
+class KeepsFiles(Protocol):
+    def with_workdir(self, workdir: Path) -> Task:
+        """The loop, at a chain's start when it checkpoints: the task that keeps its files (tokenizers, models) there."""
+
+
+@runtime_checkable
+class DrawsIterations(Protocol):
+    def iteration_artifacts(self, model: Any, context: Any) -> dict[str, bytes]:
+        """The loop, after each evaluation with a sink: pictures of the model (file name -> bytes), logged under
+        samples/iteration_TTT/ of the chain's MLflow run."""
+
+
+@runtime_checkable
+class ReportsFitCurve(Protocol):
+    def iteration_series(self, model: Any) -> dict[str, list[tuple[int, float]]]:
+        """The loop, after each evaluation with a sink: a curve inside the fit (name -> [(step, value)]), logged as
+        metric name/iteration_TTT (language models: held-out loss against optimiser step)."""
+
+
+@runtime_checkable
+class PoolOnDiskTask(Protocol):
+    """The task's rows live in the pool's Parquet shards, never in the trial process (language models,
+    whose pools reach tens of GB). The loop then holds only the pool's index (pool.DiskPool). Unbatched
+    row-path tasks only."""
+
+    def real_data_on_disk(self, n_real: int, rngs: Sequence[np.random.Generator],
+                          target: ShardTarget | None) -> RealData:
+        """The loop, at a chain's start: as real_data, but the training rows are written to `target`
+        (pool.ShardTarget; None on resume: already there) and RealData.train is empty."""
+
+    def fit_on_disk(self, selection: PoolSelection, context: Any) -> Any:
+        """The loop, each iteration: as fit, on the rows the handle names (pool.PoolSelection: root,
+        index, selection, chain); the task's workers stream them from the shards."""
+
+    def sample_on_disk(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any,
+                       target: ShardTarget) -> None:
+        """The loop, each iteration but the last: as sample, but the n rows are written to `target`
+        (pool.ShardWriter: a hidden file, then a rename); the loop records the shard's sha256."""
+
+
+@runtime_checkable
+class StopsEarly(Protocol):
+    def stop_condition(self, metrics: Metrics) -> np.ndarray | None:
+        """The loop, after each evaluation: bool per running chain, true where it stops now (None: none stops);
+        chain.n_iterations stays the cap."""
+
+    def take_chains(self, stats: Any, test: Any, context: Any, index: np.ndarray) -> tuple[Any, Any, Any]:
+        """The loop, when chains stop: (stats, test, context) of the chains at positions `index` only (stats is
+        None on the rows path), so stopped chains leave the batch."""
+
+
+@runtime_checkable
+class RecordsSubset(Protocol):
+    def records_iteration(self, t: int) -> bool:
+        """The loop, after each evaluation: keep iteration t's metrics? (stopping iterations and the last are
+        always kept)."""
+
+
+OPTIONAL_HOOKS: tuple[type, ...] = (
+    Validated, ChecksChain, ChecksRun, ChecksCluster, FitsEmptyTrainingSet, SizesState, PreparesSweep, KeepsFiles,
+    PoolOnDiskTask, DrawsIterations, ReportsFitCurve, StopsEarly, RecordsSubset,
+)
+"""Every optional hook a task may offer, in the order a sweep meets them."""
+
+
+def offers(task: Any, hook: type) -> bool:
+    """Does `task` offer `hook`? For FitsEmptyTrainingSet, the flag must also be true."""
+    if hook is FitsEmptyTrainingSet:
+        return isinstance(task, FitsEmptyTrainingSet) and bool(task.fits_empty_training_set)
+    return isinstance(task, hook)
