@@ -234,7 +234,7 @@ def _run(args) -> int:
     print(f"running {_describe(spec)}", flush=True)
     try:
         outcome = run_sweep(spec, out_root=args.out, tracking_uri=args.tracking_uri, address=args.address,
-                            resume=args.resume)
+                            resume=args.resume, source=args.spec)
     except SweepInterrupted as stop:
         if stop.resumable:
             print(f"\n{stop}: progress is kept in the chain checkpoints of {stop.sweep_dir}; "
@@ -248,12 +248,24 @@ def _run(args) -> int:
           f"{outcome.n_trials} trials in {outcome.seconds:.1f}s")
     print(f"  sweep folder : {outcome.sweep_dir}")
     print(f"  MLflow store : {ui_uri} (experiment {outcome.experiment!r}, sweep run {outcome.sweep_run_id})")
+    from .tracking import ui_url
+
     if ui_uri.startswith("sqlite:"):
         print(f"  MLflow UI    : mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
+        server = "http://127.0.0.1:5000"
+    else:
+        server = ui_uri if ui_uri.startswith(("http://", "https://")) else "http://<your mlflow ui>"
+    if outcome.experiment_id:
+        print(f"  open         : {ui_url(server, outcome.experiment_id)}")
+        print("                 (the runs' charts by workflow; or click 'Model training' in the side menu, then "
+              "Views > collapse-ray)")
     where = (f" --tracking-uri {ui_uri}" if not ui_uri.startswith("sqlite:")
              else "" if args.out == "results" else f" --results-dir {args.out}")
     print(f"  results table: collapse-ray results {outcome.experiment} "
           f"--out {Path(args.out) / (outcome.experiment + '.csv')}{where}")
+    # analysis/figures.py --sweep draws the figures and logs them on the sweep run (the UI shows them there)
+    print(f"  figures      : python analysis/figures.py --sweep {outcome.experiment}"
+          f"{where or ' --results-dir results'} --out {Path(args.out) / 'figures'}")
     if outcome.disk_fault is not None:
         print(f"error: {outcome.n_failed} trials failed on {one_line(outcome.disk_fault)}; free space (or make it "
               "writable) and rerun with --resume", file=sys.stderr)

@@ -12,19 +12,29 @@ Output layout (`--out`, default ./results), self-contained (it can be moved):
     results/mlartifacts/<sweep name>/...    its artifacts (chains.parquet, spec.yaml, pictures)
     results/<sweep name>/<UTC time>/sweep.json, chains/<job key>/..., tune/...
 
+Growing: `--resume` after raising `seeds` or `chain.n_iterations` (nothing else may
+change) extends the newest sweep of the spec: new seeds run as new trials (blocks of the
+new seeds, so earlier trials and their runs stay as they are), and chains of a larger
+n_iterations run on in their runs, logging only the iterations they had not. A chain
+that finished is recomputed from iteration 1 (identically: fixed seeds) since a finished
+chain's checkpoint keeps no pool to continue from; its earlier iterations are not
+logged again. sweep.json lists the trials it planned, so a grown sweep resumes the same ones.
+
 Interrupts: SIGINT or SIGTERM while a sweep runs stop Tune cleanly, mark sweep.json
 "interrupted" and the MLflow sweep run KILLED, and exit 130 / 143; `--resume` continues.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -142,24 +152,35 @@ class SweepOutcome:
     n_failed: int
     seconds: float
     disk_fault: str | None = None  # why trials failed, when it was a full or read-only disk
+    experiment_id: str = ""
 
 
-def chain_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable for one ChainJob."""
+def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
+    """Ray Tune function trainable for one ChainJob (Tune's config names it by key; the
+    jobs themselves come through tune.with_parameters, as the spec built them)."""
     from .loop import run_chain
     from .tracking import MlflowChainSink, client_for, finish_chain_run, open_chain_run
 
     started = time.time()  # wall clock: benchmarks line trials up against the driver's
-    job = ChainJob.from_dict(config["job"])
+    job = jobs[config["job"]["key"]]
     ctx = config["sweep"]
     chain = job.point.chain
+    from mlflow.entities import Dataset
+
+    from .tracking import N_ITERATIONS_TAG
+
     client = client_for(ctx["tracking_uri"])
-    run_id, finished = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job,
-                                      run_name=config["job"].get("run_name"))
+    datasets = [Dataset(**d) for d in ctx.get("datasets", [])]
+    run_id, finished, grown = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job,
+                                             run_name=config["job"].get("run_name"), datasets=datasets)
     opened = time.time()
     if finished:  # done before a resume: nothing to redo or relog
         tune.report({"iteration": chain.n_iterations, "skipped": 1})
         return
+    checkpoint_dir = Path(ctx["sweep_dir"]) / "chains" / job.key
+    if grown:  # a finished chain's checkpoint keeps no pool: run it again from iteration 1 (identically)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        client.set_tag(run_id, N_ITERATIONS_TAG, str(chain.n_iterations))
 
     def progress(t: int, total: int) -> None:
         if chain.checkpoints_at(t) and t < total:
@@ -169,7 +190,7 @@ def chain_trial(config: dict[str, Any]) -> None:
         job.point.task,
         chain,
         job.seeds,
-        checkpoint_dir=Path(ctx["sweep_dir"]) / "chains" / job.key,
+        checkpoint_dir=checkpoint_dir,
         sink=MlflowChainSink(client, run_id),
         progress=progress,
     )
@@ -190,13 +211,65 @@ def new_sweep_dir(out_root: Path, name: str) -> Path:
     return (out_root / name / stamp).resolve()
 
 
-def find_resumable(out_root: Path, name: str) -> Path:
-    """The newest sweep folder of this name that did not finish."""
+def find_resumable(out_root: Path, name: str, resolved: dict | None = None) -> Path:
+    """The newest sweep folder of this name that did not finish, or that a changed spec
+    (`resolved`, e.g. more seeds) would grow."""
     candidates = sorted((out_root / name).glob(f"*/{SWEEP_FILE}"), reverse=True)
     for path in candidates:
-        if read_sweep_file(path.parent).get("status") != "finished":
+        saved = read_sweep_file(path.parent)
+        if saved.get("status") != "finished" or (resolved is not None and saved["spec"] != resolved):
             return path.parent.resolve()
-    raise SpecError(f"--resume: no unfinished sweep named {name!r} under {out_root}")
+    raise SpecError(f"--resume: no unfinished sweep named {name!r} under {out_root} (and the spec asks for "
+                    "nothing more than the finished ones ran)")
+
+
+GROWABLE = "seeds (added) and chain.n_iterations (raised)"
+
+
+def check_growable(saved: dict, resolved: dict, sweep_dir: Path) -> None:
+    """A resumed spec may differ from the one the sweep started with only by more seeds
+    and a larger chain.n_iterations (grid and cases unchanged); else SpecError naming what changed."""
+    changed = sorted(key for key in set(saved) | set(resolved) if saved.get(key) != resolved.get(key))
+    chain_changed = sorted(key for key in set(saved.get("chain", {})) | set(resolved.get("chain", {}))
+                           if saved.get("chain", {}).get(key) != resolved.get("chain", {}).get(key))
+    bad = [key for key in changed if key not in ("seeds", "chain")]
+    bad += [f"chain.{key}" for key in chain_changed if key != "n_iterations"]
+    if "seeds" in changed and not set(saved["seeds"]) <= set(resolved["seeds"]):
+        bad.append("seeds (some were removed)")
+    if "n_iterations" in chain_changed and resolved["chain"]["n_iterations"] < saved["chain"]["n_iterations"]:
+        bad.append("chain.n_iterations (lowered)")
+    if bad:
+        raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with in {', '.join(bad)}; "
+                        f"a sweep grows only by {GROWABLE}: start a new sweep (without --resume) for other changes")
+
+
+def planned_jobs(spec: SweepSpec, saved: dict | None) -> list[ChainJob]:
+    """The trials of `spec`: those the sweep planned before (sweep.json's "trials", on
+    the current spec's grid points, so longer chains run on in the same trials), and
+    blocks of the seeds they do not cover."""
+    if saved is None:
+        return spec.jobs()
+    points = {point.key: point for point in spec.points}
+    trials = saved.get("trials")
+    if trials is None:  # a sweep.json from before sweeps could grow: the trials its spec made
+        trials = [[job.key, job.point.key, list(job.seeds)] for job in _spec_of(saved["spec"]).jobs()]
+    if not (isinstance(trials, list) and all(
+            isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and t[1] in points
+            and isinstance(t[2], list) and t[2] and all(isinstance(s, int) for s in t[2]) for t in trials)):
+        raise SpecError("--resume: sweep.json's trials do not match this spec's grid points")
+    jobs = [ChainJob(key, points[point_key], tuple(seeds)) for key, point_key, seeds in trials]
+    covered = {seed for _, _, seeds in trials for seed in seeds}
+    new_seeds = tuple(seed for seed in spec.seeds if seed not in covered)
+    if new_seeds:
+        jobs += dataclasses.replace(spec, seeds=new_seeds).jobs()
+    return jobs
+
+
+def _spec_of(resolved: dict) -> SweepSpec:
+    from .spec import parse_spec
+
+    raw = {key: value for key, value in resolved.items() if not (key == "cases" and not value)}
+    return parse_spec(raw)
 
 
 SWEEP_KEYS = ("spec", "tracking_uri", "experiment", "sweep_run_id", "status")
@@ -228,21 +301,26 @@ def run_sweep(
     tracking_uri: str | None = None,
     address: str | None = None,
     resume: bool | str | Path = False,
+    source: str | None = None,
 ) -> SweepOutcome:
-    """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are."""
+    """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are.
+    `source`: where the spec came from (its file), for the sweep run's Source."""
     from .tracking import check_reachable, credentials_in_environment, refuse_if_secret_in, resolve_tracking_uri
 
     started = time.perf_counter()
     out_root = Path(out_root).resolve()
     resolved = json.loads(json.dumps(spec.resolved_dict()))  # as it reads back from sweep.json
     if resume:
-        sweep_dir = Path(resume).resolve() if not isinstance(resume, bool) else find_resumable(out_root, spec.name)
+        sweep_dir = (Path(resume).resolve() if not isinstance(resume, bool)
+                     else find_resumable(out_root, spec.name, resolved))
         saved = read_sweep_file(sweep_dir)
         if saved["spec"] != resolved:
-            raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with")
+            check_growable(saved["spec"], resolved, sweep_dir)
+        jobs = planned_jobs(spec, saved)
         tracking_uri = _resumed_tracking_uri(saved["tracking_uri"], tracking_uri)
-        _check_chain_folders(sweep_dir, spec)
+        _check_chain_folders(sweep_dir, jobs)
     else:
+        jobs = spec.jobs()
         sweep_dir = new_sweep_dir(out_root, spec.name)
         tracking_uri = resolve_tracking_uri(tracking_uri, out_root)
     # A password in the URI moves to MLflow's own variables for the sweep's duration (the
@@ -257,7 +335,8 @@ def run_sweep(
         written: dict[str, Any] = {}  # the sweep's state once sweep.json holds it, and its client
         try:
             with _interrupts_recorded():
-                return _fan_out(spec, resolved, sweep_dir, tracking_uri, address, resumed_run_id, started, written)
+                return _fan_out(spec, jobs, resolved, sweep_dir, tracking_uri, address, resumed_run_id, started,
+                                written, source)
         except _Signalled as stop:
             _mark_interrupted(sweep_dir, written)
             raise SweepInterrupted(stop.signum, sweep_dir, resumable=bool(written)) from None
@@ -276,14 +355,23 @@ def _mark_interrupted(sweep_dir: Path, written: dict[str, Any]) -> None:
         say(f"  (could not mark MLflow run {state['sweep_run_id']} KILLED: {str(err).splitlines()[0][:200]})")
 
 
-def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str, address: str | None,
-             resumed_run_id: str | None, started: float, written: dict[str, Any]) -> SweepOutcome:
+def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: Path, tracking_uri: str,
+             address: str | None, resumed_run_id: str | None, started: float, written: dict[str, Any],
+             source: str | None = None) -> SweepOutcome:
     """The sweep proper, once its folder and tracking store are settled (resumed_run_id:
     the parent run of the sweep being resumed, else None for a new sweep). Fills
     `written` once sweep.json exists, so an interrupt knows whether a resume can work."""
-    from .tracking import cell_run_names, client_for, default_artifact_root, ensure_experiment, start_sweep_run
-
-    jobs = spec.jobs()
+    from .tracking import (
+        cell_run_names,
+        client_for,
+        default_artifact_root,
+        ensure_experiment,
+        grow_sweep_run,
+        real_data_datasets,
+        save_sweep_view,
+        start_sweep_run,
+        sweep_view_inputs,
+    )
 
     address = address or os.environ.get("RAY_ADDRESS")
     owns_ray = not ray.is_initialized()
@@ -315,20 +403,23 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
 
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, spec.name, default_artifact_root(tracking_uri))
+    datasets = real_data_datasets(spec.points)
     if resumed_run_id is not None:
         sweep_run_id = resumed_run_id
         client.update_run(sweep_run_id, status="RUNNING")
+        grow_sweep_run(client, sweep_run_id, resolved)  # (the same spec again when not grown)
     else:
         sweep_dir.mkdir(parents=True)
         stamp = sweep_dir.name  # e.g. 20261201T104430149429Z: the run is "quickstart 1201-104430"
         sweep_run_id = start_sweep_run(client, experiment_id, f"{spec.name} {stamp[4:8]}-{stamp[9:15]}", sweep_dir,
-                                       resolved, description=spec.description)
+                                       resolved, description=spec.description, source=source, datasets=datasets)
     state = {
         "spec": resolved,
         "tracking_uri": tracking_uri,
         "experiment": spec.name,
         "sweep_run_id": sweep_run_id,
         "status": "running",
+        "trials": [[job.key, job.point.key, list(job.seeds)] for job in jobs],
     }
     _write_json(sweep_dir / SWEEP_FILE, state)
     written.update(state=state, client=client)
@@ -339,17 +430,20 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
             prepare = getattr(point.task, "prepare_sweep", None)
             if prepare is not None:
                 prepare(sweep_dir / "chains" / "_shared")
-        trainable = tune.with_resources(chain_trial, {"cpu": spec.run.cpus_per_trial})
+        trainable = tune.with_resources(tune.with_parameters(chain_trial, jobs={j.key: j for j in jobs}),
+                                        {"cpu": spec.run.cpus_per_trial})
         run_names = cell_run_names(jobs)
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "job": tune.grid_search([{**j.to_dict(), "run_name": run_names[j.key]} for j in jobs]),
+                "job": tune.grid_search([{"key": j.key, "run_name": run_names[j.key],
+                                          "n_iterations": j.point.chain.n_iterations} for j in jobs]),
                 "sweep": {
                     "tracking_uri": tracking_uri,
                     "experiment_id": experiment_id,
                     "sweep_run_id": sweep_run_id,
                     "sweep_dir": str(sweep_dir),
+                    "datasets": [d.to_dictionary() for d in datasets],
                 },
             },
             tune_config=tune.TuneConfig(
@@ -380,7 +474,7 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
         disk_fault = _disk_fault_of([r.error for r in grid if r.error is not None], sweep_dir)
         # a trial Tune stopped without an error (it was interrupted) did not finish either
         unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("iteration") !=
-                      r.config["job"]["chain"]["n_iterations"]]
+                      r.config["job"]["n_iterations"]]
     finally:
         if owns_ray:
             ray.shutdown()
@@ -389,9 +483,15 @@ def _fan_out(spec: SweepSpec, resolved: dict, sweep_dir: Path, tracking_uri: str
 
     state["status"] = "finished" if n_failed == 0 else "failed"
     _write_json(sweep_dir / SWEEP_FILE, state)
+    try:  # the UI's saved view: a convenience, which never fails a finished sweep
+        metric_keys, spans_decades = sweep_view_inputs(client, experiment_id, sweep_run_id)
+        save_sweep_view(client, experiment_id, metric_keys, spans_decades,
+                        swept=list(dict.fromkeys(key for point in spec.points for key, _ in point.swept)))
+    except Exception as err:  # noqa: BLE001
+        say(f"  (could not save the MLflow view collapse-ray: {str(err).splitlines()[0][:200]})")
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
     return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed,
-                        time.perf_counter() - started, disk_fault)
+                        time.perf_counter() - started, disk_fault, experiment_id)
 
 
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
@@ -431,12 +531,12 @@ def _raise_if_disk_fault(err: Exception, sweep_dir: Path) -> None:
                            f"{type(err).__name__})") from err
 
 
-def _check_chain_folders(sweep_dir: Path, spec: SweepSpec) -> None:
+def _check_chain_folders(sweep_dir: Path, jobs: list[ChainJob]) -> None:
     """Before a resume starts anything: every chain's checkpoint and pool shards must be
     readable and its own, or the error names the file (not a trial failure later)."""
     from .loop import check_checkpoint
 
-    keys = {job.key: job for job in spec.jobs()}
+    keys = {job.key: job for job in jobs}
     for folder in sorted((sweep_dir / "chains").glob("*")):
         if folder.name.startswith("_") or not folder.is_dir():
             continue  # shared files (e.g. chains/_shared)
@@ -483,7 +583,7 @@ class ProgressCallback(Callback):
         self.start = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        total = trial.config["job"]["chain"]["n_iterations"]
+        total = trial.config["job"]["n_iterations"]
         if result.get("iteration", total) < total:
             say(f"  {trial.config['job']['key']}: iteration {result['iteration']}/{total}")
 

@@ -5,7 +5,20 @@ Layout in MLflow: one experiment per sweep name; one parent run per `collapse-ra
 (the resolved spec is its artifact `spec.yaml`); one child run per Ray Tune trial (a
 grid point for a block of seeds). A child run's metric charts show, per iteration, the
 mean over its seeds (`test_loss`) and its standard error (`test_loss_se`); the per-seed
-rows are its Parquet artifact `chains.parquet`, which is what `results_table` reads.
+rows are its Parquet artifact `chains.parquet`, which is what `results_table` reads,
+and the same rows as `per_seed.json`, which MLflow's artifact view shows as a table.
+
+Parameters use the spec's dotted keys on parent and chain runs alike (`chain.n_real`,
+`task.dim`; the parent's swept axes as `grid.chain.n_real`); unset (null) values are left
+out. What a grown sweep changes (`chain.n_iterations`, the seeds) are tags, since MLflow
+parameters cannot change once logged.
+
+The UI: MLflow 3.17 opens an experiment in its GenAI view whatever the experiment says
+(its GenAI / Model training switch decides; the `mlflow.experimentKind` tag is set but
+not read there), so `ui_url` gives a link with `workflowType=machine_learning` and the
+saved view "collapse-ray" (test loss first, grouped by workflow, log axis where the
+values span decades, standard errors in a folded section), which `save_sweep_view`
+writes as an experiment tag the UI reads.
 """
 
 from __future__ import annotations
@@ -16,6 +29,8 @@ import os
 import re
 import tempfile
 import time
+import json
+import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -272,12 +287,111 @@ def ensure_experiment(client, name: str, artifact_root: Path | None = None) -> s
         return exp.experiment_id
     try:
         location = None if artifact_root is None else (artifact_root / name).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        experiment_id = client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:  # created meanwhile by another driver
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+    return experiment_id
+
+
+# MLflow's experiment-type tag. 3.17's UI follows its own GenAI / Model training switch
+# instead (measured: a tagged experiment still opens in the GenAI view), which the
+# `workflowType` parameter of ui_url's link sets; other MLflow versions read the tag.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+VIEW_KEY = "collapse-ray"  # the saved view's key: experiment tag mlflow.sharedViewState.<key>
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+SE_SUFFIX = "_se"
+LOG_AXIS_SPAN = 10.0  # test_loss charts get a log axis when the runs' values span this factor
+
+
+def ui_url(server: str, experiment_id: str) -> str:
+    """The link that opens the sweep's experiment in the model-training view with the
+    saved view "collapse-ray" (charts of the chain runs grouped by workflow)."""
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART")
+
+
+def save_sweep_view(client, experiment_id: str, metric_keys: Sequence[str], spans_decades: bool,
+                    swept: Sequence[str] = ()) -> None:
+    """The experiment's saved view "collapse-ray" (the UI's own format of a saved and shared
+    view, an experiment tag): chart mode, the chain runs grouped by their workflow tag
+    (so the metric-less sweep run is a group without lines, not a legend entry), test_loss
+    first and on a log axis when `spans_decades`, the other means after it, standard
+    errors and within-fit curves in folded sections, the swept parameters as columns."""
+    import zlib
+    import base64
+
+    def section(uid: str, name: str, display: bool) -> dict:
+        return {"uuid": uid, "name": name, "display": display, "isReordered": True, "deleted": False,
+                "isGenerated": False}
+
+    sections = [section("means", "Model metrics", True), section("se", "Standard errors (over seeds)", False)]
+    means = sorted((k for k in metric_keys if not k.endswith(SE_SUFFIX) and "/" not in k),
+                   key=lambda k: (k != "test_loss", k))
+    errors = sorted(k for k in metric_keys if k.endswith(SE_SUFFIX) and "/" not in k)
+    nested = sorted({k.split("/", 1)[0] for k in metric_keys if "/" in k})
+    sections += [section(f"prefix-{p}", p, False) for p in nested]
+    charts = []
+
+    def chart(key: str, section_id: str, log: bool = False) -> None:
+        charts.append({"uuid": f"chart-{len(charts)}", "type": "LINE", "runsCountToCompare": 20,
+                       "metricSectionId": section_id, "deleted": False, "isGenerated": False,
+                       "displayName": key, "metricKey": key, "lineSmoothness": 0, "xAxisScaleType": "linear",
+                       "scaleType": "log" if log else "linear", "range": {}, "xAxisKey": "step",
+                       "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [],
+                       "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True})
+
+    for key in means:
+        chart(key, "means", log=key == "test_loss" and spans_decades)
+    for key in errors:
+        chart(key, "se")
+    for key in sorted(k for k in metric_keys if "/" in k):
+        chart(key, f"prefix-{key.split('/', 1)[0]}")
+    state = {
+        "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": [*(["tags.`workflow`"] if "chain.workflow" not in swept else []),
+                            *(f"params.`{key}`" for key in swept)],
+        "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "FIRST_20_RUNS",
+        "compareRunCharts": charts, "compareRunSections": sections, "viewMaximized": False,
+        "runListHidden": False, "isAccordionReordered": True, "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True, "groupsExpanded": {},
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "workflow"}]},
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+    now = int(time.time() * 1000)
+
+    def tag_value() -> str:
+        packed = base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+        return json.dumps({"name": "collapse-ray: test loss by workflow", "createdAt": now, "updatedAt": now,
+                           "state": f"deflate;{packed}"})
+
+    value = tag_value()
+    if len(value) > MAX_VIEW_TAG_CHARS:  # many within-fit curves: the UI adds their charts by itself
+        state["compareRunCharts"] = [c for c in charts if c["metricSectionId"] in ("means", "se")]
+        state["compareRunSections"] = sections[:2]
+        value = tag_value()
+    if len(value) <= MAX_VIEW_TAG_CHARS:
+        client.set_experiment_tag(experiment_id, VIEW_TAG, value)
+
+
+MAX_VIEW_TAG_CHARS = 20_000  # MLflow's limit on an experiment tag's value
+
+
+def sweep_view_inputs(client, experiment_id: str, sweep_run_id: str) -> tuple[list[str], bool]:
+    """The metric keys of the sweep's chain runs, and whether their last test_loss values
+    span decades (then its chart gets a log axis)."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{sweep_run_id}'",
+                                  max_results=5000)
+    keys = sorted({key for run in children for key in run.data.metrics})
+    losses = [run.data.metrics["test_loss"] for run in children if "test_loss" in run.data.metrics]
+    finite = [v for v in losses if math.isfinite(v)]
+    spans = bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= LOG_AXIS_SPAN
+    return keys, spans
 
 
 WORKFLOW_ABBREVIATIONS = {"replace": "rep", "accumulate": "acc", "accumulate_subsample": "accsub"}
@@ -314,20 +428,131 @@ def cell_run_names(jobs: list[ChainJob]) -> dict[str, str]:
     return names
 
 
-def start_sweep_run(client, experiment_id: str, run_name: str, sweep_dir: Path, resolved_spec: dict,
-                    description: str = "") -> str:
-    import yaml
+SOURCE_TAGS = {"mlflow.source.type": "LOCAL"}
+VERSION_TAG = "collapse_ray.version"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+N_ITERATIONS_TAG = "chain.n_iterations"  # tags, not params: a grown sweep changes them
+SEEDS_TAG = "seeds"
+PER_SEED_TABLE = "per_seed.json"  # chains.parquet's rows as a table MLflow's artifact view renders
+MAX_TABLE_ROWS = 50_000  # larger chain tables (very long chains) stay Parquet only
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 
-    tags = {SWEEP_TAG: str(sweep_dir)}
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """The commit of the git checkout the package runs from (None when it is installed
+    elsewhere or git is missing); ' (dirty)' is not added: the tag holds a hash."""
+    folder = folder or Path(__file__).resolve().parent
+    try:
+        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def run_provenance(source: str | None) -> dict[str, str]:
+    """Tags every sweep run gets: package version, git commit, source (the spec file)."""
+    from . import __version__
+
+    tags = {VERSION_TAG: __version__, **SOURCE_TAGS}
+    if source:
+        tags["mlflow.source.name"] = source
+    commit = git_commit()
+    if commit:
+        tags[GIT_COMMIT_TAG] = commit
+    return tags
+
+
+def dotted_params(prefix: str, values: dict[str, Any], leave_out: Sequence[str] = ()) -> dict[str, str]:
+    """`prefix.field` -> value as MLflow params, unset (None) values and `leave_out` fields left out."""
+    return {f"{prefix}.{k}": str(v)[:500] for k, v in values.items() if v is not None and k not in leave_out}
+
+
+def sweep_params(resolved_spec: dict) -> dict[str, str]:
+    """The sweep run's params: the base task and chain (fields the grid or cases sweep
+    left out: they are `grid.<key>`), and each swept axis as `grid.<key>`."""
+    grid = resolved_spec.get("grid", {})
+    swept = set(grid) | {key for case in resolved_spec.get("cases", []) for key in case}
+    params = {}
+    for prefix in ("task", "chain"):
+        leave_out = [key.split(".", 1)[1] for key in swept if key.startswith(prefix + ".")]
+        if prefix == "chain":
+            leave_out += [*EXECUTION_ONLY, "n_iterations"]
+        params.update(dotted_params(prefix, resolved_spec[prefix], leave_out))
+    params.update({f"grid.{k}": str(v)[:500] for k, v in grid.items()})
+    for i, case in enumerate(resolved_spec.get("cases", [])):
+        params.update({f"cases.{i}.{k}": str(v)[:500] for k, v in case.items()})
+    return params
+
+
+def sweep_tags(resolved_spec: dict) -> dict[str, str]:
+    """What a grown sweep changes, as tags: its seeds and the base iteration count."""
+    return {SEEDS_TAG: _seed_range(resolved_spec["seeds"]),
+            N_ITERATIONS_TAG: str(resolved_spec["chain"]["n_iterations"])}
+
+
+def start_sweep_run(client, experiment_id: str, run_name: str, sweep_dir: Path, resolved_spec: dict,
+                    description: str = "", source: str | None = None, datasets: Sequence = ()) -> str:
+    tags = {SWEEP_TAG: str(sweep_dir), **run_provenance(source), **sweep_tags(resolved_spec)}
     if description:  # the spec's header comment: the UI shows it as the run's description
         tags["mlflow.note.content"] = description
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    grid = resolved_spec.get("grid", {})
-    params = {f"grid.{k}": str(v)[:500] for k, v in grid.items()}
-    params["n_seeds"] = str(len(resolved_spec["seeds"]))
-    _log_params(client, run.info.run_id, params)
-    client.log_text(run.info.run_id, yaml.safe_dump(resolved_spec, sort_keys=False), "spec.yaml")
+    _log_params(client, run.info.run_id, sweep_params(resolved_spec))
+    log_spec(client, run.info.run_id, resolved_spec)
+    log_datasets(client, run.info.run_id, datasets)
     return run.info.run_id
+
+
+def log_spec(client, run_id: str, resolved_spec: dict) -> None:
+    import yaml
+
+    client.log_text(run_id, yaml.safe_dump(resolved_spec, sort_keys=False), "spec.yaml")
+
+
+def grow_sweep_run(client, run_id: str, resolved_spec: dict) -> None:
+    """The sweep run after --resume grew it: the new spec.yaml, seeds and iteration count."""
+    log_spec(client, run_id, resolved_spec)
+    for key, value in sweep_tags(resolved_spec).items():
+        client.set_tag(run_id, key, value)
+
+
+def real_data_datasets(points: Sequence) -> list:
+    """MLflow dataset entities for the real data of the sweep's cells, one per distinct
+    source: a local file or folder, a Hugging Face hub dataset, or data the task draws
+    or bundles itself (a code source naming the task and its `source`)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    found: dict[tuple[str, str], Any] = {}
+    for point in points:
+        task = point.task
+        source = getattr(task, "source", None)
+        key = (task.name, str(source))
+        if key in found:
+            continue
+        if isinstance(source, str) and source and Path(source).expanduser().exists():
+            from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+
+            origin = LocalArtifactDatasetSource(str(Path(source).expanduser().resolve()))
+            name = Path(source).name
+        elif isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+            origin, name = HuggingFaceDatasetSource(path=source), source
+        else:
+            what = {"task": task.name, **({"source": str(source)} if source is not None else {})}
+            origin = CodeDatasetSource(tags={"collapse_ray.task": json.dumps(what)})
+            name = f"{task.name}: {source}" if source is not None else f"{task.name} (drawn by the task)"
+        found[key] = MetaDataset(origin, name=name)._to_mlflow_entity()
+    return list(found.values())
+
+
+def log_datasets(client, run_id: str, datasets: Sequence) -> None:
+    from mlflow.entities import DatasetInput, InputTag
+
+    if datasets:
+        client.log_inputs(run_id, datasets=[DatasetInput(d, tags=[InputTag("mlflow.data.context", "real data")])
+                                            for d in datasets])
 
 
 def job_params(job: ChainJob) -> dict[str, Any]:
@@ -340,10 +565,27 @@ def job_params(job: ChainJob) -> dict[str, Any]:
     return cols
 
 
+def chain_run_params(job: ChainJob) -> dict[str, str]:
+    """A chain run's params under the spec's dotted keys (as the sweep run's), unset ones
+    left out, and `run_key`, the cell's key (as in the results table); the iteration
+    count and seeds are tags (chain_run_tags)."""
+    params = {"run_key": job.point.key, "task.name": job.point.task.name}
+    params.update(dotted_params("task", as_flat_dict(job.point.task)))
+    params.update(dotted_params("chain", as_flat_dict(job.point.chain.resolved()),
+                                leave_out=(*EXECUTION_ONLY, "n_iterations")))
+    return params
+
+
+def chain_run_tags(job: ChainJob) -> dict[str, str]:
+    return {N_ITERATIONS_TAG: str(job.point.chain.n_iterations), SEEDS_TAG: _seed_range(job.seeds)}
+
+
 def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob,
-                   run_name: str | None = None) -> tuple[str, bool]:
-    """The job's child run (reused when a retried or resumed trial comes back) and
-    whether it already finished. `run_name`: see cell_run_names (default: the job's key)."""
+                   run_name: str | None = None, datasets: Sequence = ()) -> tuple[str, bool, bool]:
+    """The job's child run (reused when a retried or resumed trial comes back), whether
+    it already holds every iteration of the job, and whether it is a finished run that a
+    grown sweep lengthened (it is opened again). `run_name`: see cell_run_names (default:
+    the job's key)."""
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{JOB_KEY_TAG}` = '{job.key}'",
@@ -351,16 +593,23 @@ def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob
     )
     if found:
         run = found[0]
-        return run.info.run_id, run.info.status == "FINISHED"
+        through = int(run.data.tags.get(N_ITERATIONS_TAG, job.point.chain.n_iterations))
+        if run.info.status == "FINISHED" and through >= job.point.chain.n_iterations:
+            return run.info.run_id, True, False
+        grown = through < job.point.chain.n_iterations
+        if run.info.status == "FINISHED":  # grown: more iterations than it ran
+            client.update_run(run.info.run_id, status="RUNNING")
+        # (the caller sets the new N_ITERATIONS_TAG once the short chain's checkpoint is gone)
+        return run.info.run_id, False, grown
     run = client.create_run(
         experiment_id,
         run_name=run_name or job.key,
-        tags={PARENT_TAG: parent_run_id, JOB_KEY_TAG: job.key, "workflow": job.point.chain.workflow},
+        tags={PARENT_TAG: parent_run_id, JOB_KEY_TAG: job.key, "workflow": job.point.chain.workflow,
+              **chain_run_tags(job)},
     )
-    params = {k: ("null" if v is None else str(v)) for k, v in job_params(job).items()}
-    params["seeds"] = _seed_range(job.seeds)
-    _log_params(client, run.info.run_id, params)
-    return run.info.run_id, False
+    _log_params(client, run.info.run_id, chain_run_params(job))
+    log_datasets(client, run.info.run_id, datasets)
+    return run.info.run_id, False, False
 
 
 LOGGED_TAG = "collapse_ray.logged_through_iteration"
@@ -436,12 +685,27 @@ def iteration_folder(iteration: int) -> str:
 
 
 def finish_chain_run(client, run_id: str, job: ChainJob, table: pd.DataFrame) -> None:
-    table = table.assign(**{k: v for k, v in job_params(job).items()}, run_id=run_id)
+    """`table`: the loop's per-seed rows (seed, iteration, metrics)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CHAIN_TABLE
-        table.to_parquet(path, index=False)
+        table.assign(**{k: v for k, v in job_params(job).items()}, run_id=run_id).to_parquet(path, index=False)
         client.log_artifact(run_id, str(path))
+        if len(table) <= MAX_TABLE_ROWS:
+            log_per_seed_table(client, run_id, table, Path(tmp))
     client.set_terminated(run_id, "FINISHED")
+
+
+def log_per_seed_table(client, run_id: str, table: pd.DataFrame, tmp: Path) -> None:
+    """The per-seed rows (seed, iteration, metrics) as a JSON table in MLflow's own
+    log_table format, which the run's artifact view shows as a table. Written whole
+    (client.log_table would append to a grown run's earlier table)."""
+    path = tmp / PER_SEED_TABLE
+    table.to_json(path, orient="split", index=False)
+    client.log_artifact(run_id, str(path))
+    logged = json.loads(client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+    entry = {"path": PER_SEED_TABLE, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*logged, entry]))
 
 
 def mean_and_se(values: np.ndarray) -> tuple[float, float]:

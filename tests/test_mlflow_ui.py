@@ -1,0 +1,243 @@
+"""Where users read results: a sweep as the MLflow UI shows it, and sweeps that grow.
+
+One tiny sweep (2 workflows x 2 seeds x 3 iterations) is run, grown by seeds and then by
+iterations with `--resume`, and compared with the larger spec run from scratch; headless
+Chromium then opens the grown sweep in a real `mlflow server` and reads what issue 15
+asks users to see there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import collapse_ray
+from collapse_ray import cli
+from collapse_ray.spec import parse_spec
+from collapse_ray.sweep import check_growable
+from collapse_ray.tracking import (
+    JOB_KEY_TAG,
+    PER_SEED_TABLE,
+    VIEW_TAG,
+    chain_run_params,
+    client_for,
+    sweep_params,
+    ui_url,
+)
+from collapse_ray.validation import SpecError
+from tests.helpers import free_ports
+
+SCREENSHOTS = Path(os.environ.get("COLLAPSE_RAY_SCREENSHOTS", "/tmp/collapse_ray_screenshots"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADER = "# tinyui: does replace collapse where accumulate_subsample holds? (a test's sweep)"
+SPEC = f"""{HEADER}
+name: tinyui
+task: {{name: gaussian, dim: 2}}
+chain: {{n_real: 20, n_iterations: 3}}
+seeds: 2
+grid:
+  chain.workflow: [replace, accumulate_subsample]
+"""
+GROWN = ("--set", "seeds=4", "--set", "chain.n_iterations=5")
+
+
+# --- parameters and growth rules (no Ray) ---
+
+def test_parent_and_chain_runs_share_dotted_params_and_leave_unset_ones_out():
+    spec = parse_spec({"name": "p", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 20}, "seeds": 2,
+                       "grid": {"chain.workflow": ["replace", "accumulate"], "chain.n_real": [20, 50]}})
+    parent = sweep_params(json.loads(json.dumps(spec.resolved_dict())))
+    child = chain_run_params(spec.jobs()[0])
+    for params in (parent, child):
+        assert "null" not in params.values() and "None" not in params.values(), params
+        assert all(key.split(".", 1)[0] in ("task", "chain", "grid") for key in params if key != "run_key"), params
+    assert parent["grid.chain.n_real"] == "[20, 50]" and "chain.n_real" not in parent  # swept: the axis only
+    assert child["chain.n_real"] in ("20", "50") and child["task.dim"] == "2"
+    assert "chain.n_train" not in child  # unset for replace / accumulate
+    assert "chain.n_iterations" not in child  # a tag: a grown sweep changes it
+
+
+def test_resume_refuses_changes_other_than_more_seeds_or_iterations():
+    base = {"name": "g", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_iterations": 3}, "seeds": 2}
+    saved = json.loads(json.dumps(parse_spec(base).resolved_dict()))
+
+    def grown(**changes):
+        raw = json.loads(json.dumps(base))
+        for key, value in changes.items():
+            part, _, field = key.partition("__")
+            if field:
+                raw[part][field] = value
+            else:
+                raw[part] = value
+        return json.loads(json.dumps(parse_spec(raw).resolved_dict()))
+
+    check_growable(saved, grown(seeds=5, chain__n_iterations=7), Path("x"))  # more seeds, more iterations
+    for changes, named in [({"task__dim": 3}, "task"), ({"chain__n_real": 10}, "chain.n_real"),
+                           ({"seeds": [1, 2]}, "seeds (some were removed)"),
+                           ({"chain__n_iterations": 2}, "chain.n_iterations (lowered)")]:
+        with pytest.raises(SpecError, match="grows only by") as err:
+            check_growable(saved, grown(**changes), Path("x"))
+        assert named in str(err.value)
+
+
+# --- a real sweep, grown, and in the browser ---
+
+def _table(out: Path, tmp: Path, name: str) -> pd.DataFrame:
+    assert cli.main(["results", "tinyui", "--out", str(tmp / f"{name}.parquet"), "--results-dir", str(out)]) == 0
+    table = pd.read_parquet(tmp / f"{name}.parquet").drop(columns=["run_id", "sweep_run_id"])
+    return table.sort_values(["run_key", "seed", "iteration"], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def grown_sweep(tmp_path_factory, local_ray):
+    """The tiny sweep run, grown by seeds, then by iterations, and the grown spec run from
+    scratch: (results folder of the grown one, of the fresh one, seconds per step, output)."""
+    tmp = tmp_path_factory.mktemp("grow")
+    spec = tmp / "tinyui.yaml"
+    spec.write_text(SPEC)
+    grown, fresh = tmp / "grown", tmp / "fresh"
+    seconds, printed = {}, {}
+    for step, out, args in [("base", grown, ()), ("more seeds", grown, ("--resume", "--set", "seeds=4")),
+                            ("more iterations", grown, ("--resume", *GROWN)), ("from scratch", fresh, GROWN)]:
+        started = time.perf_counter()
+        code = cli.main(["run", str(spec), "--out", str(out), *args])
+        seconds[step] = time.perf_counter() - started
+        assert code == 0, step
+    print(f"\ngrowing tinyui, seconds per step: {seconds}")
+    return grown, fresh, seconds, tmp
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_growing_a_sweep_gives_the_table_of_the_larger_spec_run_from_scratch(grown_sweep):
+    grown, fresh, seconds, tmp = grown_sweep
+    grown_table, fresh_table = _table(grown, tmp, "grown"), _table(fresh, tmp, "fresh")
+    assert len(fresh_table) == 2 * 4 * 5  # workflows x seeds x iterations
+    pd.testing.assert_frame_equal(grown_table, fresh_table, check_exact=True)  # bit for bit
+
+    # one sweep run grew (not a second one), its runs hold every iteration exactly once
+    client = client_for(f"sqlite:///{grown / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tinyui")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["seeds"] == "0-3"
+    children = [r for r in runs if r not in parents]
+    assert len(children) == 4  # the first trials (seeds 0-1) and the new seeds' (2-3), per workflow
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_loss")]
+        assert sorted(steps) == [1, 2, 3, 4, 5], (run.data.tags[JOB_KEY_TAG], steps)
+        assert run.info.status == "FINISHED" and run.data.tags["chain.n_iterations"] == "5"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make browser` installs Debian's chromium (apt-get install chromium)")
+        pytest.skip("chromium is not installed (make browser installs it where it can)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def ui_server(grown_sweep):
+    """`mlflow server` on loopback over the grown sweep's own store, as the closing summary says."""
+    grown = grown_sweep[0]
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{grown / 'mlflow.db'}"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(server + "/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the MLflow server did not start"
+            time.sleep(0.3)
+        yield server
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mlflow_ui_opens_the_sweep_as_a_researcher_wants_it(grown_sweep, ui_server, browser):
+    grown = grown_sweep[0]
+    client = client_for(f"sqlite:///{grown / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tinyui")
+    assert VIEW_TAG in experiment.tags
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r is not parent]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+    # the link of the closing summary: model-training view, charts of the chain runs grouped
+    # by workflow, test_loss first, the standard errors folded away
+    page.goto(ui_url(ui_server, experiment.experiment_id), wait_until="load")
+    page.get_by_text("Model metrics").first.wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    page.screenshot(path=str(SCREENSHOTS / "ui_sweep_charts.png"))
+    text = page.inner_text("body")
+    assert "Group by: workflow" in text and "Group: replace" in text and "Group: accumulate_subsample" in text
+    assert "Sessions" not in text and "Judges" not in text  # not the GenAI view
+    titles = text[text.index("Model metrics"):].split("\n")
+    charts = [line for line in titles if line in {"test_loss", "cov_trace_ratio", "cov_det_ratio", "mean_sq_error"}]
+    assert charts and charts[0] == "test_loss", charts
+    assert "Standard errors (over seeds)" in text and "test_loss_se" not in text  # folded section
+    # legend entries are the workflow groups; the metric-less sweep run has none
+    assert "replace (test_loss)" in text and "accumulate_subsample (test_loss)" in text
+    assert f"{parent.info.run_name} (" not in text and "Additional runs (" not in text
+
+    # the sweep run: its name, its description (the spec's header), commit, version, source, data
+    page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}", wait_until="load")
+    page.get_by_text(parent.info.run_name).first.wait_for(timeout=120_000)
+    page.get_by_text("does replace collapse").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(SCREENSHOTS / "ui_sweep_run.png"))
+    text = page.inner_text("body")
+    assert parent.info.run_name.startswith("tinyui ") and "tinyui.yaml" in text
+    assert parent.data.tags["collapse_ray.version"] == collapse_ray.__version__
+    assert "mlflow.source.git.commit" in parent.data.tags
+    assert "gaussian (drawn by the task)" in text  # the real data, as a dataset input
+
+    # the runs named by cell, and one chain run's seeds as a table in its artifacts
+    page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
+              wait_until="load")
+    row = page.get_by_role("row").filter(has_text=parent.info.run_name).first
+    row.wait_for(timeout=120_000)
+    row.locator("button[data-component-id*='runnamecellrenderer']").click()
+    names = sorted(r.info.run_name for r in children)
+    page.get_by_text(names[0]).first.wait_for(timeout=60_000)
+    text = page.inner_text("body")
+    assert all(name in text for name in names), (names, text[:2000])
+    chain = children[0]
+    page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{chain.info.run_id}/artifacts/"
+              f"{PER_SEED_TABLE}", wait_until="load")
+    page.get_by_text("test_loss").first.wait_for(timeout=120_000)
+    page.screenshot(path=str(SCREENSHOTS / "ui_per_seed_table.png"))
+    text = page.inner_text("body")
+    assert "seed" in text and "iteration" in text
+    page.close()
+    print(f"\nscreenshots: {SCREENSHOTS}/ui_sweep_charts.png, ui_sweep_run.png, ui_per_seed_table.png")
