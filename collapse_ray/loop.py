@@ -3,7 +3,7 @@
 Runs without Ray, so it can be debugged in a plain process:
 
     python -c "from collapse_ray.loop import run_chain; from collapse_ray.tasks import GaussianTask;
-    from collapse_ray.spec import ChainConfig;
+    from collapse_ray.chain import ChainConfig;
     print(run_chain(GaussianTask(dim=2), ChainConfig(workflow='replace', n_iterations=5).resolved(), seeds=[0, 1]).table)"
 
 Per iteration t = 1..T: the workflow selects the training set, the task fits and is
@@ -48,16 +48,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from .pool import ArrayPool, DiskPool, PoolSelection, ShardTarget, remove_stale_temporaries
-from .spec import ChainConfig
+from .pool import ArrayPool, DiskPool, remove_stale_temporaries
+from .chain import ChainConfig, max_rows_held, uses_statistics
 from .tasks import Metrics, RealData, Task
-from .workflows import by_statistics as uses_statistics
-from .workflows import max_rows_held
+from .tasks.protocol import DrawsIterations, KeepsFiles, PoolOnDiskTask, RecordsSubset, ReportsFitCurve, StopsEarly
 
 CHECKPOINT_FILE = "checkpoint.json"  # plus the state-*.npz it names: data only (state_file.py)
 
@@ -70,27 +69,6 @@ class MetricSink(Protocol):
         ...
 
     def log_iterations(self, seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> None: ...
-
-
-@runtime_checkable
-class PoolOnDiskTask(Protocol):
-    """Optional task hooks: the task's rows live in the pool's shards, not in this process
-    (language models, whose pools reach tens of GB). Unbatched tasks only (one chain)."""
-
-    def real_data_on_disk(self, n_real: int, rngs: Sequence[np.random.Generator],
-                          target: ShardTarget | None) -> RealData:
-        """As real_data, but the training rows are written to `target` (None: already
-        there, on resume) and RealData.train is empty."""
-        ...
-
-    def fit_on_disk(self, selection: PoolSelection, context: Any) -> Any:
-        """As fit, on the rows `selection` names (read from the shards where fitted)."""
-        ...
-
-    def sample_on_disk(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any,
-                       target: ShardTarget) -> None:
-        """As sample, but the n rows are written to `target` (pool.ShardWriter)."""
-        ...
 
 
 @dataclass
@@ -159,7 +137,7 @@ def run_chain(
     if chain.persist_pool and pool_dir is None:
         raise ValueError("chain.persist_pool needs a checkpoint_dir to write the pool into")
 
-    if ckpt is not None and hasattr(task, "with_workdir"):
+    if ckpt is not None and isinstance(task, KeepsFiles):
         # tasks that keep files (tokenizers, fitted models) keep them with the checkpoint
         task = task.with_workdir(ckpt / "task")
 
@@ -171,7 +149,7 @@ def run_chain(
 
         scratch = Path(tempfile.mkdtemp(prefix="collapse_ray-chain-"))
         pool_dir = scratch / "pool"
-        if hasattr(task, "with_workdir"):
+        if isinstance(task, KeepsFiles):
             task = task.with_workdir(scratch / "task")
     generators = [chain_generators(s) for s in seeds]
     data_rngs = [g[0] for g in generators]
@@ -181,7 +159,7 @@ def run_chain(
         remove_stale_temporaries(pool_dir)  # left by a writer killed mid-shard
     fresh = state is None
     if fresh:
-        stopping = np.zeros(len(seeds), dtype=np.int64) if hasattr(task, "stop_condition") else None
+        stopping = np.zeros(len(seeds), dtype=np.int64) if isinstance(task, StopsEarly) else None
         state = _State(0, [g[1] for g in generators], None, [], stopped_at=stopping)
     if on_disk:  # the shards are the pool; only the index is held here
         if fresh or _finished(state, chain.n_iterations):
@@ -212,7 +190,10 @@ def run_chain(
         active = np.flatnonzero(state.stopped_at == 0)
         if len(active) < len(seeds):  # resumed after some stopped: the saved statistics hold the rest
             live = _take_chains(task, None, real, active)[1]
-    records_iteration = getattr(task, "records_iteration", None)
+    records_iteration = task.records_iteration if isinstance(task, RecordsSubset) else None
+    # decided once: isinstance on a runtime-checkable protocol is slow next to a toy iteration
+    draws = sink is not None and isinstance(task, DrawsIterations) and hasattr(sink, "log_artifacts")
+    curves = sink is not None and isinstance(task, ReportsFitCurve) and hasattr(sink, "log_series")
     done = _finished(state, chain.n_iterations)
 
     seconds = []
@@ -247,10 +228,10 @@ def run_chain(
             done = bool((state.stopped_at > 0).all())
         if records_iteration is None or records_iteration(t) or t == chain.n_iterations or (stops_now is not None and stops_now.any()):
             state.records.append((t, metrics))
-        if sink is not None and t > logged and hasattr(task, "iteration_artifacts") and hasattr(sink, "log_artifacts"):
+        if draws and t > logged:
             # pictures of this iteration's model (a recomputed iteration redraws the same ones)
             sink.log_artifacts(t, task.iteration_artifacts(model, live.context))
-        if sink is not None and t > logged and hasattr(task, "iteration_series") and hasattr(sink, "log_series"):
+        if curves and t > logged:
             sink.log_series(t, task.iteration_series(model))  # a curve within the iteration's fit
         if t < chain.n_iterations and not done:  # the last fit's samples would train nothing
             new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, live, by_statistics,

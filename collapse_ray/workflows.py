@@ -168,12 +168,3 @@ def make_workflow(name: str, **knobs) -> MixingPolicy:
     values.setdefault("n_fresh_real", 0)
     return MixingPolicy(name=name, **components, **values)
 
-
-def __getattr__(name: str):
-    """`by_statistics` and `max_rows_held` moved to collapse_ray.chain (they ask the task,
-    which workflows do not know); the old imports keep working until their callers move."""
-    if name in ("by_statistics", "max_rows_held"):
-        from . import chain
-
-        return getattr(chain, "uses_statistics" if name == "by_statistics" else name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
