@@ -50,6 +50,7 @@ from .validation import SpecError
 
 SWEEP_FILE = "sweep.json"
 RESUMED_TAG = "collapse_ray.resumed_from_iteration"
+NODE_TAG = "collapse_ray.ray_node_id"  # the Ray node the chain (last) ran on: a bad node shows in the UI
 
 
 class SweepInterrupted(Exception):
@@ -177,6 +178,7 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
     if finished:  # done before a resume: nothing to redo or relog
         tune.report({"iteration": chain.n_iterations, "skipped": 1})
         return
+    client.set_tag(run_id, NODE_TAG, ray.get_runtime_context().get_node_id())  # again on a retry elsewhere
     checkpoint_dir = Path(ctx["sweep_dir"]) / "chains" / job.key
     if grown:  # a finished chain's checkpoint keeps no pool: run it again from iteration 1 (identically)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

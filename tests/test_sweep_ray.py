@@ -45,6 +45,12 @@ def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
 
     steps = metric_steps(uri, "quickstart")
     assert len(steps) == 6 and all(s == list(range(1, 13)) for s in steps.values())
+    # each chain run names the Ray node it ran on (one node here)
+    from collapse_ray.sweep import NODE_TAG
+
+    exp = client_for(uri).get_experiment_by_name("quickstart")
+    chain_runs = client_for(uri).search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
+    assert {r.data.tags.get(NODE_TAG) for r in chain_runs} == {local_ray.get_runtime_context().get_node_id()}
     # MLflow's chart value is the mean over the run's seeds
     client = client_for(uri)
     run_id = table.run_id.iloc[0]
