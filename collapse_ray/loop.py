@@ -155,12 +155,20 @@ def run_chain(
     data_rngs = [g[0] for g in generators]
 
     state, manifest = _load_checkpoint(ckpt)
+    continues = ckpt is not None and state is not None and checkpoint_continues(ckpt)
+    if state is not None and state.iteration < chain.n_iterations and _ended(ckpt) and not continues:
+        raise ValueError(f"{ckpt / CHECKPOINT_FILE}: the chain finished at iteration {state.iteration} and keeps "
+                         f"no pool to continue to {chain.n_iterations} from; remove the folder to rerun it")
     if pool_dir is not None and pool_dir.exists():
         remove_stale_temporaries(pool_dir)  # left by a writer killed mid-shard
     fresh = state is None
     if fresh:
         stopping = np.zeros(len(seeds), dtype=np.int64) if isinstance(task, StopsEarly) else None
         state = _State(0, [g[1] for g in generators], None, [], stopped_at=stopping)
+    # A statistics-path chain holds everything it needs in its statistics and generators: it
+    # also draws its last iteration's samples (one cheap draw), so its finished checkpoint
+    # continues to more iterations exactly as a longer chain runs on (growing a sweep).
+    continuable = by_statistics and not chain.persist_pool and state.stopped_at is None
     if on_disk:  # the shards are the pool; only the index is held here
         if fresh or _finished(state, chain.n_iterations):
             pool = DiskPool(pool_dir, seeds, keep_history=keep_history)
@@ -175,7 +183,7 @@ def run_chain(
         if fresh:
             pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
             pool.add(dict(real.train), iteration=0, source="real")
-        elif _finished(state, chain.n_iterations):  # finished: no iteration left to train
+        elif _finished(state, chain.n_iterations) or continues:  # nothing left to read from the pool
             pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
         else:  # exactly the shards the checkpoint lists, each checked against its hash
             pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity, manifest=manifest)
@@ -233,7 +241,7 @@ def run_chain(
             sink.log_artifacts(t, task.iteration_artifacts(model, live.context))
         if curves and t > logged:
             sink.log_series(t, task.iteration_series(model))  # a curve within the iteration's fit
-        if t < chain.n_iterations and not done:  # the last fit's samples would train nothing
+        if (t < chain.n_iterations or continuable) and not done:  # else the last fit's samples would train nothing
             new = _add_rows_of_iteration(t, task, workflow, chain, model, pool, rngs, live, by_statistics,
                                          None if active is None or len(active) == len(seeds) else active, phases)
             if by_statistics:
@@ -260,7 +268,8 @@ def run_chain(
             if ckpt is not None:
                 if t < chain.n_iterations and not done:  # a finished chain resumes nothing from its pool
                     pool.write_shards(pool_dir)
-                _save_state(ckpt, state, pool.manifest() if t < chain.n_iterations and not done else [])
+                ended = t >= chain.n_iterations or done
+                _save_state(ckpt, state, [] if ended else pool.manifest(), ended=ended, continues=ended and continuable)
                 phases.lap("checkpoint")
         if progress is not None:
             progress(t, chain.n_iterations)
@@ -380,6 +389,28 @@ def _load_state(ckpt: Path | None) -> _State | None:
     return _load_checkpoint(ckpt)[0]
 
 
+def checkpoint_continues(checkpoint_dir: str | Path) -> bool:
+    """Whether a finished chain's checkpoint can run on to more iterations exactly (a
+    statistics-path chain's: see run_chain); others rerun from iteration 1 when lengthened."""
+    return bool(_document(Path(checkpoint_dir)).get("continues", False))
+
+
+def _ended(ckpt: Path) -> bool:
+    return bool(_document(ckpt).get("ended", False))
+
+
+def _document(ckpt: Path) -> dict:
+    from . import state_file
+
+    if not (ckpt / CHECKPOINT_FILE).exists():
+        return {}
+    try:  # the JSON only: _load_checkpoint checks the whole checkpoint (and names the file)
+        document = state_file.read_json(ckpt / CHECKPOINT_FILE, state_file.MAX_JSON_BYTES)
+    except (state_file.CheckpointFormatError, ValueError, OSError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | None]:
     """The chain state and the pool manifest stored with it ((None, None) if none)."""
     from . import state_file
@@ -399,11 +430,13 @@ def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | Non
     return state, manifest
 
 
-def _save_state(ckpt: Path, state: _State, manifest: list[dict]) -> None:
-    """Arrays first, then the JSON naming them and the pool's shards (the commit point)."""
+def _save_state(ckpt: Path, state: _State, manifest: list[dict], ended: bool = False, continues: bool = False) -> None:
+    """Arrays first, then the JSON naming them and the pool's shards (the commit point).
+    `ended`: the chain finished; `continues`: and it can run on to more iterations."""
     from . import state_file
 
+    document = {"pool": manifest, "ended": ended, "continues": continues}
     try:
-        state_file.save(ckpt, CHECKPOINT_FILE, state, {"pool": manifest}, tag=f"{state.iteration}-{os.getpid()}")
+        state_file.save(ckpt, CHECKPOINT_FILE, state, document, tag=f"{state.iteration}-{os.getpid()}")
     except TypeError as err:  # a field of a type the data-only format does not hold
         raise TypeError(f"chain state cannot be checkpointed: {err}") from None

@@ -159,7 +159,7 @@ class SweepOutcome:
 def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
     """Ray Tune function trainable for one ChainJob (Tune's config names it by key; the
     jobs themselves come through tune.with_parameters, as the spec built them)."""
-    from .loop import run_chain
+    from .loop import checkpoint_continues, run_chain
     from .tracking import MlflowChainSink, client_for, finish_chain_run, open_chain_run
 
     started = time.time()  # wall clock: benchmarks line trials up against the driver's
@@ -180,8 +180,11 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
         return
     client.set_tag(run_id, NODE_TAG, ray.get_runtime_context().get_node_id())  # again on a retry elsewhere
     checkpoint_dir = Path(ctx["sweep_dir"]) / "chains" / job.key
-    if grown:  # a finished chain's checkpoint keeps no pool: run it again from iteration 1 (identically)
+    if grown and not checkpoint_continues(checkpoint_dir):
+        # a finished row-path chain keeps no pool: run it again from iteration 1 (identically);
+        # a statistics-path chain runs on from where it finished
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if grown:
         client.set_tag(run_id, N_ITERATIONS_TAG, str(chain.n_iterations))
 
     def progress(t: int, total: int) -> None:

@@ -137,6 +137,10 @@ def test_growing_a_sweep_gives_the_table_of_the_larger_spec_run_from_scratch(gro
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_loss")]
         assert sorted(steps) == [1, 2, 3, 4, 5], (run.data.tags[JOB_KEY_TAG], steps)
         assert run.info.status == "FINISHED" and run.data.tags["chain.n_iterations"] == "5"
+        # replace (statistics path) ran on from iteration 3; accumulate_subsample keeps no pool
+        # when finished, so it reran from iteration 1 (identically: the table above)
+        resumed = run.data.tags.get("collapse_ray.resumed_from_iteration")
+        assert resumed == ("3" if run.data.params["chain.workflow"] == "replace" else None), run.data.tags
 
 
 @pytest.fixture(scope="module")
