@@ -18,7 +18,7 @@ from collapse_ray.tasks import PretrainingTask, SFTTask
 from collapse_ray.tasks.sft import format_example, parse_example
 from collapse_ray.text import corpora
 from collapse_ray.text.models import PAPER_PARAMETERS_M, PAPER_VOCAB, PRESETS, model_config, n_parameters
-from collapse_ray.text.settings import encode
+from collapse_ray.text.steps import encode
 from collapse_ray.text.training import IGNORE, collate, lr_lambda, micro_steps_per_epoch, token_loss
 from collapse_ray.validation import SpecError
 

@@ -70,7 +70,8 @@ def test_ray_train_workers_stream_a_selection_from_the_pool_files(tmp_path, loca
     from collapse_ray.tasks import PretrainingTask
     from collapse_ray.text import backends
     from collapse_ray.text.models import load_tokenizer
-    from collapse_ray.text.settings import encode
+    from collapse_ray.text.settings import placement
+    from collapse_ray.text.steps import encode
     from collapse_ray.text.training import FitSettings, token_loss
 
     task = PretrainingTask(max_length=48, vocab_size=300, n_test=12).with_workdir(tmp_path / "task")
@@ -88,7 +89,7 @@ def test_ray_train_workers_stream_a_selection_from_the_pool_files(tmp_path, loca
         epochs=1, micro_batch_size=1, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
         betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch", zero_stage=0,
         precision="fp32")
-    figures = backends.fit_ray_train_texts(settings, texts, task.placement(), 48, drop_long=False,
+    figures = backends.fit_ray_train_texts(settings, texts, placement(task), 48, drop_long=False,
                                            held_out=real.context.held_out)
     assert figures["train_examples"] == 41, "every selected row was tokenized for the workers"
     assert figures["optimizer_steps"] == 41 // 2, "each worker took its 20 micro-batches of one"

@@ -15,7 +15,8 @@ from collapse_ray.tasks import PretrainingTask, SFTTask
 from collapse_ray.tasks.sft import format_example
 from collapse_ray.text import backends, corpora
 from collapse_ray.text.models import load_tokenizer
-from collapse_ray.text.settings import FittedLM, fit_texts, prepare_tokenizer
+from collapse_ray.text.settings import resolved_warmup_ratio
+from collapse_ray.text.steps import FittedLM, fit_texts, prepare_tokenizer
 from collapse_ray.text.training import FitSettings, lr_lambda, warmup_length
 from collapse_ray.validation import SpecError
 
@@ -79,8 +80,8 @@ def test_warmup_steps_or_a_ratio_never_both():
     assert warmup_length(fit_settings(warmup_ratio=0.0, warmup_steps=16), 10) == 16
     factor = lr_lambda("constant", 16, 10)
     assert [factor(s) for s in (0, 7, 15)] == pytest.approx([1 / 16, 0.5, 1.0])
-    assert SFTTask(warmup_steps=16).resolved_warmup_ratio() == 0.0
-    assert SFTTask().resolved_warmup_ratio() == 0.05 and SFTTask(warmup_ratio=0.1).resolved_warmup_ratio() == 0.1
+    assert resolved_warmup_ratio(SFTTask(warmup_steps=16)) == 0.0
+    assert resolved_warmup_ratio(SFTTask()) == 0.05 and resolved_warmup_ratio(SFTTask(warmup_ratio=0.1)) == 0.1
     with pytest.raises(SpecError, match="task.warmup_ratio must be null when task.warmup_steps is set"):
         parse_spec({"task": {"name": "sft", "warmup_steps": 16, "warmup_ratio": 0.05}, "run": {"cpus_per_trial": 0.01}})
 
@@ -92,9 +93,9 @@ def test_sft_uses_adamw_default_betas_and_drops_long_rows(tmp_path):
     assert PretrainingTask().long_rows == "cut"
     real = task.real_data(40, [chain_generators(0)[0]])
     texts = list(real.train["text"][0]) + [format_example("a long one", " and".join(["x"] * 200))]
-    model = fit_texts(task, texts, real.context)
+    model = fit_texts(task, task.workdir, texts, real.context)
     assert model.figures["train_examples"] == 40.0
-    cut = fit_texts(SFTTask(**{**LOCAL, "n_test": 10, "long_rows": "cut"}).with_workdir(tmp_path), texts, real.context)
+    cut = fit_texts(SFTTask(**{**LOCAL, "n_test": 10, "long_rows": "cut"}), tmp_path, texts, real.context)
     assert cut.figures["train_examples"] == 41.0
 
 
@@ -140,20 +141,20 @@ def test_value_pool_grid_is_validated():
 @pytest.fixture(scope="module")
 def story_model(tmp_path_factory):
     """The untrained tiny preset with a tokenizer trained on procedural stories."""
-    from collapse_ray.text.settings import TextContext, _initial_model
+    from collapse_ray.text.steps import TextContext, initial_model
 
     work = tmp_path_factory.mktemp("stories")
     task = PretrainingTask(**LOCAL).with_workdir(work)
     texts = corpora.procedural_rows("stories", "train", 100, 0)["text"]
-    tokenizer_dir = prepare_tokenizer(task, texts)
-    model_dir = _initial_model(task, load_tokenizer(tokenizer_dir), TextContext(tokenizer_dir, 0), work / "model")
+    tokenizer_dir = prepare_tokenizer(task, task.workdir, texts)
+    model_dir = initial_model(task, load_tokenizer(tokenizer_dir), TextContext(tokenizer_dir, 0), work / "model")
     return texts, FittedLM(model_dir, tokenizer_dir, {})
 
 
 def test_generation_strategies_first_token_and_fixed_length(story_model):
     import torch
 
-    from collapse_ray.text.settings import first_token_counts
+    from collapse_ray.text.steps import first_token_counts
 
     texts, model = story_model
     loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)

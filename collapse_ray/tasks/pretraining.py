@@ -19,19 +19,20 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..text import backends, corpora, pool_steps
+from ..text import backends, corpora, pool_steps, settings, steps
 from ..text.models import is_preset, load_tokenizer
-from ..text.settings import (
-    LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, first_token_counts,
-    fit_texts, prepare_tokenizer, sample_settings, sample_texts,
-)
+from ..text.settings import LanguageModelSettings
+from ..text.steps import TextContext, as_rows, chain_seed, encode
 from ..validation import fail
 from .protocol import Metrics, RealData, Rows
 
 
 @dataclass(frozen=True)
 class PretrainingTask(LanguageModelSettings):
-    """Stories in, a causal LM trained from scratch out (fields: LanguageModelSettings)."""
+    """Stories in, a causal LM trained from scratch out.
+
+    Its fields are LanguageModelSettings' (inherited as fields, with their checks) plus
+    `generation`; every step is a function of text.steps / text.pool_steps, called here."""
 
     name: ClassVar[str] = "pretraining"
     batched: ClassVar[bool] = False
@@ -52,6 +53,15 @@ class PretrainingTask(LanguageModelSettings):
         if chain.n_fresh_real and self.source != corpora.PROCEDURAL:
             fail(f"{where}.n_fresh_real", "0 unless task.source is 'procedural'", chain.n_fresh_real)
 
+    def check_run(self, run, where: str) -> None:
+        settings.check_run(self, self.name, run, where)
+
+    def check_cluster(self, run, cpus: float, where: str) -> None:
+        settings.check_cluster(self, run, cpus, where)
+
+    def with_workdir(self, workdir) -> PretrainingTask:
+        return settings.with_workdir(self, workdir)
+
     def source_columns(self) -> tuple[str, ...]:
         return ("text",)
 
@@ -59,18 +69,18 @@ class PretrainingTask(LanguageModelSettings):
         texts = corpora.load_rows(self.source, "stories", "train", n_real, ("text",), self.corpus_seed)["text"]
         n_test = None if self.n_test == "all" else self.n_test  # stories are cut, never dropped: all fit
         test = corpora.load_rows(self.source, "stories", "validation", n_test, ("text",), self.corpus_seed)["text"]
-        tokenizer_dir = prepare_tokenizer(self, texts)
+        tokenizer_dir = steps.prepare_tokenizer(self, self.workdir, texts)
         tokenizer = load_tokenizer(tokenizer_dir)
-        firsts = first_token_counts(tokenizer, texts) if self.generation == "first_token" else ((), ())
+        firsts = steps.first_token_counts(tokenizer, texts) if self.generation == "first_token" else ((), ())
         test_examples = encode(tokenizer, test, self.max_length, drop_long=False)
         context = TextContext(tokenizer_dir, chain_seed(rngs[0]), *firsts, held_out=tuple(test_examples))
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 
     def fit(self, train: Rows, context: Any = None):
-        return fit_texts(self, train["text"][0], context)
+        return steps.fit_texts(self, self.workdir, train["text"][0], context)
 
     def sample(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
-        return as_rows(sample_texts(self, model, n, chain_seed(rngs[0]), self.generation, context))
+        return as_rows(steps.sample_texts(self, model, n, chain_seed(rngs[0]), self.generation, context))
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
         return as_rows([corpora.procedural_story(rngs[0]) for _ in range(n)])
@@ -80,15 +90,19 @@ class PretrainingTask(LanguageModelSettings):
         return pool_steps.real_data_on_disk(self, n_real, rngs, target)
 
     def fit_on_disk(self, selection, context: Any = None):
-        return pool_steps.fit_on_disk(self, selection, context)
+        return pool_steps.fit_on_disk(self, self.workdir, selection, context)
 
     def sample_on_disk(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any, target) -> None:
-        s = sample_settings(self, model, self.generation, context)
-        batches = functools.partial(backends.iter_samples, n, chain_seed(rngs[0]), s, self.placement())
-        pool_steps.sample_on_disk(self.placement(), batches, target)
+        s = steps.sample_settings(self, model, self.generation, context)
+        placement = settings.placement(self)
+        batches = functools.partial(backends.iter_samples, n, chain_seed(rngs[0]), s, placement)
+        pool_steps.sample_on_disk(placement, batches, target)
 
     def evaluate(self, model, test) -> Metrics:
-        return evaluate_texts(model, test)
+        return steps.evaluate_texts(model, test)
+
+    def iteration_series(self, model) -> dict[str, list[tuple[int, float]]]:
+        return steps.iteration_series(self, model)
 
     def row_nbytes(self) -> int:
         return 4 * self.max_length  # about a byte per character, ~4 characters per token

@@ -41,12 +41,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..text import backends, corpora, pool_steps
+from ..text import backends, corpora, pool_steps, settings, steps
 from ..text.models import load_tokenizer
-from ..text.settings import (
-    LanguageModelSettings, TextContext, as_rows, chain_seed, encode, evaluate_texts, fit_texts,
-    prepare_tokenizer, sample_settings,
-)
+from ..text.settings import LanguageModelSettings
+from ..text.steps import TextContext, as_rows, chain_seed, encode
 from ..validation import SpecError, check_min, fail, require
 from .protocol import Metrics, RealData, Rows
 
@@ -72,7 +70,11 @@ def parse_example(text: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class SFTTask(LanguageModelSettings):
-    """Instruction/response pairs in, a fine-tune of the base model out."""
+    """Instruction/response pairs in, a fine-tune of the base model out.
+
+    Its fields are LanguageModelSettings' (inherited as fields, with their checks) plus
+    the columns and the value grid's; the shared steps are text.steps / text.pool_steps
+    functions, called here."""
 
     name: ClassVar[str] = "sft"
     batched: ClassVar[bool] = False
@@ -117,6 +119,15 @@ class SFTTask(LanguageModelSettings):
             fail(f"{where}.n_real", "an integer >= 1 (0 only in value-grid cells: task.value_pool_size > 0)", chain.n_real)
         self._check_local_test_set()
 
+    def check_run(self, run, where: str) -> None:
+        settings.check_run(self, self.name, run, where)
+
+    def check_cluster(self, run, cpus: float, where: str) -> None:
+        settings.check_cluster(self, run, cpus, where)
+
+    def with_workdir(self, workdir) -> SFTTask:
+        return settings.with_workdir(self, workdir)
+
     def _check_local_test_set(self) -> None:
         """A local source is read at spec time: asking for more test rows than fit in
         max_length fails here, naming both counts (a hub source fails in its first
@@ -136,7 +147,7 @@ class SFTTask(LanguageModelSettings):
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         n_train = max(n_real, self.value_pool_real)
         loaded = self._load_fitting("train", self._first_ask(n_train))
-        tokenizer_dir = prepare_tokenizer(self, loaded)
+        tokenizer_dir = steps.prepare_tokenizer(self, self.workdir, loaded)
         tokenizer = load_tokenizer(tokenizer_dir)
         train = self._fitting(tokenizer, "train", n_train, loaded)
         test = self._fitting(tokenizer, "validation", None if self.n_test == "all" else self.n_test)
@@ -192,7 +203,7 @@ class SFTTask(LanguageModelSettings):
         Its folder is keyed by everything that makes the pool (not by the cell's
         n_real, value_synthetic or chain seed); the file appears whole, by rename."""
         pool_task = replace(self, value_synthetic=0, n_value_pools=1)
-        path = Path(shared_dir) / f"value_pool-{pool_task.config_digest()}" / "pool.parquet"
+        path = Path(shared_dir) / f"value_pool-{settings.config_digest(pool_task)}" / "pool.parquet"
         if not path.exists():
             self._build_value_pool(pool_task, path)
         return pq.read_table(path).column("text").to_pylist()[:n]
@@ -205,9 +216,9 @@ class SFTTask(LanguageModelSettings):
         fitter = pool_task.with_workdir(folder)
         seed = self.value_pool
         loaded = self._load_fitting("train", self._first_ask(self.value_pool_real))
-        tokenizer_dir = prepare_tokenizer(fitter, loaded)
+        tokenizer_dir = steps.prepare_tokenizer(fitter, fitter.workdir, loaded)
         train = self._fitting(load_tokenizer(tokenizer_dir), "train", self.value_pool_real, loaded)
-        model = fit_texts(fitter, train, TextContext(tokenizer_dir, seed))
+        model = steps.fit_texts(fitter, fitter.workdir, train, TextContext(tokenizer_dir, seed))
         tmp = folder / f".pool.parquet.tmp-{os.getpid()}"
         with pq.ParquetWriter(tmp, pa.schema([("text", pa.string())])) as writer:  # batch by batch
             for texts in fitter._accepted_batches(model, self.value_pool_size, seed):
@@ -216,7 +227,7 @@ class SFTTask(LanguageModelSettings):
 
     # -- protocol ----------------------------------------------------------------------
     def fit(self, train: Rows, context: Any = None):
-        return fit_texts(self, train["text"][0], context)
+        return steps.fit_texts(self, self.workdir, train["text"][0], context)
 
     def sample(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
         return as_rows(self._accepted_samples(model, n, chain_seed(rngs[0])))
@@ -229,13 +240,13 @@ class SFTTask(LanguageModelSettings):
         yielding the parsed ones batch by batch as they are drawn: n in all, in order."""
         accepted, drawn = 0, 0
         seeds = np.random.SeedSequence(seed).generate_state(MAX_SAMPLING_ROUNDS)
-        settings = sample_settings(self, model)
+        sample_settings, placement = steps.sample_settings(self, model), settings.placement(self)
         for round_seed in seeds:
             if accepted >= n or drawn >= MAX_DRAWS_PER_SAMPLE * n:
                 break
             rate = max(accepted / drawn, 0.1) if drawn else 1.0
             ask = int(np.ceil((n - accepted) / rate * 1.1))
-            for made in backends.iter_samples(ask, int(round_seed), settings, self.placement()):
+            for made in backends.iter_samples(ask, int(round_seed), sample_settings, placement):
                 drawn += len(made)
                 kept = [format_example(*p) for p in map(parse_example, made) if p is not None]
                 yield kept[: n - accepted]
@@ -255,14 +266,17 @@ class SFTTask(LanguageModelSettings):
         return pool_steps.real_data_on_disk(self, n_real, rngs, target)
 
     def fit_on_disk(self, selection, context: Any = None):
-        return pool_steps.fit_on_disk(self, selection, context)
+        return pool_steps.fit_on_disk(self, self.workdir, selection, context)
 
     def sample_on_disk(self, model, n: int, rngs: Sequence[np.random.Generator], context: Any, target) -> None:
         batches = functools.partial(self._accepted_batches, model, n, chain_seed(rngs[0]))
-        pool_steps.sample_on_disk(self.placement(), batches, target)
+        pool_steps.sample_on_disk(settings.placement(self), batches, target)
 
     def evaluate(self, model, test) -> Metrics:
-        return evaluate_texts(model, test)
+        return steps.evaluate_texts(model, test)
+
+    def iteration_series(self, model) -> dict[str, list[tuple[int, float]]]:
+        return steps.iteration_series(self, model)
 
     def row_nbytes(self) -> int:
         return 4 * self.max_length

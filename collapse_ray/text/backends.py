@@ -155,7 +155,7 @@ def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, batch)
     import pyarrow as pa
 
     from .models import load_tokenizer
-    from .settings import encode
+    from .steps import encode
 
     examples = encode(load_tokenizer(tokenizer_dir), batch["text"].to_pylist(), max_length, drop_long)
     return pa.table({"input_ids": pa.array(examples, type=pa.list_(pa.int32()))})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ import numpy as np
 from ..pool import PoolSelection, ShardTarget, ShardWriter
 from ..tasks.protocol import RealData
 from . import backends
-from .settings import FittedLM, LanguageModelSettings, TextContext, _initial_model, fit_key, fit_settings_for, fit_texts
+from .settings import LanguageModelSettings, placement
+from .steps import FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, initial_model
 
 TEXT = ("text",)
 
@@ -42,7 +44,9 @@ def off_trial(placement: backends.Placement, fn: Callable, *args) -> Any:
 
 
 def real_data_on_disk(task, n_real: int, rngs: Sequence[np.random.Generator], target: ShardTarget | None) -> RealData:
-    return off_trial(task.placement(), _real_rows_into, task, n_real, rngs, target)
+    """`task.real_data` off the trial; its rows go into `target`, only the held-out
+    examples and the context come back."""
+    return off_trial(placement(task), _real_rows_into, task, n_real, rngs, target)
 
 
 def _real_rows_into(task, n_real: int, rngs, target: ShardTarget | None) -> RealData:
@@ -53,27 +57,28 @@ def _real_rows_into(task, n_real: int, rngs, target: ShardTarget | None) -> Real
     return RealData(train={}, test=real.test, context=real.context)
 
 
-def fit_on_disk(settings: LanguageModelSettings, selection: PoolSelection, context: TextContext) -> FittedLM:
+def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolSelection,
+                context: TextContext) -> FittedLM:
     """Fit on the selected rows. In-process backend: read here in the selection's order,
     then fit_texts (the rows path's fit, bit for bit). Ray Train: the workers stream the
     rows; the fit is stored under a key of the selection's content (shard sha256s and
     row ids), so a resumed iteration finds it again."""
     if settings.backend == "local" or len(selection) == 0:
-        return fit_texts(settings, selection.read(TEXT)["text"] if len(selection) else [], context)
+        return fit_texts(settings, workdir, selection.read(TEXT)["text"] if len(selection) else [], context)
     key = fit_key(settings, "pool:" + selection.digest(), context)
-    out = settings.workdir / "models" / key
+    out = Path(workdir) / "models" / key
     figures_file = out / "fit.json"
     if figures_file.exists():
         return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
     fit_settings = fit_settings_for(settings, context, out, key, None)
     start = time.perf_counter()
-    figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), settings.placement(),
+    figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), placement(settings),
                                            settings.max_length, settings.long_rows == "drop", context.held_out)
     figures["fit_seconds"] = time.perf_counter() - start
     if not figures.get("train_examples"):  # every row dropped as too long: the initial model
         from .models import load_tokenizer
 
-        return FittedLM(_initial_model(settings, load_tokenizer(context.tokenizer_dir), context, out),
+        return FittedLM(initial_model(settings, load_tokenizer(context.tokenizer_dir), context, out),
                         context.tokenizer_dir, {})
     figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
     return FittedLM(str(out), context.tokenizer_dir, figures)

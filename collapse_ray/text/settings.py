@@ -1,27 +1,27 @@
-"""Settings shared by the language-model tasks, and the functions both tasks call.
+"""Settings of the language-model tasks: fields, each documented, validated once.
 
-`LanguageModelSettings` holds only fields (model, fitting, sampling, placement); each
-task module adds its own fields and its own real data and sampler. Fields are flat so
-a grid can sweep any of them (`task.learning_rate: [...]`).
+`LanguageModelSettings` holds only fields (model, fitting, sampling, placement) and
+their checks; each task module adds its own fields. What the tasks *do* with them
+(tokenizer, fit, sample, evaluate) is in `steps.py`, as functions that take the
+settings and the chain's workdir. Fields are flat so a grid can sweep any of them
+(`task.learning_rate: [...]`). The functions below the class derive values from the
+settings (the placement, the warm-up, the precision, the digest that keys fits) and
+check them against the run and the cluster.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
+import secrets
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from ..validation import SpecError, check_finite_positive, check_min, fail, require
 from . import backends
-from .models import is_preset, load_tokenizer, train_tokenizer
-from .training import FitSettings, token_loss
 
 
 @dataclass(frozen=True)
@@ -46,45 +46,75 @@ class LanguageModelSettings:
     hub models bring their tokenizer)."""
     # -- fitting --
     epochs: int = 1
+    """Passes over the iteration's training set per fit."""
     learning_rate: float = 1e-3
+    """AdamW's peak learning rate (after warm-up)."""
     schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning rate after warm-up: constant, or cosine decay to 0 at the fit's last step."""
     warmup_ratio: float | None = None
     """Warm-up as a share of the fit's optimiser steps (0.05 when neither this nor
     warmup_steps is given)."""
     warmup_steps: int | None = None
     """Warm-up in optimiser steps ((A)'s Fig. 5: 16); not together with warmup_ratio."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (per step, times the learning rate)."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this global L2 norm per optimiser step."""
     adam_beta1: float = 0.9
+    """AdamW's decay of the gradient's running mean."""
     adam_beta2: float = 0.999
-    """AdamW's betas; (0.9, 0.999) are torch's defaults, which (A)'s `adamw_torch` uses."""
+    """AdamW's decay of the squared gradient's running mean; (0.9, 0.999) are torch's
+    defaults, which (A)'s `adamw_torch` uses."""
     long_rows: Literal["drop", "cut"] = "cut"
     """Training rows longer than max_length tokens: dropped, or cut to max_length."""
     micro_batch_size: int = 16
+    """Examples per worker per forward pass (capped at each worker's share of the training set)."""
     grad_accum_steps: int = 1
+    """Micro-batches per optimiser step (an optimiser step sees
+    micro_batch_size x grad_accum_steps x num_workers examples)."""
     engine: Literal["deepspeed", "torch"] = "deepspeed"
+    """The training loop: DeepSpeed (ZeRO, its loss scaler) or plain torch DDP."""
     eval_steps: int = 0
     """Held-out loss every eval_steps optimiser steps within each fit ((A): 5), computed
     on the fit's workers and logged as the chain run's metric fit_test_loss/iteration_TTT
     (step: optimiser step); 0: only at the end of the fit (test_loss)."""
     zero_stage: int = 1
+    """DeepSpeed's ZeRO stage (0-3); engine deepspeed only (check_engine)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs that support it, else fp32."""
     # -- sampling --
     temperature: float = 1.0
+    """Softmax temperature of sampling (1: the model's own distribution)."""
     top_p: float | None = None
+    """Nucleus sampling: the smallest set of tokens with this much probability (null: all tokens)."""
     sampling_batch_size: int = 64
+    """Sequences generated per forward batch."""
     # -- placement --
     backend: Literal["ray_train", "local"] = "ray_train"
     """ray_train: a TorchTrainer per fit; local: this process (debugging, benchmarks)."""
     num_workers: int = 2
+    """Ray Train workers per fit (data-parallel ranks)."""
     use_gpu: bool = False
+    """One GPU per Ray Train worker and per sampling actor."""
     cpus_per_worker: float = 0.9
     """Logical CPUs per Ray Train worker and per sampling actor: under 1, so that
     num_workers workers plus the trial that drives them (run.cpus_per_trial) fit on a
     machine with num_workers cores."""
     sampler: Literal["ray_data", "local"] = "ray_data"
+    """ray_data: Ray Data batch inference on actors; local: this process."""
     sampling_concurrency: int = 2
+    """Ray Data sampling actors (each holds a copy of the model)."""
+    workdir: InitVar[str | Path | None] = None
+    """Not a setting (and no spec key: an InitVar is no field, so neither parsed nor
+    logged): the folder the task keeps its files in (tokenizer, fitted models), given
+    by the loop through `with_workdir`; None: a scratch folder of its own."""
+
+    def __post_init__(self, workdir: str | Path | None) -> None:
+        # set once, while the object is being built (the frozen-dataclass idiom), as an
+        # attribute that `replace` carries over; a scratch folder is only named here and
+        # made when a step first writes into it
+        folder = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / f"collapse_ray-{secrets.token_hex(6)}"
+        object.__setattr__(self, "workdir", folder)
 
     def validate(self, where: str) -> None:
         require(isinstance(self.source, str) and self.source.strip() != "", f"{where}.source",
@@ -148,75 +178,6 @@ class LanguageModelSettings:
                 fail(f"{where}.source", f"a Parquet file with columns {list(self.source_columns())}",
                      f"{self.source} with columns {names}")
 
-    def check_run(self, run, where: str) -> None:
-        """A trial that drives Ray Train workers or Ray Data actors must not hold the
-        CPUs they need (on a small machine the trial would wait for itself forever)."""
-        if (self.backend == "ray_train" or self.sampler == "ray_data") and run.cpus_per_trial > 0.1:
-            fail(f"{where}.cpus_per_trial", f"<= 0.1 for task {self.name} with backend ray_train or "
-                 "sampler ray_data (its Ray Train workers and Ray Data actors hold the CPUs)", run.cpus_per_trial)
-
-    def check_cluster(self, run, cpus: float, where: str) -> None:
-        """One chain holds its trial's CPUs plus, at its peak, its fit's workers or its
-        sampling actors; more than the cluster has and they would wait forever."""
-        peaks = [(self.num_workers, "num_workers")] if self.backend == "ray_train" else []
-        if self.sampler == "ray_data":
-            peaks.append((self.sampling_concurrency, "sampling_concurrency"))
-        if not peaks or self.use_gpu:  # in-process, or GPU workers (Ray places those by GPU)
-            return
-        count, field = max(peaks)
-        if run.cpus_per_trial + count * self.cpus_per_worker > cpus:
-            raise SpecError(
-                f"task.{field} x task.cpus_per_worker + run.cpus_per_trial must be <= the cluster's {cpus:g} CPUs; "
-                f"got {count} x {self.cpus_per_worker:g} + {run.cpus_per_trial:g} in {where}")
-
-    # -- runtime ---------------------------------------------------------------------
-    def with_workdir(self, workdir: str | Path):
-        """A copy that keeps its files (tokenizer, fitted models) under `workdir`: the
-        chain's checkpoint folder, so a resumed chain finds them again."""
-        bound = copy.copy(self)
-        object.__setattr__(bound, "_workdir", Path(workdir))
-        return bound
-
-    @property
-    def workdir(self) -> Path:
-        path = getattr(self, "_workdir", None)
-        if path is None:  # a chain run without a checkpoint folder
-            path = Path(tempfile.mkdtemp(prefix="collapse_ray-"))
-            object.__setattr__(self, "_workdir", path)
-        return path
-
-    def placement(self) -> backends.Placement:
-        return backends.Placement(self.backend, self.num_workers, self.use_gpu, self.cpus_per_worker,
-                                  self.sampler, self.sampling_concurrency)
-
-    def resolved_warmup_ratio(self) -> float:
-        if self.warmup_steps is not None:
-            return 0.0
-        return 0.05 if self.warmup_ratio is None else self.warmup_ratio
-
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        if self.use_gpu:
-            import torch
-
-            if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-                return "bf16"
-        return "fp32"
-
-    def iteration_series(self, model: FittedLM) -> dict[str, list[tuple[int, float]]]:
-        """The protocol's hook: the within-fit held-out loss as (optimiser step, loss)
-        pairs, every eval_steps steps and at the end (none when eval_steps is 0)."""
-        curve = model.figures.get("eval_curve") or []
-        if not self.eval_steps or not curve:
-            return {}
-        return {"fit_test_loss": [(int(step), float(loss)) for step, loss in curve]}
-
-    def config_digest(self) -> str:
-        """Identifies the fitting configuration (files keyed by it are safe to reuse)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def check_engine(settings: LanguageModelSettings, where: str) -> None:
     """engine, precision and zero_stage together, in one place: a combination the
     training loop would not honour is refused, not silently trained otherwise.
@@ -239,174 +200,68 @@ def check_engine(settings: LanguageModelSettings, where: str) -> None:
                 settings.precision)
 
 
-# -- shared steps of the language-model tasks -------------------------------------------
 def _looks_like_path(value: str) -> bool:
     """A local path rather than a preset, 'procedural' or a hub id ('org/name')."""
     return value.startswith(("/", "./", "../", "~")) or Path(value).suffix in (".parquet", ".jsonl", ".json") or (
         "/" in value and Path(value).expanduser().exists())
 
 
-@dataclass(frozen=True)
-class TextContext:
-    """Per-chain facts: where the tokenizer is, and the chain's seed."""
-
-    tokenizer_dir: str
-    seed: int
-    first_tokens: tuple[int, ...] = ()  # generation first_token: the real first tokens ...
-    first_token_counts: tuple[int, ...] = ()  # ... and their counts
-    held_out: tuple[np.ndarray, ...] | None = None
-    """The held-out examples (the task's test set): each fit evaluates them on its
-    workers, so evaluation never loads the model in the trial."""
 
 
-@dataclass(frozen=True)
-class FittedLM:
-    model_dir: str
-    tokenizer_dir: str
-    figures: dict  # training figures of the fit (loss, tokens/s, seconds)
+# -- values derived from the settings ------------------------------------------------
+def with_workdir(settings, workdir: str | Path):
+    """A new copy that keeps its files (tokenizer, fitted models) under `workdir`: the
+    chain's checkpoint folder, so a resumed chain finds them again."""
+    return replace(settings, workdir=Path(workdir))
 
 
-def prepare_tokenizer(settings: LanguageModelSettings, train_texts: list[str]) -> str:
-    """The chain's tokenizer folder: trained on the real split for presets (once; a
-    resumed chain reuses it), else the saved/hub model's own."""
-    if not is_preset(settings.model):
-        return settings.model
-    folder = settings.workdir / f"tokenizer-{settings.vocab_size}"
-    if not (folder / "tokenizer.json").exists():
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        train_tokenizer(train_texts, settings.vocab_size).save_pretrained(tmp)
-        tmp.replace(folder)
-    return str(folder)
+def placement(settings: LanguageModelSettings) -> backends.Placement:
+    return backends.Placement(settings.backend, settings.num_workers, settings.use_gpu, settings.cpus_per_worker,
+                              settings.sampler, settings.sampling_concurrency)
 
 
-def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarray]:
-    """BOS + token ids + EOS; longer examples are cut to max_length or dropped.
-
-    The BOS makes the first tokens learnable: sampling starts from BOS alone."""
-    if len(texts) == 0:
-        return []
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    out = []
-    for ids in encoded:
-        ids = [bos] + ids + [tokenizer.eos_token_id]
-        if len(ids) > max_length:
-            if drop_long:
-                continue
-            ids = ids[:max_length]
-        out.append(np.asarray(ids, dtype=np.int32))
-    return out
+def resolved_warmup_ratio(settings: LanguageModelSettings) -> float:
+    if settings.warmup_steps is not None:
+        return 0.0
+    return 0.05 if settings.warmup_ratio is None else settings.warmup_ratio
 
 
-def fit_texts(settings: LanguageModelSettings, texts, context: TextContext) -> FittedLM:
-    """Fit the model named in `settings` from its initial weights on `texts`.
+def resolved_precision(settings: LanguageModelSettings) -> str:
+    if settings.precision != "auto":
+        return settings.precision
+    if settings.use_gpu:
+        import torch
 
-    The fitted model is stored under the workdir keyed by the training set and the
-    fitting configuration, so an iteration resumed after a crash in its sampling step
-    reuses its fit instead of paying for it again. The fit's seed derives from the
-    chain's seed and the same key: reproducible, and different per iteration.
-    """
-    texts = [str(t) for t in texts]
-    key = fit_key(settings, "\x00".join(texts), context)
-    out = settings.workdir / "models" / key
-    figures_file = out / "fit.json"
-    if figures_file.exists():
-        return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
-    tokenizer = load_tokenizer(context.tokenizer_dir)
-    examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
-    if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
-        return FittedLM(_initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
-    fit_settings = fit_settings_for(settings, context, out, key, len(examples))
-    figures = backends.fit(fit_settings, examples, settings.placement(), context.held_out)
-    figures["train_examples"] = float(len(examples))
-    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
-    return FittedLM(str(out), context.tokenizer_dir, figures)
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16"
+    return "fp32"
 
 
-def fit_key(settings: LanguageModelSettings, training_set: str, context: TextContext) -> str:
-    """The folder name of a fit: the training set's identity, the fitting configuration
-    and the chain's seed (its first 8 hex digits seed the fit)."""
-    digest = hashlib.sha256(training_set.encode())
-    digest.update(settings.config_digest().encode())
-    digest.update(str(context.seed).encode())
-    return digest.hexdigest()[:20]
+def config_digest(settings: LanguageModelSettings) -> str:
+    """Identifies the fitting configuration (files keyed by it are safe to reuse); the
+    fields only, so the workdir (no field) does not enter it."""
+    return hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_settings_for(settings: LanguageModelSettings, context: TextContext, out: Path, key: str,
-                     n_examples: int | None) -> FitSettings:
-    """The training loop's settings for one fit; micro-batches no larger than each
-    worker's share of n_examples (None: not known yet, the backend clamps it)."""
-    micro = settings.micro_batch_size
-    if n_examples is not None:
-        micro = min(micro, max(1, n_examples // settings.num_workers))
-    return FitSettings(
-        model_name=settings.model, tokenizer_dir=context.tokenizer_dir, output_dir=str(out),
-        seed=int(key[:8], 16) % 2**31, epochs=settings.epochs, micro_batch_size=micro,
-        grad_accum_steps=settings.grad_accum_steps, learning_rate=settings.learning_rate,
-        warmup_ratio=settings.resolved_warmup_ratio(), warmup_steps=settings.warmup_steps,
-        betas=(settings.adam_beta1, settings.adam_beta2), schedule=settings.schedule, weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
-        precision=settings.resolved_precision(), eval_steps=settings.eval_steps,
-    )
+# -- the settings against the run and the cluster (the tasks' check_run / check_cluster) --
+def check_run(settings: LanguageModelSettings, name: str, run, where: str) -> None:
+    """A trial that drives Ray Train workers or Ray Data actors must not hold the
+    CPUs they need (on a small machine the trial would wait for itself forever)."""
+    if (settings.backend == "ray_train" or settings.sampler == "ray_data") and run.cpus_per_trial > 0.1:
+        fail(f"{where}.cpus_per_trial", f"<= 0.1 for task {name} with backend ray_train or "
+             "sampler ray_data (its Ray Train workers and Ray Data actors hold the CPUs)", run.cpus_per_trial)
 
 
-def _initial_model(settings, tokenizer, context: TextContext, out: Path) -> str:
-    from .models import build_model
-
-    if not is_preset(settings.model):
-        return settings.model
-    if not (out / "config.json").exists():
-        build_model(settings.model, tokenizer, context.seed).save_pretrained(out)
-    return str(out)
-
-
-def evaluate_texts(model: FittedLM, test_examples: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """test_loss (mean token cross-entropy on held-out real text, nats) and perplexity.
-
-    The fit's workers computed it (FittedLM.figures); only a model that was never fitted
-    (a value-grid cell's base model) is loaded here to be evaluated."""
-    loss = model.figures.get("test_loss")
-    if loss is None:
-        loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
-        loss = token_loss(loaded, test_examples, tokenizer.pad_token_id, device=device)
-    metrics = {"test_loss": np.array([loss]), "perplexity": np.array([math.exp(min(loss, 700.0))])}
-    for name in ("train_loss", "tokens_per_s", "fit_seconds"):
-        metrics[name] = np.array([float(model.figures.get(name, float("nan")))])
-    return metrics
-
-
-
-
-def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed: int,
-                 generation: str = "from_bos", context: TextContext | None = None) -> list[str]:
-    """n samples; generation: see backends.SampleSettings (first_token needs the
-    context's first-token counts)."""
-    return backends.sample(n, seed, sample_settings(settings, model, generation, context), settings.placement())
-
-
-def sample_settings(settings: LanguageModelSettings, model: FittedLM, generation: str = "from_bos",
-                    context: TextContext | None = None) -> backends.SampleSettings:
-    return backends.SampleSettings(
-        model_dir=model.model_dir, tokenizer_dir=model.tokenizer_dir, temperature=settings.temperature,
-        top_p=settings.top_p, max_new_tokens=settings.max_length - 1, batch_size=settings.sampling_batch_size,
-        generation=generation, first_tokens=context.first_tokens if context else (),
-        first_token_counts=context.first_token_counts if context else (),
-    )
-
-
-def first_token_counts(tokenizer, texts: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The distinct first tokens of `texts` and how many texts start with each."""
-    firsts = [ids[0] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"] if ids]
-    values, counts = np.unique(np.asarray(firsts, dtype=np.int64), return_counts=True)
-    return tuple(int(v) for v in values), tuple(int(c) for c in counts)
-
-
-def chain_seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(2**31))
-
-
-def as_rows(texts: list[str]) -> dict[str, np.ndarray]:
-    """Pool rows of one chain: a `text` column of shape (1, n)."""
-    column = np.empty((1, len(texts)), dtype=object)
-    column[0, :] = texts
-    return {"text": column}
+def check_cluster(settings: LanguageModelSettings, run, cpus: float, where: str) -> None:
+    """One chain holds its trial's CPUs plus, at its peak, its fit's workers or its
+    sampling actors; more than the cluster has and they would wait forever."""
+    peaks = [(settings.num_workers, "num_workers")] if settings.backend == "ray_train" else []
+    if settings.sampler == "ray_data":
+        peaks.append((settings.sampling_concurrency, "sampling_concurrency"))
+    if not peaks or settings.use_gpu:  # in-process, or GPU workers (Ray places those by GPU)
+        return
+    count, field = max(peaks)
+    if run.cpus_per_trial + count * settings.cpus_per_worker > cpus:
+        raise SpecError(
+            f"task.{field} x task.cpus_per_worker + run.cpus_per_trial must be <= the cluster's {cpus:g} CPUs; "
+            f"got {count} x {settings.cpus_per_worker:g} + {run.cpus_per_trial:g} in {where}")

@@ -1,0 +1,198 @@
+"""The language-model tasks' steps, as functions of the settings and the chain's workdir.
+
+`settings.py` holds what a language-model task is configured with; this module holds
+what both tasks do with it on the rows path: the chain's tokenizer, encoding, the fit
+(stored under the workdir, keyed so a resumed iteration reuses it), evaluation and
+sampling. `pool_steps.py` has the same steps on a pool that lives on disk. The tasks
+(tasks/pretraining.py, tasks/sft.py) call them explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backends
+from .models import is_preset, load_tokenizer, train_tokenizer
+from .settings import LanguageModelSettings, config_digest, placement, resolved_precision, resolved_warmup_ratio
+from .training import FitSettings, token_loss
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """Per-chain facts: where the tokenizer is, and the chain's seed."""
+
+    tokenizer_dir: str
+    seed: int
+    first_tokens: tuple[int, ...] = ()  # generation first_token: the real first tokens ...
+    first_token_counts: tuple[int, ...] = ()  # ... and their counts
+    held_out: tuple[np.ndarray, ...] | None = None
+    """The held-out examples (the task's test set): each fit evaluates them on its
+    workers, so evaluation never loads the model in the trial."""
+
+
+@dataclass(frozen=True)
+class FittedLM:
+    model_dir: str
+    tokenizer_dir: str
+    figures: dict  # training figures of the fit (loss, tokens/s, seconds)
+
+
+def prepare_tokenizer(settings: LanguageModelSettings, workdir: Path, train_texts: list[str]) -> str:
+    """The chain's tokenizer folder: trained on the real split for presets (once; a
+    resumed chain reuses it), else the saved/hub model's own."""
+    if not is_preset(settings.model):
+        return settings.model
+    folder = Path(workdir) / f"tokenizer-{settings.vocab_size}"
+    if not (folder / "tokenizer.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)  # a scratch workdir is made on first use
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        train_tokenizer(train_texts, settings.vocab_size).save_pretrained(tmp)
+        tmp.replace(folder)
+    return str(folder)
+
+
+def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarray]:
+    """BOS + token ids + EOS; longer examples are cut to max_length or dropped.
+
+    The BOS makes the first tokens learnable: sampling starts from BOS alone."""
+    if len(texts) == 0:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for ids in encoded:
+        ids = [bos] + ids + [tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            if drop_long:
+                continue
+            ids = ids[:max_length]
+        out.append(np.asarray(ids, dtype=np.int32))
+    return out
+
+
+def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: TextContext) -> FittedLM:
+    """Fit the model named in `settings` from its initial weights on `texts`.
+
+    The fitted model is stored under the workdir keyed by the training set and the
+    fitting configuration, so an iteration resumed after a crash in its sampling step
+    reuses its fit instead of paying for it again. The fit's seed derives from the
+    chain's seed and the same key: reproducible, and different per iteration.
+    """
+    texts = [str(t) for t in texts]
+    key = fit_key(settings, "\x00".join(texts), context)
+    out = Path(workdir) / "models" / key
+    figures_file = out / "fit.json"
+    if figures_file.exists():
+        return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
+    tokenizer = load_tokenizer(context.tokenizer_dir)
+    examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
+    if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
+        return FittedLM(initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
+    fit_settings = fit_settings_for(settings, context, out, key, len(examples))
+    figures = backends.fit(fit_settings, examples, placement(settings), context.held_out)
+    figures["train_examples"] = float(len(examples))
+    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
+    return FittedLM(str(out), context.tokenizer_dir, figures)
+
+
+def fit_key(settings: LanguageModelSettings, training_set: str, context: TextContext) -> str:
+    """The folder name of a fit: the training set's identity, the fitting configuration
+    and the chain's seed (its first 8 hex digits seed the fit)."""
+    digest = hashlib.sha256(training_set.encode())
+    digest.update(config_digest(settings).encode())
+    digest.update(str(context.seed).encode())
+    return digest.hexdigest()[:20]
+
+
+def fit_settings_for(settings: LanguageModelSettings, context: TextContext, out: Path, key: str,
+                     n_examples: int | None) -> FitSettings:
+    """The training loop's settings for one fit; micro-batches no larger than each
+    worker's share of n_examples (None: not known yet, the backend clamps it)."""
+    micro = settings.micro_batch_size
+    if n_examples is not None:
+        micro = min(micro, max(1, n_examples // settings.num_workers))
+    return FitSettings(
+        model_name=settings.model, tokenizer_dir=context.tokenizer_dir, output_dir=str(out),
+        seed=int(key[:8], 16) % 2**31, epochs=settings.epochs, micro_batch_size=micro,
+        grad_accum_steps=settings.grad_accum_steps, learning_rate=settings.learning_rate,
+        warmup_ratio=resolved_warmup_ratio(settings), warmup_steps=settings.warmup_steps,
+        betas=(settings.adam_beta1, settings.adam_beta2), schedule=settings.schedule, weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
+        precision=resolved_precision(settings), eval_steps=settings.eval_steps,
+    )
+
+
+def initial_model(settings: LanguageModelSettings, tokenizer, context: TextContext, out: Path) -> str:
+    """A fit on no rows: the base model (saved/hub), or a preset's initial weights
+    (seeded by the chain) saved under `out`."""
+    from .models import build_model
+
+    if not is_preset(settings.model):
+        return settings.model
+    if not (out / "config.json").exists():
+        build_model(settings.model, tokenizer, context.seed).save_pretrained(out)
+    return str(out)
+
+
+def evaluate_texts(model: FittedLM, test_examples: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """test_loss (mean token cross-entropy on held-out real text, nats) and perplexity.
+
+    The fit's workers computed it (FittedLM.figures); only a model that was never fitted
+    (a value-grid cell's base model) is loaded here to be evaluated."""
+    loss = model.figures.get("test_loss")
+    if loss is None:
+        loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
+        loss = token_loss(loaded, test_examples, tokenizer.pad_token_id, device=device)
+    metrics = {"test_loss": np.array([loss]), "perplexity": np.array([math.exp(min(loss, 700.0))])}
+    for name in ("train_loss", "tokens_per_s", "fit_seconds"):
+        metrics[name] = np.array([float(model.figures.get(name, float("nan")))])
+    return metrics
+
+def iteration_series(settings: LanguageModelSettings, model: FittedLM) -> dict[str, list[tuple[int, float]]]:
+    """The tasks' ReportsFitCurve hook: the within-fit held-out loss as (optimiser
+    step, loss) pairs, every eval_steps steps and at the end (none when eval_steps is 0)."""
+    curve = model.figures.get("eval_curve") or []
+    if not settings.eval_steps or not curve:
+        return {}
+    return {"fit_test_loss": [(int(step), float(loss)) for step, loss in curve]}
+
+
+def sample_texts(settings: LanguageModelSettings, model: FittedLM, n: int, seed: int,
+                 generation: str = "from_bos", context: TextContext | None = None) -> list[str]:
+    """n samples; generation: see backends.SampleSettings (first_token needs the
+    context's first-token counts)."""
+    return backends.sample(n, seed, sample_settings(settings, model, generation, context), placement(settings))
+
+
+def sample_settings(settings: LanguageModelSettings, model: FittedLM, generation: str = "from_bos",
+                    context: TextContext | None = None) -> backends.SampleSettings:
+    return backends.SampleSettings(
+        model_dir=model.model_dir, tokenizer_dir=model.tokenizer_dir, temperature=settings.temperature,
+        top_p=settings.top_p, max_new_tokens=settings.max_length - 1, batch_size=settings.sampling_batch_size,
+        generation=generation, first_tokens=context.first_tokens if context else (),
+        first_token_counts=context.first_token_counts if context else (),
+    )
+
+
+def first_token_counts(tokenizer, texts: list[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The distinct first tokens of `texts` and how many texts start with each."""
+    firsts = [ids[0] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"] if ids]
+    values, counts = np.unique(np.asarray(firsts, dtype=np.int64), return_counts=True)
+    return tuple(int(v) for v in values), tuple(int(c) for c in counts)
+
+
+def chain_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31))
+
+
+def as_rows(texts: list[str]) -> dict[str, np.ndarray]:
+    """Pool rows of one chain: a `text` column of shape (1, n)."""
+    column = np.empty((1, len(texts)), dtype=object)
+    column[0, :] = texts
+    return {"text": column}
