@@ -165,10 +165,12 @@ def run_chain(
     if fresh:
         stopping = np.zeros(len(seeds), dtype=np.int64) if isinstance(task, StopsEarly) else None
         state = _State(0, [g[1] for g in generators], None, [], stopped_at=stopping)
-    # A statistics-path chain holds everything it needs in its statistics and generators: it
-    # also draws its last iteration's samples (one cheap draw), so its finished checkpoint
-    # continues to more iterations exactly as a longer chain runs on (growing a sweep).
-    continuable = by_statistics and not chain.persist_pool and state.stopped_at is None
+    # A finished chain that can run on to more iterations exactly as a longer chain would
+    # (growing a sweep) also draws its last iteration's samples: a statistics-path chain
+    # (its statistics and generators are all it needs; one cheap draw) or one whose pool is
+    # kept anyway (chain.persist_pool; not a language model's, whose extra draw is a whole
+    # generation pass). Other pools are not kept once a chain finishes.
+    continuable = state.stopped_at is None and (by_statistics or (chain.persist_pool and not on_disk))
     if on_disk:  # the shards are the pool; only the index is held here
         if fresh or _finished(state, chain.n_iterations):
             pool = DiskPool(pool_dir, seeds, keep_history=keep_history)
@@ -183,7 +185,7 @@ def run_chain(
         if fresh:
             pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
             pool.add(dict(real.train), iteration=0, source="real")
-        elif _finished(state, chain.n_iterations) or continues:  # nothing left to read from the pool
+        elif _finished(state, chain.n_iterations) or (continues and not chain.persist_pool):  # nothing to read
             pool = ArrayPool(seeds, keep_history=keep_history, capacity=capacity)
         else:  # exactly the shards the checkpoint lists, each checked against its hash
             pool = ArrayPool.load(pool_dir, seeds, state.iteration, keep_history, capacity, manifest=manifest)
@@ -266,10 +268,12 @@ def run_chain(
                     logged = unlogged[-1][0]
                 phases.lap("log")
             if ckpt is not None:
-                if t < chain.n_iterations and not done:  # a finished chain resumes nothing from its pool
-                    pool.write_shards(pool_dir)
                 ended = t >= chain.n_iterations or done
-                _save_state(ckpt, state, [] if ended else pool.manifest(), ended=ended, continues=ended and continuable)
+                keeps_pool = not ended or (continuable and chain.persist_pool)  # else a finished chain needs none
+                if keeps_pool:
+                    pool.write_shards(pool_dir)
+                _save_state(ckpt, state, pool.manifest() if keeps_pool else [], ended=ended,
+                            continues=ended and continuable)
                 phases.lap("checkpoint")
         if progress is not None:
             progress(t, chain.n_iterations)

@@ -129,7 +129,8 @@ def test_persist_pool_writes_every_iteration(tmp_path):
     from collapse_ray.pool import iterations_on_disk
 
     run_chain(TASK, chain("replace", persist_pool=True, checkpoint_every=0), range(2), checkpoint_dir=tmp_path)
-    assert list(iterations_on_disk(tmp_path / "pool")) == list(range(0, 10))  # real + samples of fits 1..9
+    # real + samples of fits 1..10: the last fit's too, so the kept pool lets the chain grow
+    assert list(iterations_on_disk(tmp_path / "pool")) == list(range(0, 11))
 
 
 class PictureSink(ListSink):
@@ -186,3 +187,16 @@ def test_a_finished_row_path_chain_refuses_to_run_on_without_its_pool(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint\.json: the chain finished at iteration 3 and keeps no pool"):
         run_chain(TASK, ChainConfig(workflow="accumulate_subsample", n_real=8, n_iterations=5).resolved(), range(2),
                   checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize("task", [TASK, WithoutStatistics(TASK)], ids=["statistics", "rows"])
+def test_a_finished_chain_with_its_pool_kept_runs_on_exactly(task, tmp_path):
+    """chain.persist_pool keeps the pool, so a finished row-path chain can grow too."""
+    def config(n):
+        return ChainConfig(workflow="accumulate_subsample", n_real=8, n_iterations=n, persist_pool=True).resolved()
+
+    run_chain(task, config(3), range(2), checkpoint_dir=tmp_path / "grown")
+    grown = run_chain(task, config(5), range(2), checkpoint_dir=tmp_path / "grown")
+    assert grown.resumed_from == 3 and len(grown.iteration_seconds) == 2
+    fresh = run_chain(task, config(5), range(2), checkpoint_dir=tmp_path / "fresh")
+    pd.testing.assert_frame_equal(grown.table, fresh.table, check_exact=True)
