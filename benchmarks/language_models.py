@@ -41,13 +41,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from collapse_ray.text.models import load_tokenizer, model_config, n_parameters
-    from collapse_ray.text.settings import encode, prepare_tokenizer
+    from collapse_ray.text.steps import encode, prepare_tokenizer
     from collapse_ray.text.training import FitSettings
 
     work = Path(tempfile.mkdtemp(prefix="lm-bench-"))
     task = PretrainingTask(model=args.model, max_length=args.max_length).with_workdir(work)
     texts = corpora.procedural_rows("stories", "train", args.examples, 0)["text"]
-    tokenizer_dir = prepare_tokenizer(task, texts)
+    tokenizer_dir = prepare_tokenizer(task, task.workdir, texts)
     tokenizer = load_tokenizer(tokenizer_dir)
     examples = encode(tokenizer, texts, args.max_length, drop_long=False)
     n_params = n_parameters(AutoModelForCausalLM.from_config(
