@@ -196,6 +196,12 @@ def test_mlflow_ui_opens_the_sweep_as_a_researcher_wants_it(grown_sweep, ui_serv
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = [r for r in runs if r is not parent]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # the sweep's figures, drawn from the sweep and logged on its run (as `make quickstart` does)
+    from analysis import figures
+
+    assert figures.main(["--sweep", "tinyui", "--results-dir", str(grown), "--out", str(grown / "figures")]) == 0
+    pngs = sorted(p.name for p in (grown / "figures").glob("*.png"))
+    assert pngs and {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} >= {f"figures/{n}" for n in pngs}
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
 
     # the link of the closing summary: model-training view, charts of the chain runs grouped
@@ -225,6 +231,15 @@ def test_mlflow_ui_opens_the_sweep_as_a_researcher_wants_it(grown_sweep, ui_serv
     assert parent.data.tags["collapse_ray.version"] == collapse_ray.__version__
     assert "mlflow.source.git.commit" in parent.data.tags
     assert "gaussian (drawn by the task)" in text  # the real data, as a dataset input
+
+    # the figure, shown in the sweep run's artifacts
+    page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}/artifacts/"
+              f"figures/{pngs[0]}", wait_until="load")
+    page.get_by_text(pngs[0]).first.wait_for(timeout=120_000)  # in the artifact tree
+    # the PNG itself, rendered (MLflow shows it from a blob URL, so found by its size)
+    page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth >= 600)",
+                           timeout=120_000)
+    page.screenshot(path=str(SCREENSHOTS / "ui_sweep_figure.png"))
 
     # the runs named by cell, and one chain run's seeds as a table in its artifacts
     page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
