@@ -17,13 +17,14 @@ and writes, into --out, printing each path:
   at t = 1, 2, 5, 10, 20, 50, 100, ... for replace and accumulate, over the truth; that
   chain is rerun through the loop (the table keeps |mean|^2, not the mean's sign), with
   the sweep's own draws. Below: trace ratio and mean error / (d sigma^2) against
-  iteration, one colour per d at the n closest to 100, replace solid, accumulate dashed.
+  iteration, one colour per d at the n closest to 100, replace solid, accumulate dashed,
+  accumulate-subsample dotted.
 
 Means are taken over finite values: the test NLL is +inf once a chain's covariance is
 singular, so that row shows the mean over the chains still finite ("finite chains"),
-and a panel says how many chains were non-finite at the last iteration. Replace's
-mean-error, trace and det panels are log-scaled (they collapse toward 0), other panels
-only where their means span a decade; a mean of exactly 0 (det ratio with n <= d, or
+and a panel says how many chains were non-finite at the last iteration. A row of panels
+shares one y scale, so workflows compare across columns: log where replace's mean error,
+trace or det collapse toward 0 or any panel's means span a decade; a mean of exactly 0 (det ratio with n <= d, or
 underflowed) cannot be drawn on a log axis, and the panel says so. Figures are drawn
 on matplotlib's Agg canvas without pyplot, so importing this module changes nothing.
 """
@@ -79,9 +80,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- plotting ---------------------------------------------------------------------
-def plot_panel(ax, panel: pd.DataFrame, metric: str, colours: dict, log: bool) -> bool:
+def plot_panel(ax, panel: pd.DataFrame, metric: str, colours: dict, log: bool) -> tuple[bool, np.ndarray]:
     """One metric under one workflow: data mean +- SE and closed forms, one colour per n;
-    returns whether a closed form was drawn."""
+    returns whether a closed form was drawn, and the values drawn (for the row's limits)."""
     drawn, any_theory = drawing.draw_lines(ax, panel, ["sigma2", "n_real", "n_synthetic"],
                                            lambda g: (colours[(g["n_real"], g["n_synthetic"], g["sigma2"])], "-"),
                                            log, theory=("gaussian", metric), limit=True)
@@ -90,11 +91,9 @@ def plot_panel(ax, panel: pd.DataFrame, metric: str, colours: dict, log: bool) -
         line = line.sort_values("iteration")
         mean = line["mean"].to_numpy(dtype=float)
         notes += _panel_notes(line, np.where(mean > 0, mean, np.nan) if log else mean, n_real)
-    if log:
-        drawing.log_limits(ax, np.concatenate(drawn) if drawn else np.array([]))
     if notes:
         drawing.note(ax, "\n".join(notes))
-    return any_theory
+    return any_theory, np.concatenate(drawn) if drawn else np.array([])
 
 
 def _panel_notes(line: pd.DataFrame, shown: np.ndarray, n_real: int) -> list[str]:
@@ -134,19 +133,27 @@ def plot_dimension(summary: pd.DataFrame, dim: int) -> Figure:
     many_sigma2 = data["sigma2"].nunique() > 1
     labels = {k: style.series_label(k[0], k[1], k[2], many_sigma2) for k in keys}
     fig = drawing.figure((3.6 * len(workflows) + 0.6, 2.6 * len(metrics)))
-    axes = drawing.panel_grid(fig, len(metrics), len(workflows), sharex=True,
+    # one y scale per row, so the workflows compare across columns: log for the whole row
+    # when any of its panels wants it
+    axes = drawing.panel_grid(fig, len(metrics), len(workflows), sharex=True, sharey="row",
                               titles=[f"Gaussian, d = {dim}: {style.title(w)}" for w in workflows],
                               ylabels=[YLABELS[m] for m in metrics])
     has_theory = False
     for i, metric in enumerate(metrics):
+        row = data[data["metric"] == metric]
+        log = any(use_log_scale(row[row["workflow"] == w]["mean"].to_numpy(dtype=float), metric, w)
+                  for w in workflows) and not (row["mean"] < 0).any()
+        drawn = []
         for j, workflow in enumerate(workflows):
             ax = axes[i, j]
-            panel = data[(data["metric"] == metric) & (data["workflow"] == workflow)]
-            log = use_log_scale(panel["mean"].to_numpy(dtype=float), metric, workflow)
             if log:
                 ax.set_yscale("log")
-            has_theory |= plot_panel(ax, panel, metric, colours, log)
+            theory, values = plot_panel(ax, row[row["workflow"] == workflow], metric, colours, log)
+            has_theory |= theory
+            drawn.append(values)
             ax.grid(True, which="major", alpha=0.3)
+        if log:
+            drawing.log_limits(axes[i, 0], np.concatenate(drawn))  # shared by the row
     has_limit = "accumulate" in workflows and "cov_trace_ratio" in metrics
     handles = drawing.colour_handles(colours, labels) + [drawing.band_handle("Monte-Carlo mean ± 1 SE")]
     handles += drawing.theory_handles(has_theory, r"accumulate limit $t\to\infty$" if has_limit else None)
@@ -225,10 +232,11 @@ def plot_densities(axes, summary: pd.DataFrame) -> None:
 def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
     """(A)'s Fig. 1: the fitted 1-D densities across iterations (top, one chain each of
     replace and accumulate), then trace ratio and normalised mean error vs t:
-    colour = d, replace solid, accumulate dashed."""
+    colour = d, replace solid, accumulate dashed, accumulate-subsample dotted."""
     dims = sorted(summary["dim"].unique())
     colours = style.ramp(dims, "plasma", 0.0, 0.8, single=0.3)
-    styles = {w: style.LINE_STYLES[w] for w in ("replace", "accumulate")}
+    present = set(summary["workflow"])
+    styles = {w: style.LINE_STYLES[w] for w in ("replace", "accumulate", "accumulate_subsample") if w in present}
     panels = [("cov_trace_ratio", YLABELS["cov_trace_ratio"]),
               ("mean_sq_error", r"$\|\hat\mu_t - \mu_0\|^2$ / ($d\,\sigma^2$)")]
     fig = drawing.figure((9.5, 7.2 if densities else 3.8))
@@ -257,8 +265,9 @@ def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
         ax.set_xlabel(style.XLABEL)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-    axes[0].set_title("Gaussian: covariance trace ratio", fontsize=10)
-    axes[1].set_title("Gaussian: squared error of the mean", fontsize=10)
+    # one n per d (the closest to 100) keeps the panel readable; fig1_gaussian_d*.png has every n
+    axes[0].set_title("Gaussian: covariance trace ratio (n closest to 100)", fontsize=10)
+    axes[1].set_title("Gaussian: squared error of the mean (n closest to 100)", fontsize=10)
     handles += [Line2D([], [], color="0.3", ls=ls, label=w) for w, ls in styles.items()]
     fig.legend(handles=handles, loc="outside right center", fontsize=9, frameon=False)
     return fig
