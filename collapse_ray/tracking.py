@@ -589,9 +589,15 @@ def real_data_datasets(points: Sequence) -> list:
         if key in found:
             continue
         if isinstance(source, str) and source and Path(source).expanduser().exists():
-            from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+            import warnings
 
-            origin = LocalArtifactDatasetSource(str(Path(source).expanduser().resolve()))
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+            # MLflow registers its local source class at import (there is no importable name),
+            # twice, and warns that a path could be either: it is the same class
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                origin = resolve_dataset_source(str(Path(source).expanduser().resolve()))
             name = Path(source).name
         elif isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source):
             origin, name = HuggingFaceDatasetSource(path=source), source

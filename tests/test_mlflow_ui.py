@@ -67,6 +67,26 @@ def test_parent_and_chain_runs_share_dotted_params_and_leave_unset_ones_out():
     assert "chain.n_iterations" not in child  # a tag: a grown sweep changes it
 
 
+def test_the_real_data_is_named_by_its_source_a_folder_a_hub_id_or_the_task(tmp_path):
+    """A local folder (as the paper-scale specs' stand-ins), a hub id, data the task draws."""
+    import warnings
+    from types import SimpleNamespace
+
+    from collapse_ray.tracking import real_data_datasets
+
+    (tmp_path / "helpsteer2").mkdir()
+    points = [SimpleNamespace(task=SimpleNamespace(name="sft", source=str(tmp_path / "helpsteer2"))),
+              SimpleNamespace(task=SimpleNamespace(name="sft", source="nvidia/HelpSteer2")),
+              SimpleNamespace(task=SimpleNamespace(name="gaussian"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MLflow's ambiguity warning stays out of the user's output
+        local, hub, drawn = real_data_datasets(points)
+    assert (local.name, local.source_type, json.loads(local.source)) == (
+        "helpsteer2", "local", {"uri": str(tmp_path / "helpsteer2")})
+    assert (hub.name, hub.source_type) == ("nvidia/HelpSteer2", "hugging_face")
+    assert (drawn.name, drawn.source_type) == ("gaussian (drawn by the task)", "code")
+
+
 def test_resume_refuses_changes_other_than_more_seeds_or_iterations():
     base = {"name": "g", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_iterations": 3}, "seeds": 2}
     saved = json.loads(json.dumps(parse_spec(base).resolved_dict()))
