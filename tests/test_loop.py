@@ -8,7 +8,7 @@ import pytest
 
 from collapse_ray.loop import run_chain
 from collapse_ray.spec import ChainConfig
-from collapse_ray.tasks import GaussianTask
+from collapse_ray.tasks import GaussianTask, KDETask
 
 from .helpers import WithoutStatistics
 
@@ -169,16 +169,18 @@ def test_iteration_pictures_are_drawn_once_per_iteration_and_identically_on_resu
     assert sink.writes == 10 + 2  # iterations 4 and 5 were drawn before the crash and redrawn after
 
 
+@pytest.mark.parametrize("task", [TASK, KDETask(dataset="moons", bandwidth=0.5)], ids=["gaussian", "kde"])
 @pytest.mark.parametrize("workflow", ["replace", "accumulate", "fresh_data"])
-def test_a_finished_statistics_chain_runs_on_to_more_iterations_exactly(workflow, tmp_path):
+def test_a_finished_statistics_chain_runs_on_to_more_iterations_exactly(task, workflow, tmp_path):
     """Growing a sweep: a finished statistics-path chain continues from its checkpoint and
-    gives the longer chain's table bit for bit, without recomputing its iterations."""
-    short = ChainConfig(workflow=workflow, n_real=8, n_iterations=4, checkpoint_every=0).resolved()
-    longer = ChainConfig(workflow=workflow, n_real=8, n_iterations=7, checkpoint_every=0).resolved()
-    run_chain(TASK, short, range(3), checkpoint_dir=tmp_path)
-    grown = run_chain(TASK, longer, range(3), checkpoint_dir=tmp_path)
+    gives the longer chain's table bit for bit, without recomputing its iterations (KDE:
+    its carried test-set sums too, restored with the checkpoint)."""
+    short = ChainConfig(workflow=workflow, n_real=40, n_iterations=4, checkpoint_every=0).resolved()
+    longer = ChainConfig(workflow=workflow, n_real=40, n_iterations=7, checkpoint_every=0).resolved()
+    run_chain(task, short, range(3), checkpoint_dir=tmp_path)
+    grown = run_chain(task, longer, range(3), checkpoint_dir=tmp_path)
     assert grown.resumed_from == 4 and len(grown.iteration_seconds) == 3  # only iterations 5-7 ran
-    pd.testing.assert_frame_equal(grown.table, run_chain(TASK, longer, range(3)).table, check_exact=True)
+    pd.testing.assert_frame_equal(grown.table, run_chain(task, longer, range(3)).table, check_exact=True)
 
 
 def test_a_finished_row_path_chain_refuses_to_run_on_without_its_pool(tmp_path):
