@@ -156,7 +156,7 @@ def run_chain(
 
     state, manifest = _load_checkpoint(ckpt)
     continues = ckpt is not None and state is not None and checkpoint_continues(ckpt)
-    if state is not None and state.iteration < chain.n_iterations and _ended(ckpt) and not continues:
+    if state is not None and not _finished(state, chain.n_iterations) and _ended(ckpt) and not continues:
         raise ValueError(f"{ckpt / CHECKPOINT_FILE}: the chain finished at iteration {state.iteration} and keeps "
                          f"no pool to continue to {chain.n_iterations} from; remove the folder to rerun it")
     if pool_dir is not None and pool_dir.exists():
@@ -395,7 +395,8 @@ def _load_state(ckpt: Path | None) -> _State | None:
 
 def checkpoint_continues(checkpoint_dir: str | Path) -> bool:
     """Whether a finished chain's checkpoint can run on to more iterations exactly (a
-    statistics-path chain's: see run_chain); others rerun from iteration 1 when lengthened."""
+    statistics-path chain's, or one with chain.persist_pool: see run_chain); others rerun
+    from iteration 1 when lengthened."""
     return bool(_document(Path(checkpoint_dir)).get("continues", False))
 
 

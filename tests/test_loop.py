@@ -202,3 +202,16 @@ def test_a_finished_chain_with_its_pool_kept_runs_on_exactly(task, tmp_path):
     assert grown.resumed_from == 3 and len(grown.iteration_seconds) == 2
     fresh = run_chain(task, config(5), range(2), checkpoint_dir=tmp_path / "fresh")
     pd.testing.assert_frame_equal(grown.table, fresh.table, check_exact=True)
+
+
+def test_a_chain_every_seed_of_which_stopped_is_finished_when_run_again(tmp_path):
+    """A stopping rule ends a chain before its cap: running it again (a retried trial)
+    returns its table, it does not refuse for want of a pool."""
+    from collapse_ray.tasks import DiscreteTask
+
+    task = DiscreteTask(n_outcomes=3, stop_when_collapsed=True)
+    config = ChainConfig(workflow="replace", n_real=4, n_iterations=500).resolved()
+    first = run_chain(task, config, range(4), checkpoint_dir=tmp_path)
+    assert first.table.iteration.max() < 500  # all four stopped early
+    again = run_chain(task, config, range(4), checkpoint_dir=tmp_path)
+    pd.testing.assert_frame_equal(again.table, first.table, check_exact=True)
