@@ -112,3 +112,24 @@ def tracking_server(tmp_path, migrated_store):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright, for the MLflow UI tests (one per session)."""
+    import shutil
+
+    chromium_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium_path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make test` installs Debian's chromium (apt-get install chromium)")
+        pytest.skip("chromium is not installed (make test installs it where it can)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --disable-background-networking & co: no calls to Google's hosts on a closed network
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()

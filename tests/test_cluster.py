@@ -28,7 +28,6 @@ from tests.helpers import free_ports
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = ROOT / "results" / "screenshots"
 N_ITERATIONS, N_SEEDS = 6, 8
 pytestmark = pytest.mark.ray
@@ -138,23 +137,6 @@ def test_submitted_sweep_logs_every_iteration_to_the_tracking_server(cluster, su
 def test_dashboard_and_tracking_server_listen_on_loopback_only(cluster):
     assert listening_addresses(cluster.dashboard_port) == {"127.0.0.1"}
     assert listening_addresses(cluster.mlflow_port) == {"127.0.0.1"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: `make test` installs Debian's chromium (apt-get install chromium)")
-        pytest.skip("chromium is not installed (make test installs it where it can)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # --disable-background-networking & co: no calls to Google's hosts on a closed network
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield chromium
-        chromium.close()
 
 
 def test_mlflow_ui_shows_the_sweep_runs_and_their_metric_charts(cluster, submitted, browser):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +37,6 @@ from collapse_ray.validation import SpecError
 from tests.helpers import free_ports
 
 SCREENSHOTS = Path(os.environ.get("COLLAPSE_RAY_SCREENSHOTS", "/tmp/collapse_ray_screenshots"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HEADER = "# tinyui: does replace collapse where accumulate_subsample holds? (a test's sweep)"
 SPEC = f"""{HEADER}
 name: tinyui
@@ -126,7 +124,7 @@ def grown_sweep(tmp_path_factory, local_ray):
     spec = tmp / "tinyui.yaml"
     spec.write_text(SPEC)
     grown, fresh = tmp / "grown", tmp / "fresh"
-    seconds, printed = {}, {}
+    seconds = {}
     for step, out, args in [("base", grown, ()), ("more seeds", grown, ("--resume", "--set", "seeds=4")),
                             ("more iterations", grown, ("--resume", *GROWN)), ("from scratch", fresh, GROWN)]:
         started = time.perf_counter()
@@ -161,22 +159,6 @@ def test_growing_a_sweep_gives_the_table_of_the_larger_spec_run_from_scratch(gro
         # when finished, so it reran from iteration 1 (identically: the table above)
         resumed = run.data.tags.get("collapse_ray.resumed_from_iteration")
         assert resumed == ("3" if run.data.params["chain.workflow"] == "replace" else None), run.data.tags
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: `make browser` installs Debian's chromium (apt-get install chromium)")
-        pytest.skip("chromium is not installed (make browser installs it where it can)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
