@@ -23,7 +23,10 @@ Presets (the names used in specs, MLflow params and legends):
                          (Shumailov et al.'s retained share of real data)
 
 A selection is a `slice` (the same rows for every chain: every chain's pool has the same
-layout) or an int array (chains, k), one row set per chain.
+layout) or an int array (chains, k), one row set per chain. For a pool on disk,
+`select_blocks` makes the same selection from the pool's (iteration, source) blocks
+(PoolBlocks) without a per-row array: per chain a BlockSelection (blocks taken whole,
+and a subsample's drawn rows), by the same rule (`parts`) and the same random draws.
 
 Which knobs a preset accepts is checked here only (`check_knobs`, a SpecError); the
 chain config (collapse_ray/chain.py) asks this module, as does `make_workflow`.
@@ -80,42 +83,143 @@ class MixingPolicy:
         """Does it train on rows older than the newest iteration's? If not, the pool drops them."""
         return self.real in ("all", "initial") or self.synthetic == "all"
 
-    def select(self, index: PoolIndex, iteration: int, rngs: Sequence[np.random.Generator]) -> Selection:
-        it, source = index.iteration, index.source
-        if iteration == 1:
-            return _as_selection(np.flatnonzero((it == 0) & (source == REAL)))
-        real_rows = self._real_rows(it, source)
-        if self.synthetic == "all":
-            synthetic_rows = np.flatnonzero(source == SYNTHETIC)
+    def parts(self, iteration_of: np.ndarray, source: np.ndarray, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+        """The one eligibility rule: which entries are in the real part and which in the
+        synthetic part of iteration `iteration`'s training set (two bool masks), from each
+        entry's iteration of origin and source. Entries are rows (select) or whole
+        (iteration, source) blocks (select_blocks) alike: every rule is per (iteration,
+        source), and real="latest"'s newest real iteration is the same over either."""
+        it, source = np.asarray(iteration_of), np.asarray(source)
+        is_real = source == REAL
+        if iteration == 1:  # the real rows of origin 0 alone
+            return is_real & (it == 0), np.zeros(len(it), dtype=bool)
+        if self.real == "all":
+            real = is_real
+        elif self.real == "initial":
+            real = is_real & (it == 0)
+        elif self.real == "latest" and is_real.any():
+            real = is_real & (it == it[is_real].max())
         else:
-            synthetic_rows = np.flatnonzero((source == SYNTHETIC) & (it == iteration - 1))
+            real = np.zeros(len(it), dtype=bool)
+        synthetic = source == SYNTHETIC
+        if self.synthetic != "all":
+            synthetic = synthetic & (it == iteration - 1)
+        return real, synthetic
+
+    def select(self, index: PoolIndex, iteration: int, rngs: Sequence[np.random.Generator]) -> Selection:
+        """Per row: the in-memory pool's selection (a slice, or row positions per chain)."""
+        real, synthetic = self.parts(index.iteration, index.source, iteration)
+        if iteration == 1:
+            return _as_selection(np.flatnonzero(real))
+        real_rows, synthetic_rows = np.flatnonzero(real), np.flatnonzero(synthetic)
         if self.real_fraction is not None:
-            k_real = min(len(real_rows), int(round(self.real_fraction * self.n_train)))
-            k_synthetic = min(len(synthetic_rows), self.n_train - k_real)
+            k_real, k_synthetic = self._fraction_sizes(len(real_rows), len(synthetic_rows))
             return np.concatenate(
                 [_choose(real_rows, k_real, rngs), _choose(synthetic_rows, k_synthetic, rngs)], axis=1
             )
         if self.synthetic_ratio is not None:
-            k = min(len(synthetic_rows), int(round(self.synthetic_ratio * len(real_rows))))
+            k = self._ratio_size(len(real_rows), len(synthetic_rows))
             synthetic_part = _choose(synthetic_rows, k, rngs)
             real_part = np.broadcast_to(real_rows, (len(rngs), len(real_rows)))
             return np.concatenate([real_part, synthetic_part], axis=1)
-        # Disjoint (real vs synthetic) and each sorted, so their sorted concatenation is
-        # their union; np.union1d's unique pass cost ~385 ms per call at 100k rows.
-        rows = np.sort(np.concatenate([real_rows, synthetic_rows]), kind="stable")
+        # The parts are disjoint, so their union in index order is one flatnonzero (the
+        # sorted concatenation it replaces; np.union1d's unique pass cost ~385 ms at 100k rows).
+        rows = np.flatnonzero(real | synthetic)
         if self.n_train is not None and self.n_train < len(rows):
             return _choose(rows, self.n_train, rngs)
         return _as_selection(rows)
 
-    def _real_rows(self, it: np.ndarray, source: np.ndarray) -> np.ndarray:
-        is_real = source == REAL
-        if self.real == "all":
-            return np.flatnonzero(is_real)
-        if self.real == "initial":
-            return np.flatnonzero(is_real & (it == 0))
-        if self.real == "latest" and is_real.any():
-            return np.flatnonzero(is_real & (it == it[is_real].max()))
-        return np.empty(0, dtype=np.int64)
+    def select_blocks(self, blocks: PoolBlocks, iteration: int,
+                      rngs: Sequence[np.random.Generator]) -> list[BlockSelection]:
+        """Per block: what `select` selects on the rows these blocks hold, one
+        BlockSelection per chain, without a per-row array: eligible blocks are taken
+        whole, and a subsample makes `select`'s very draws (the same calls on each rng,
+        over the eligible rows in the same order) and maps each drawn row to its block.
+        Memory: O(blocks + n_train per chain), whatever the pool's size."""
+        sizes = np.asarray(blocks.rows, dtype=np.int64)
+        held = np.flatnonzero(sizes > 0)  # (an empty block has no row for the per-row rule to see)
+        real, synthetic = self.parts(np.asarray(blocks.iteration)[held], np.asarray(blocks.source)[held], iteration)
+        real_blocks, synthetic_blocks = held[real], held[synthetic]
+        n_real, n_synthetic = int(sizes[real_blocks].sum()), int(sizes[synthetic_blocks].sum())
+
+        def whole(b: np.ndarray) -> tuple[np.ndarray, None]:
+            return (b, None)
+
+        if iteration == 1:
+            return [BlockSelection(sizes, (whole(real_blocks),)) for _ in rngs]
+        if self.real_fraction is not None:
+            k_real, k_synthetic = self._fraction_sizes(n_real, n_synthetic)
+            real_parts = _choose_blocks(real_blocks, sizes, k_real, rngs)
+            synthetic_parts = _choose_blocks(synthetic_blocks, sizes, k_synthetic, rngs)
+            return [BlockSelection(sizes, (r, s)) for r, s in zip(real_parts, synthetic_parts)]
+        if self.synthetic_ratio is not None:
+            synthetic_parts = _choose_blocks(synthetic_blocks, sizes, self._ratio_size(n_real, n_synthetic), rngs)
+            return [BlockSelection(sizes, (whole(real_blocks), s)) for s in synthetic_parts]
+        union = np.sort(np.concatenate([real_blocks, synthetic_blocks]))  # blocks in index order
+        if self.n_train is not None and self.n_train < n_real + n_synthetic:
+            return [BlockSelection(sizes, (p,)) for p in _choose_blocks(union, sizes, self.n_train, rngs)]
+        return [BlockSelection(sizes, (whole(union),)) for _ in rngs]
+
+    def _fraction_sizes(self, n_real: int, n_synthetic: int) -> tuple[int, int]:
+        k_real = min(n_real, int(round(self.real_fraction * self.n_train)))
+        return k_real, min(n_synthetic, self.n_train - k_real)
+
+    def _ratio_size(self, n_real: int, n_synthetic: int) -> int:
+        return min(n_synthetic, int(round(self.synthetic_ratio * n_real)))
+
+
+@dataclass(frozen=True)
+class PoolBlocks:
+    """The pool as its (iteration, source) blocks, in index order (the per-row index is
+    each block's iteration and source repeated `rows` times): what select_blocks reads."""
+
+    iteration: np.ndarray  # (blocks,) int
+    source: np.ndarray  # (blocks,) int8: REAL or SYNTHETIC
+    rows: np.ndarray  # (blocks,) int: rows per chain
+
+    def index(self) -> PoolIndex:
+        """The per-row index these blocks stand for (O(rows): for tests and small pools)."""
+        return PoolIndex(iteration=np.repeat(np.asarray(self.iteration, np.int64), self.rows),
+                         source=np.repeat(np.asarray(self.source, np.int8), self.rows))
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSelection:
+    """One chain's selected rows of a pool of blocks (PoolBlocks), in the order the
+    per-row selection lists them: `parts` in turn, each (block numbers, offsets):
+    offsets None takes those blocks whole, in order; else one row per entry, row
+    `offsets[i]` (0-based within its block) of block `blocks[i]` (a subsample's draw)."""
+
+    sizes: np.ndarray  # rows per chain of every block of the pool
+    parts: tuple[tuple[np.ndarray, np.ndarray | None], ...]
+
+    def __len__(self) -> int:
+        return sum(int(self.sizes[b].sum()) if offsets is None else len(offsets) for b, offsets in self.parts)
+
+    def by_block(self) -> dict[int, np.ndarray | None]:
+        """Block number -> None (taken whole) or the sorted offsets of its selected rows,
+        in block order; a block whose every row was drawn counts as whole."""
+        out: dict[int, np.ndarray | None] = {}
+        for blocks, offsets in self.parts:
+            if offsets is None:
+                out.update((int(b), None) for b in blocks)
+                continue
+            order = np.lexsort((offsets, blocks))
+            blocks, offsets = np.asarray(blocks)[order], np.asarray(offsets, dtype=np.int64)[order]
+            starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]]) if len(blocks) else []
+            for lo, hi in zip(starts, [*starts[1:], len(blocks)]):
+                b = int(blocks[lo])
+                out[b] = None if hi - lo == self.sizes[b] else offsets[lo:hi]
+        return dict(sorted(out.items()))
+
+    def positions(self) -> np.ndarray:
+        """The selected rows as positions in the per-row index, in selection order (O(rows)
+        for whole blocks: for tests and small pools)."""
+        starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        out = [np.concatenate([np.arange(starts[b], starts[b] + self.sizes[b]) for b in blocks] or
+                              [np.empty(0, np.int64)]) if offsets is None else starts[blocks] + offsets
+               for blocks, offsets in self.parts]
+        return np.concatenate(out or [np.empty(0, np.int64)]).astype(np.int64)
 
 
 def _as_selection(rows: np.ndarray) -> Selection:
@@ -131,6 +235,24 @@ def _choose(rows: np.ndarray, k: int, rngs: Sequence[np.random.Generator]) -> np
         return np.broadcast_to(rows, (len(rngs), len(rows)))
     # Generator.choice without replacement uses Floyd's algorithm here: O(k), not O(rows).
     return np.stack([rows[rng.choice(len(rows), k, replace=False)] for rng in rngs])
+
+
+def _choose_blocks(blocks: np.ndarray, sizes: np.ndarray, k: int,
+                   rngs: Sequence[np.random.Generator]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """_choose on the rows of `blocks` (in this order) without listing them: per chain
+    (blocks, None) for all of them, or the k drawn rows as (block, offset) pairs. The
+    same calls on each rng as _choose, so the same rows in the same order."""
+    counts = sizes[blocks]
+    total = int(counts.sum())
+    if k >= total:
+        return [(blocks, None) for _ in rngs]
+    ends = np.cumsum(counts)
+    out = []
+    for rng in rngs:
+        drawn = rng.choice(total, k, replace=False)
+        at = np.searchsorted(ends, drawn, side="right")
+        out.append((blocks[at], (drawn - (ends[at] - counts[at])).astype(np.int64)))
+    return out
 
 
 # preset name -> (policy components, knobs it takes beyond the sizes)
