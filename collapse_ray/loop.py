@@ -219,7 +219,7 @@ def run_chain(
                 state.stats = task.statistics(pool.rows_of(0), real.context)
             model = task.fit_statistics(state.stats)
         elif on_disk:  # a handle on the selected rows; the task's workers read them
-            model = task.fit_on_disk(pool.selection(workflow.select(pool.index, t, state.rngs)), live.context)
+            model = task.fit_on_disk(pool.select(workflow, t, state.rngs), live.context)
         else:
             train = pool.take(workflow.select(pool.index, t, state.rngs))
             if active is not None and len(active) < len(seeds):

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .workflows import PoolIndex, Selection
+from .workflows import BlockSelection, MixingPolicy, PoolBlocks, PoolIndex, Selection
 
 SOURCES = ("real", "synthetic")
 
@@ -376,17 +376,27 @@ def selection_dataset(root: str | Path, index: PoolIndex, selection: Selection, 
     (iteration, source, row) order: the same rows as `take(selection)` of the pool that
     wrote ROOT, without the caller holding them. Columns: `columns` plus chain, row,
     iteration, source. The order is fixed (a fit on it is reproducible): this sets the
-    driver's Ray Data context to preserve order."""
+    driver's Ray Data context to preserve order. (Per-row index and selection; a
+    DiskPool's PoolSelection.dataset reads the same from its blocks.)"""
+    wanted = selected_rows(index, selection, chain)
+    held = {(int(it), SOURCES[code]): int(n) for (it, code), n in zip(*_block_counts(index))}
+    return shards_dataset(root, {block: range(int(r[0]), int(r[0]) + len(r)) if len(r) == held[block] else r
+                                 for block, r in wanted.items()}, chain_id, columns)
+
+
+def shards_dataset(root: str | Path, rows_by_shard: dict[tuple[int, str], range | np.ndarray], chain_id: int,
+                   columns: Sequence[str]):
+    """A Ray Data read of chain `chain_id`'s rows `rows_by_shard` names ((iteration,
+    source) -> a range: the whole shard, or a sorted array of row ids), in (iteration,
+    source, row) order; see selection_dataset."""
     import ray.data
 
     root = Path(root)
-    wanted = selected_rows(index, selection, chain)
-    if not wanted:
+    if not rows_by_shard:
         raise ValueError("the selection names no rows")
-    paths = [str(root / f"iteration={it}" / f"source={source}" / SHARD_NAME) for it, source in sorted(wanted)]
+    paths = [str(root / f"iteration={it}" / f"source={source}" / SHARD_NAME) for it, source in sorted(rows_by_shard)]
     # shards taken whole need no row filter: the keys (8 bytes a row) are only for the rest
-    held = {(int(it), SOURCES[code]): int(n) for (it, code), n in zip(*_block_counts(index))}
-    partial = {block: r for block, r in wanted.items() if len(r) < held[block]}
+    partial = {block: r for block, r in rows_by_shard.items() if not isinstance(r, range)}
     keys = np.sort(np.concatenate([_row_keys(np.full(len(r), it), np.full(len(r), SOURCES.index(s)), r)
                                    for (it, s), r in partial.items()] or [np.empty(0, np.int64)]))
     partial_codes = np.asarray([(it << 1) | SOURCES.index(s) for it, s in partial], dtype=np.int64)
@@ -485,77 +495,93 @@ class ShardWriter:
 
 class PoolSelection:
     """A handle on one chain's selected rows in the pool's shards, given to a task in
-    place of the rows: ROOT, the pool index and the workflow's selection, the chain id
-    (its `chain` column) and position (its row set in a per-chain selection), and the
-    manifest entries of the shards the rows lie in (their sha256 identify the content)."""
+    place of the rows: ROOT, the pool's blocks ((iteration, source, rows per chain, row
+    id of the first row) each, in index order) and the block selection (which blocks
+    whole, which rows of the others, and their order: workflows.BlockSelection), the
+    chain id (its `chain` column) and position, and the manifest entries of the shards
+    the rows lie in (their sha256 identify the content). Its size is O(blocks +
+    subsampled rows), whatever the pool's size."""
 
-    __slots__ = ("root", "index", "selection", "chain_id", "position", "shards")
+    __slots__ = ("root", "blocks", "chosen", "chain_id", "position", "shards")
 
-    def __init__(self, root, index: PoolIndex, selection: Selection, chain_id: int, position: int,
-                 shards: Sequence[dict]):
-        self.root, self.index, self.selection = str(root), index, selection
+    def __init__(self, root, blocks: Sequence[tuple[int, str, int, int]], chosen: BlockSelection, chain_id: int,
+                 position: int, shards: Sequence[dict]):
+        self.root, self.blocks, self.chosen = str(root), tuple(blocks), chosen
         self.chain_id, self.position, self.shards = int(chain_id), int(position), tuple(shards)
 
     def __len__(self) -> int:
-        return sum(len(r) for r in self.rows_by_shard().values())
+        return len(self.chosen)
 
-    def rows_by_shard(self) -> dict[tuple[int, str], np.ndarray]:
-        return selected_rows(self.index, self.selection, self.position) if len(self.index.iteration) else {}
+    def rows_by_shard(self) -> dict[tuple[int, str], range | np.ndarray]:
+        """(iteration, source) -> the `row` ids taken from that shard: a range (the whole
+        shard), or a sorted int64 array; in (iteration, source) order."""
+        out = {}
+        for b, offsets in self.chosen.by_block().items():
+            it, source, k, first = self.blocks[b]
+            out[(it, source)] = range(first, first + k) if offsets is None else first + offsets
+        return dict(sorted(out.items()))
 
     def dataset(self, columns: Sequence[str]):
-        """A Ray Data read of the selected rows (selection_dataset): nothing is read here."""
-        return selection_dataset(self.root, self.index, self.selection, self.chain_id, columns, self.position)
+        """A Ray Data read of the selected rows (shards_dataset): nothing is read here."""
+        return shards_dataset(self.root, self.rows_by_shard(), self.chain_id, columns)
 
     def read(self, columns: Sequence[str]) -> dict[str, list]:
         """The selected rows, in this process and in the selection's own order: what
         `ArrayPool.take(selection)` gives one chain (in-process backends, debugging)."""
-        positions = (np.arange(len(self.index.iteration))[self.selection] if isinstance(self.selection, slice)
-                     else np.asarray(self.selection))
-        if positions.ndim == 2:
-            positions = positions[self.position]
-        if len(positions) == 0:
+        if len(self) == 0:
             return {c: [] for c in columns}
-        firsts, starts = np.unique(self.index.iteration, return_index=True)
-        iterations = self.index.iteration[positions]
-        rows = positions - starts[np.searchsorted(firsts, iterations)]
-        codes = self.index.source[positions]
-        out = {c: np.empty(len(positions), dtype=object) for c in columns}
-        for it in np.unique(iterations):
-            for code, source in enumerate(SOURCES):
-                mask = (iterations == it) & (codes == code)
-                if not mask.any():
-                    continue
-                path = Path(self.root) / f"iteration={int(it)}" / f"source={source}" / SHARD_NAME
-                table = pq.read_table(path, columns=["chain", "row", *columns],
-                                      filters=[("chain", "=", self.chain_id)])
-                at = np.empty(int(pc.max(table["row"]).as_py()) + 1, dtype=np.int64)
-                at[table["row"].to_numpy()] = np.arange(table.num_rows)
-                for c in columns:
-                    out[c][mask] = np.asarray(table[c].to_pylist(), dtype=object)[at[rows[mask]]]
-        return {c: list(v) for c, v in out.items()}
+        values = {}  # block -> column -> this chain's values, by offset within the block
+        for b in self.chosen.by_block():
+            it, source, k, first = self.blocks[b]
+            path = Path(self.root) / f"iteration={it}" / f"source={source}" / SHARD_NAME
+            table = pq.read_table(path, columns=["chain", "row", *columns], filters=[("chain", "=", self.chain_id)])
+            at = np.empty(k, dtype=np.int64)
+            at[table["row"].to_numpy() - first] = np.arange(table.num_rows)
+            values[b] = {c: np.asarray(table[c].to_pylist(), dtype=object)[at] for c in columns}
+        out = {c: [] for c in columns}
+        for blocks, offsets in self.chosen.parts:
+            if offsets is None:
+                for b in blocks:
+                    for c in columns:
+                        out[c].extend(values[int(b)][c])
+                continue
+            for c in columns:
+                part = np.empty(len(offsets), dtype=object)
+                for b in np.unique(blocks):
+                    mine = blocks == b
+                    part[mine] = values[int(b)][c][offsets[mine]]
+                out[c].extend(part)
+        return out
 
     def digest(self) -> str:
-        """Identifies the selected content: the shards' sha256 and the row ids taken."""
+        """Identifies the selected content: the shards' sha256 and the rows taken (a
+        whole shard as its row range, else its row ids)."""
         import hashlib
 
         h = hashlib.sha256()
         for entry in sorted(self.shards, key=lambda e: e["path"]):
             h.update(f"{entry['path']}:{entry['sha256']};".encode())
-        for (it, source), rows in sorted(self.rows_by_shard().items()):
-            h.update(f"{it}/{source}:".encode())
-            h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        for (it, source), rows in self.rows_by_shard().items():
+            if isinstance(rows, range):
+                h.update(f"{it}/{source}:whole {rows.start}-{rows.stop};".encode())
+            else:
+                h.update(f"{it}/{source}:rows {len(rows)}:".encode())
+                h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
         h.update(str(self.chain_id).encode())
         return h.hexdigest()
 
 
 class DiskPool:
-    """The pool as its shards on disk; this process holds only the index (iteration and
-    source per row: 9 bytes a row) and the shards' manifest entries.
+    """The pool as its shards on disk; this process holds only its blocks ((iteration,
+    source, rows per chain) each) and the shards' manifest entries: nothing per row.
 
-    The same reading interface as ArrayPool for the loop (index, manifest, write_shards,
+    The same reading interface as ArrayPool for the loop (manifest, write_shards,
     latest_iteration), but rows never enter it: `target` says where a block's rows
     go, whoever makes them writes them there, and `added` records the written shard.
-    `selection` hands out a PoolSelection instead of `take`'s rows."""
+    `select` hands out a PoolSelection of a workflow's selection (made block by block:
+    MixingPolicy.select_blocks) instead of `take`'s rows. `index` (the per-row index,
+    9 bytes a row) and `selection` (of a per-row selection) are for tests and small
+    pools; the loop uses neither."""
 
     def __init__(self, root: str | Path, chain_ids: Sequence[int], keep_history: bool = True):
         self.root = Path(root)
@@ -577,9 +603,16 @@ class DiskPool:
     def latest_iteration(self) -> int:
         return self._blocks[-1][0] if self._blocks else -1
 
+    @property
+    def blocks(self) -> PoolBlocks:
+        """The held blocks in index order: what MixingPolicy.select_blocks reads."""
+        return PoolBlocks(iteration=np.asarray([b[0] for b in self._blocks], dtype=np.int64),
+                          source=np.asarray([SOURCES.index(b[1]) for b in self._blocks], dtype=np.int8),
+                          rows=np.asarray([b[2] for b in self._blocks], dtype=np.int64))
+
     def nbytes(self) -> int:
-        """Bytes of rows this object holds: the index only."""
-        return len(self) * (8 + 1)
+        """Bytes of the pool's description this object holds: 3 int64 a block, nothing a row."""
+        return 24 * len(self._blocks)
 
     def target(self, iteration: int, source: str, position: int = 0) -> ShardTarget:
         if source not in SOURCES:
@@ -623,11 +656,34 @@ class DiskPool:
     def manifest(self) -> list[dict]:
         return [self._shards[(it, s)] for it, s in sorted((it, s) for it, s, _ in self._blocks)]
 
+    def select(self, workflow: MixingPolicy, iteration: int, rngs: Sequence[np.random.Generator],
+               position: int = 0) -> PoolSelection:
+        """The chain at `position`'s rows of `workflow.select(index, iteration, rngs)` (the
+        same rows, order and draws from every rng), made from the blocks: no per-row array,
+        so the process's memory does not grow with the pool."""
+        return self._handle(workflow.select_blocks(self.blocks, iteration, rngs)[position], position)
+
     def selection(self, selection: Selection, position: int = 0) -> PoolSelection:
-        index = self.index
-        blocks = selected_rows(index, selection, position) if len(index.iteration) else {}
-        return PoolSelection(self.root, index, selection, int(self.chain_ids[position]), position,
-                             [self._shards[b] for b in sorted(blocks)])
+        """A handle on a per-row selection (MixingPolicy.select of `index`): O(selected rows)."""
+        sizes = self.blocks.rows
+        ends = np.cumsum(sizes)
+        if isinstance(selection, slice):
+            positions = np.arange(int(ends[-1]) if len(ends) else 0)[selection]
+        else:
+            positions = np.asarray(selection)
+            positions = positions[position] if positions.ndim == 2 else positions
+        at = np.searchsorted(ends, positions, side="right")
+        offsets = np.asarray(positions - (ends[at] - sizes[at]), dtype=np.int64)
+        return self._handle(BlockSelection(sizes, ((at, offsets),)), position)
+
+    def _handle(self, chosen: BlockSelection, position: int) -> PoolSelection:
+        described, first = [], {}  # a shard's row ids start after its iteration's earlier blocks
+        for it, source, k in self._blocks:
+            described.append((it, source, k, first.get(it, 0)))
+            first[it] = first.get(it, 0) + k
+        shards = [self._shards[described[b][:2]] for b in chosen.by_block()]
+        return PoolSelection(self.root, described, chosen, int(self.chain_ids[position]), position,
+                             sorted(shards, key=lambda e: e["path"]))
 
     @classmethod
     def load(cls, root: str | Path, chain_ids: Sequence[int], keep_history: bool,

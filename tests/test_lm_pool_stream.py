@@ -6,6 +6,8 @@ real Parquet, real local Ray."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -130,9 +132,142 @@ def test_a_disk_pool_selects_and_reads_what_the_array_pool_takes(tmp_path, name,
     taken = memory.take(selection)["text"]
     for position in range(len(CHAINS)):
         assert disk.selection(selection, position).read(["text"])["text"] == list(taken[position])
+        # the loop's path: the selection made block by block, the same draws from the generators
+        handle = disk.select(workflow, 4, [chain_generators(s)[1] for s in CHAINS], position)
+        assert handle.read(["text"])["text"] == list(taken[position])
+        assert len(handle) == len(taken[position])
+        wanted = selected_rows(memory.index, selection, position)
+        assert {b: list(r) for b, r in handle.rows_by_shard().items()} == {b: list(r) for b, r in wanted.items()}
+        assert handle.digest() == disk.selection(selection, position).digest()
+        assert [e["path"] for e in handle.shards] == sorted(f"iteration={it}/source={s}/part-0.parquet"
+                                                            for it, s in wanted)
     again = DiskPool.load(tmp_path / "disk", CHAINS, workflow.needs_history, disk.manifest())
     np.testing.assert_array_equal(again.index.iteration, disk.index.iteration)
-    assert disk.nbytes() == 9 * len(disk), "the process holds the index, 9 bytes a row"
+    np.testing.assert_array_equal(again.blocks.rows, disk.blocks.rows)
+    assert disk.nbytes() == 24 * len(disk.blocks.rows), "the process holds its blocks, nothing per row"
+
+
+def test_a_selection_of_a_disk_pool_is_the_same_size_whatever_the_pool_holds():
+    """The trial's part of a fit: DiskPool.select holds and hands out nothing per pool
+    row (blocks, and a subsample's drawn rows), at 10 thousand rows as at 10 million."""
+    import pickle
+    import tracemalloc
+
+    from collapse_ray.pool import DiskPool
+
+    def grown_pool(rows):
+        pool = DiskPool("/nonexistent", [0])
+        for t in range(4):
+            source = "real" if t == 0 else "synthetic"
+            pool._append(t, source, rows // 4, {"path": f"iteration={t}/source={source}/part-0.parquet",
+                                                "rows": rows // 4, "sha256": "0" * 64})
+        return pool
+
+    for name, knobs in [("accumulate", {}), ("accumulate_subsample", {"n_train": 1000}),
+                        ("real_fraction", {"n_train": 1000, "real_fraction": 0.25}),
+                        ("replace", {})]:  # (iterative_retraining draws a share of |real|: it grows with it)
+        workflow = make_workflow(name, **knobs)
+        sizes, peaks = [], []
+        for rows in (10_000, 10_000_000):
+            pool = grown_pool(rows)
+            tracemalloc.start()
+            handle = pool.select(workflow, 4, [np.random.default_rng(0)])
+            digest = handle.digest()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+            sizes.append(len(pickle.dumps(handle)))
+            assert len(digest) == 64
+        assert peaks[1] < 200_000 and sizes[1] < 40_000, (name, peaks, sizes)
+        assert abs(sizes[1] - sizes[0]) < 1000, (name, sizes)
+
+
+@dataclass(frozen=True)
+class _TextToy:
+    """A text task with the pool-on-disk hooks, all in this process (no Ray): rows are
+    strings, the "model" a hash of the training texts in the order given (any other
+    row, or another order, shows in test_loss), samples drawn from the chain's rng."""
+
+    name: ClassVar[str] = "text_toy"
+    batched: ClassVar[bool] = False
+
+    def real_data(self, n_real, rngs):
+        from collapse_ray.tasks.protocol import RealData
+
+        return RealData(train=_one_chain([f"real 0 {j}" for j in range(n_real)]), test=None, context=None)
+
+    def fit(self, train, context=None):
+        return _hash_of(list(train["text"][0]))
+
+    def sample(self, model, n, rngs, context=None):
+        return _one_chain([f"synthetic of {int(model) % 9973}: {d}" for d in rngs[0].integers(10**6, size=n)])
+
+    def sample_real(self, n, rngs, context=None):
+        return _one_chain([f"fresh real {d}" for d in rngs[0].integers(10**6, size=n)])
+
+    def evaluate(self, model, test):
+        return {"test_loss": np.array([model])}
+
+    def row_nbytes(self) -> int:
+        return 40
+
+    def real_data_on_disk(self, n_real, rngs, target):
+        from collapse_ray.pool import ShardWriter
+        from collapse_ray.tasks.protocol import RealData
+
+        if target is not None:
+            with ShardWriter(target, ("text",)) as shard:
+                shard.write({"text": list(self.real_data(n_real, rngs).train["text"][0])})
+        return RealData(train={}, test=None, context=None)
+
+    def fit_on_disk(self, selection, context=None):
+        return _hash_of(selection.read(["text"])["text"])
+
+    def sample_on_disk(self, model, n, rngs, context, target):
+        from collapse_ray.pool import ShardWriter
+
+        with ShardWriter(target, ("text",)) as shard:
+            shard.write({"text": list(self.sample(model, n, rngs)["text"][0])})
+
+
+def _one_chain(texts):
+    column = np.empty((1, len(texts)), dtype=object)
+    column[0, :] = texts
+    return {"text": column}
+
+
+def _hash_of(texts) -> float:
+    import hashlib
+
+    return float(int(hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12], 16))
+
+
+@pytest.mark.parametrize("name,knobs", WORKFLOWS, ids=[w[0] for w in WORKFLOWS])
+def test_the_loop_on_disk_never_builds_the_per_row_index(tmp_path, monkeypatch, name, knobs):
+    """Every workflow through the real loop with the pool on disk, the per-row index and
+    per-row handles forbidden: the same table, bit for bit, as the rows path (an
+    ArrayPool and MixingPolicy.select), and the same shards."""
+    from benchmarks.lm_pool_memory import RowsPath
+    from collapse_ray import pool as pool_module
+    from collapse_ray.loop import run_chain
+    from collapse_ray.spec import ChainConfig
+
+    chain = ChainConfig(workflow=name, n_real=6, n_synthetic=5, n_iterations=5, **knobs)
+    rows_path = run_chain(RowsPath(_TextToy()), chain, [7], checkpoint_dir=tmp_path / "rows").table
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("the pool-on-disk loop built a per-row index or selection")
+
+    monkeypatch.setattr(pool_module.DiskPool, "index", property(forbidden))
+    monkeypatch.setattr(pool_module.DiskPool, "selection", forbidden)
+    monkeypatch.setattr(pool_module, "selected_rows", forbidden)
+    on_disk = run_chain(_TextToy(), chain, [7], checkpoint_dir=tmp_path / "disk").table
+    assert len(set(on_disk["test_loss"])) > 1
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(on_disk, rows_path, check_exact=True)
+    # (the rows path writes only the shards a resume needs: a subset)
+    written, kept = _shard_texts(tmp_path / "disk" / "pool"), _shard_texts(tmp_path / "rows" / "pool")
+    assert kept and {path: written.get(path) for path in kept} == kept
 
 
 LOCAL_LM = {"backend": "local", "sampler": "local", "max_length": 48, "n_test": 12, "vocab_size": 300,
