@@ -172,13 +172,15 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
 
     client = client_for(ctx["tracking_uri"])
     datasets = [Dataset(**d) for d in ctx.get("datasets", [])]
-    run_id, finished, grown = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job,
-                                             run_name=config["job"].get("run_name"), datasets=datasets)
+    # the node tag is set again on a retry elsewhere
+    opened_run = open_chain_run(client, ctx["experiment_id"], ctx["sweep_run_id"], job,
+                                run_name=config["job"].get("run_name"), datasets=datasets,
+                                tags={NODE_TAG: ray.get_runtime_context().get_node_id()})
+    run_id, grown = opened_run.run_id, opened_run.grown
     opened = time.time()
-    if finished:  # done before a resume: nothing to redo or relog
+    if opened_run.finished:  # done before a resume: nothing to redo or relog
         tune.report({"iteration": chain.n_iterations, "skipped": 1})
         return
-    client.set_tag(run_id, NODE_TAG, ray.get_runtime_context().get_node_id())  # again on a retry elsewhere
     checkpoint_dir = Path(ctx["sweep_dir"]) / "chains" / job.key
     if grown and not checkpoint_continues(checkpoint_dir):
         # a finished row-path chain keeps no pool: run it again from iteration 1 (identically);
@@ -196,7 +198,7 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
         chain,
         job.seeds,
         checkpoint_dir=checkpoint_dir,
-        sink=MlflowChainSink(client, run_id),
+        sink=MlflowChainSink(client, run_id, created=opened_run.created),
         progress=progress,
     )
     ran = time.time()

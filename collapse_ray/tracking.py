@@ -32,8 +32,9 @@ import tempfile
 import time
 import json
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -642,36 +643,49 @@ def chain_run_tags(job: ChainJob) -> dict[str, str]:
     return {N_ITERATIONS_TAG: str(job.point.chain.n_iterations), SEEDS_TAG: _seed_range(job.seeds)}
 
 
+@dataclass(frozen=True)
+class ChainRun:
+    """A job's child run as open_chain_run found or made it."""
+
+    run_id: str
+    finished: bool  # it already holds every iteration of the job
+    grown: bool  # a finished run that a grown sweep lengthened (opened again)
+    created: bool  # made just now: nothing is logged on it yet
+
+
 def open_chain_run(client, experiment_id: str, parent_run_id: str, job: ChainJob,
-                   run_name: str | None = None, datasets: Sequence = ()) -> tuple[str, bool, bool]:
-    """The job's child run (reused when a retried or resumed trial comes back), whether
-    it already holds every iteration of the job, and whether it is a finished run that a
-    grown sweep lengthened (it is opened again). `run_name`: see cell_run_names (default:
-    the job's key)."""
+                   run_name: str | None = None, datasets: Sequence = (),
+                   tags: Mapping[str, str] | None = None) -> ChainRun:
+    """The job's child run, reused when a retried or resumed trial comes back.
+    `run_name`: see cell_run_names (default: the job's key). `tags` go on the run either
+    way (in the creating call for a new run: one round trip fewer)."""
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{JOB_KEY_TAG}` = '{job.key}'",
         max_results=2,
     )
+    tags = dict(tags or {})
     if found:
         run = found[0]
         through = int(run.data.tags.get(N_ITERATIONS_TAG, job.point.chain.n_iterations))
         if run.info.status == "FINISHED" and through >= job.point.chain.n_iterations:
-            return run.info.run_id, True, False
+            return ChainRun(run.info.run_id, finished=True, grown=False, created=False)
         grown = through < job.point.chain.n_iterations
         if run.info.status == "FINISHED":  # grown: more iterations than it ran
             client.update_run(run.info.run_id, status="RUNNING")
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
         # (the caller sets the new N_ITERATIONS_TAG once the short chain's checkpoint is gone)
-        return run.info.run_id, False, grown
+        return ChainRun(run.info.run_id, finished=False, grown=grown, created=False)
     run = client.create_run(
         experiment_id,
         run_name=run_name or job.key,
         tags={PARENT_TAG: parent_run_id, JOB_KEY_TAG: job.key, "workflow": job.point.chain.workflow,
-              **chain_run_tags(job)},
+              **chain_run_tags(job), **tags},
     )
     _log_params(client, run.info.run_id, chain_run_params(job))
     log_datasets(client, run.info.run_id, datasets)
-    return run.info.run_id, False, False
+    return ChainRun(run.info.run_id, finished=False, grown=False, created=True)
 
 
 LOGGED_TAG = "collapse_ray.logged_through_iteration"
@@ -686,12 +700,15 @@ class MlflowChainSink:
     are found per metric key and not sent again.
     """
 
-    def __init__(self, client, run_id: str):
+    def __init__(self, client, run_id: str, created: bool = False):
         self.client = client
         self.run_id = run_id
+        self.created = created  # the run was made by this trial: nothing is logged on it yet
         self._stored: set[tuple[str, int]] = set()  # (key, step) past the tag, already stored
 
     def last_logged_iteration(self) -> int:
+        if self.created:  # no round trip to learn that a new run holds nothing
+            return 0
         run = self.client.get_run(self.run_id)
         through = int(run.data.tags.get(LOGGED_TAG, 0))
         self._stored = {(key, m.step) for key in run.data.metrics
@@ -699,7 +716,7 @@ class MlflowChainSink:
         return through
 
     def log_iterations(self, seeds: Sequence[int], records: Sequence[tuple[int, Metrics]]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         metrics = []
@@ -710,10 +727,15 @@ class MlflowChainSink:
                 if len(seeds) > 1:
                     metrics.append(Metric(f"{name}_se", se, now, iteration))
         metrics = [m for m in metrics if (m.key, m.step) not in self._stored]
-        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
-        if records:  # every metric of these iterations is stored now
-            self.client.set_tag(self.run_id, LOGGED_TAG, str(records[-1][0]))
+        if not records:
+            return
+        # The tag rides in the last batch: a store writes a batch in one transaction, so
+        # it is set exactly when every metric of these iterations is stored.
+        logged = [RunTag(LOGGED_TAG, str(records[-1][0]))]
+        batches = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)]
+        batches = batches or [[]]  # every metric stored before a crash: the tag alone
+        for i, batch in enumerate(batches):
+            self.client.log_batch(self.run_id, metrics=batch, tags=logged if i == len(batches) - 1 else ())
 
 
     def log_series(self, iteration: int, series: dict[str, Sequence[tuple[int, float]]]) -> None:

@@ -59,3 +59,55 @@ def test_a_kill_between_metric_batches_loses_and_duplicates_nothing(tmp_path):
     assert (lost, duplicated) == (0, 0), (lost, duplicated)
     print(f"\nfault injected: SIGKILL after 1 of 3 metric batches of a checkpoint; metric entries lost: {lost}; "
           f"duplicated: {duplicated}")
+
+
+class CountingClient:
+    """A real MLflow client that counts the calls made through it (round trips to the store)."""
+
+    def __init__(self, client):
+        self._client, self.calls = client, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+        return counted
+
+
+def test_a_new_chain_run_is_opened_and_logged_in_the_fewest_round_trips(tmp_path):
+    """A trial's new run: its tags (the node's too) in the creating call, no read-back of
+    what a new run holds, and the logged-through tag in the last metric batch; the record
+    is still exact (the tag names the last iteration, every step stored once)."""
+    from collapse_ray import tracking
+    from collapse_ray.loop import run_chain
+    from collapse_ray.spec import parse_spec
+    from collapse_ray.tasks import GaussianTask
+
+    client = CountingClient(client_for(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    experiment = client.create_experiment("record")
+    parent = client.create_run(experiment).info.run_id
+    job = parse_spec({"task": {"name": "gaussian", "dim": 2},
+                      "chain": {"n_real": 20, "n_iterations": 4, "checkpoint_every": 2}, "seeds": 2}).jobs()[0]
+    client.calls.clear()
+    opened = tracking.open_chain_run(client, experiment, parent, job, tags={"collapse_ray.ray_node_id": "n1"})
+    assert opened.created and not opened.finished and not opened.grown
+    sink = tracking.MlflowChainSink(client, opened.run_id, created=opened.created)
+    run_chain(GaussianTask(dim=2), job.point.chain, list(job.seeds), checkpoint_dir=tmp_path / "chain", sink=sink)
+    assert "get_run" not in client.calls and "set_tag" not in client.calls, client.calls
+    assert client.calls.count("create_run") == 1
+    run = client.get_run(opened.run_id)
+    assert run.data.tags["collapse_ray.ray_node_id"] == "n1"
+    assert run.data.tags[tracking.LOGGED_TAG] == "4"
+    for key in run.data.metrics:
+        assert sorted(m.step for m in client.get_metric_history(opened.run_id, key)) == [1, 2, 3, 4], key
+
+    # the same job's run found again (a retried trial): the tags are set on it, and the
+    # sink reads back what is logged
+    again = tracking.open_chain_run(client, experiment, parent, job, tags={"collapse_ray.ray_node_id": "n2"})
+    assert again.run_id == opened.run_id and not again.created
+    assert client.get_run(opened.run_id).data.tags["collapse_ray.ray_node_id"] == "n2"
+    assert tracking.MlflowChainSink(client, again.run_id).last_logged_iteration() == 4
