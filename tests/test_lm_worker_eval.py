@@ -5,6 +5,8 @@ to the chain's MLflow run. Real fits of the tiny preset, a real SQLite MLflow st
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,8 @@ def test_ray_train_workers_all_reduce_their_shards_of_the_held_out_loss(tmp_path
     task = PretrainingTask(**{**LOCAL, "backend": "ray_train", "num_workers": 2, "cpus_per_worker": 0.9,
                               "n_test": 21}).with_workdir(tmp_path)  # 21: the shards differ in size
     real = task.real_data(48, [chain_generators(1)[0]])
+    assert backends.HEALTH_CHECK_ENV not in os.environ
     fitted = task.fit(real.train, real.context)
+    assert backends.HEALTH_CHECK_ENV not in os.environ  # the fit's poll interval was for its controller only
     assert fitted.figures["test_loss"] == pytest.approx(_loss_in_this_process(fitted, real.test), rel=1e-5)
     assert np.isfinite(fitted.figures["eval_seconds"])

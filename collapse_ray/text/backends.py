@@ -23,7 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..environment import environment_restored
 from .training import FIGURES_FILE, FitSettings, train_worker
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,13 @@ def _train_on_dataset(settings: FitSettings, dataset, n_examples: int, placement
         datasets={"train": dataset},
         run_config=RunConfig(name=f"fit-{out.name}", storage_path=str(out.parent / "ray_train")),
     )
-    trainer.fit()
+    # The controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's
+    # default 2 s), so a finished fit waited up to that long, several times over, before
+    # returning: about 4 s of the ~13 s an empty fit cost here, against about 1 s at 0.5 s.
+    # A value the user set is kept; the controller reads it from this process's environment.
+    with environment_restored([HEALTH_CHECK_ENV]):
+        os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
+        trainer.fit()
     # rank 0 leaves its figures beside the model (a report without a checkpoint does
     # not reach Result.metrics in Ray Train V2)
     return {**json.loads((out / FIGURES_FILE).read_text()), "train_examples": float(n_examples)}
