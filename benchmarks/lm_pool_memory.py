@@ -15,8 +15,11 @@ where one fit's time goes.
      on_disk    the pool-on-disk hooks (loop.PoolOnDiskTask), as PretrainingTask and
                 SFTTask use them: Ray tasks write the real rows and the samples into the
                 shards, the fit streams the selection (pool.PoolSelection.dataset) in a
-                Ray task as a Ray Train worker streams its shard; the trial holds the index
-   Both tables of test_loss (a stand-in: mean characters per row) must be equal.
+                Ray task as a Ray Train worker streams its shard; the trial holds the pool's
+                blocks and the selection's (DiskPool.select: nothing per row)
+   Both tables of test_loss (a stand-in: mean characters per row) must be equal, and the
+   last line says whether the on-disk trial's peak RSS is flat across the sizes (grows by
+   under FLAT_MB from the smallest pool to the largest).
 2. --fit: one Ray Train fit of the tiny preset (2 workers, DeepSpeed ZeRO-1) on a pool
    selection streamed from the shards, held-out loss on the workers: wall time split into
    data loading (read + tokenize into the object store), training, evaluation, and the
@@ -37,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 CHUNK = 50_000
+FLAT_MB = 5  # a Ray worker's peak RSS varies by a few MB from run to run
 WORDS = np.array("the a cat dog saw ran big small happy sad tree park ball sun moon and then".split())
 
 
@@ -180,10 +184,14 @@ import benchmarks.lm_pool_memory as bench
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 import ray.data
 ray.data.DataContext.get_current().enable_progress_bars = False
-# a fresh worker process per trial (max_calls=1), as Tune starts a trial actor
-trial = ray.remote(num_cpus=0.01, max_calls=1)(bench.run_trial)
 for rows in map(int, sys.argv[2:]):
     for mode in ("in_memory", "on_disk"):
+        # A fresh worker process per trial, as Tune starts a trial actor: max_calls=1 ends
+        # it after the trial, and a runtime env of its own (inherited by the Ray tasks it
+        # starts) keeps it out of the idle workers that earlier trials' Ray tasks leave,
+        # whose peak RSS (a 1M-row shard writer's) it would otherwise report as its own.
+        trial = ray.remote(num_cpus=0.01, max_calls=1,
+                           runtime_env={"env_vars": {"LM_POOL_MEMORY_TRIAL": f"{rows}-{mode}"}})(bench.run_trial)
         bench.reset_peak_rss()
         with tempfile.TemporaryDirectory() as tmp:
             out = ray.get(trial.remote(rows, mode == "on_disk", tmp + "/chain"))
@@ -233,7 +241,7 @@ def fit_breakdown() -> None:
         target = pool.target(0, "real")
         real = task.real_data_on_disk(512, [chain_generators(0)[0]], target)
         pool.added(target)
-        selection = pool.selection(make_workflow("replace").select(pool.index, 1, [np.random.default_rng(0)]))
+        selection = pool.select(make_workflow("replace"), 1, [np.random.default_rng(0)])
         figures = task.fit_on_disk(selection, real.context).figures
     total, data = figures["fit_seconds"], figures["data_seconds"]
     train, evaluation = figures["train_seconds"], figures["eval_seconds"]
@@ -252,11 +260,19 @@ def main() -> None:
     print("peak RSS (MB) of a 2-iteration accumulate chain whose second fit sees the whole pool")
     print(f"{'pool rows':>10} {'trial in_memory':>16} {'trial on_disk':>14} {'driver in_memory':>17} "
           f"{'driver on_disk':>15}")
-    figures = measure(args.rows)
+    figures, disks = measure(args.rows), []
     for memory, disk in zip(figures, figures):  # in_memory then on_disk, per size
         assert memory["test_loss"] == disk["test_loss"], (memory["test_loss"], disk["test_loss"])
         print(f"{memory['rows']:>10} {memory['peak_mb']:>16.0f} {disk['peak_mb']:>14.0f} "
               f"{memory['driver_mb']:>17.0f} {disk['driver_mb']:>15.0f}", flush=True)
+        disks.append(disk)
+    if len(disks) > 1:
+        first, last = disks[0], disks[-1]
+        grown = last["peak_mb"] - first["peak_mb"]
+        per_row = grown * 2**20 / (last["rows"] - first["rows"])
+        print(f"trial on_disk: {grown:+.0f} MB from {first['rows']:,} to {last['rows']:,} rows "
+              f"({per_row:.1f} B a row): {'flat' if abs(grown) < FLAT_MB else 'NOT flat'} "
+              f"(driver {last['driver_mb'] - first['driver_mb']:+.0f} MB)")
     if args.fit:
         fit_breakdown()
 
