@@ -35,10 +35,11 @@ state is restored) yet not logged again.
 
 Pool on disk: a task with the PoolOnDiskTask hooks (language models) never sees rows.
 Its pool is the chain's hive-partitioned Parquet (`<checkpoint_dir>/pool`, on the
-storage the sweep shares), and the loop holds only the index (pool.DiskPool): it gives
-the task a `ShardTarget` to write its real rows and each iteration's samples into, and
-a `PoolSelection` handle (root, index, selection, chain) to fit on, which the task's
-workers stream. Toy tasks keep the in-memory ArrayPool.
+storage the sweep shares), and the loop holds only its blocks (pool.DiskPool: iteration,
+source and rows per block, nothing per row): it gives the task a `ShardTarget` to write
+its real rows and each iteration's samples into, and a `PoolSelection` handle (the
+workflow's selection made block by block: whole shards, or a subsample's row ids) to
+fit on, which the task's workers stream. Toy tasks keep the in-memory ArrayPool.
 """
 
 from __future__ import annotations

@@ -333,7 +333,7 @@ def test_a_language_model_chain_on_disk_equals_its_rows_path_and_resumes_exactly
 
 
 @pytest.mark.ray
-def test_the_trial_holds_the_index_not_the_rows(tmp_path, local_ray):
+def test_the_trial_holds_the_pools_blocks_not_its_rows(tmp_path, local_ray):
     """Through the real loop in a Ray task (a trial): a 2-iteration accumulate chain whose
     second fit sees 200k rows (~33 MB of text). On the rows path the trial's peak RSS
     grows by more than the text (~100 MB); with the pool on disk (Ray tasks write and

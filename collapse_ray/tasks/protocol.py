@@ -167,7 +167,7 @@ class ReportsFitCurve(Protocol):
 @runtime_checkable
 class PoolOnDiskTask(Protocol):
     """The task's rows live in the pool's Parquet shards, never in the trial process (language models,
-    whose pools reach tens of GB). The loop then holds only the pool's index (pool.DiskPool). Unbatched
+    whose pools reach tens of GB). The loop then holds only the pool's blocks (pool.DiskPool). Unbatched
     row-path tasks only."""
 
     def real_data_on_disk(self, n_real: int, rngs: Sequence[np.random.Generator],
@@ -177,7 +177,7 @@ class PoolOnDiskTask(Protocol):
 
     def fit_on_disk(self, selection: PoolSelection, context: Any) -> Any:
         """The loop, each iteration: as fit, on the rows the handle names (pool.PoolSelection: root,
-        index, selection, chain); the task's workers stream them from the shards."""
+        the shards and the rows taken from each, chain); the task's workers stream them from the shards."""
 
     def sample_on_disk(self, model: Any, n: int, rngs: Sequence[np.random.Generator], context: Any,
                        target: ShardTarget) -> None:

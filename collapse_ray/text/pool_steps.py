@@ -1,6 +1,6 @@
 """The language-model tasks' steps on a pool that lives on disk (loop.PoolOnDiskTask).
 
-The trial process that runs the chain loop holds the pool's index, never its rows:
+The trial process that runs the chain loop holds the pool's blocks, never its rows:
 - real rows: loaded (and the tokenizer trained on them) in a Ray task, which writes
   them into the pool's iteration-0 shard and returns only the held-out examples and
   the chain's context;
