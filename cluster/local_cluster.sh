@@ -112,8 +112,10 @@ start() {
     >"$SHARED/logs/ray-head.log" 2>&1 &
   echo $! >"$SHARED/ray.pid"
 
-  # One worker process is plenty for a rehearsal; artifacts are proxied by the server.
-  setsid mlflow server --host "$LOOPBACK" --port "$MLFLOW_PORT" --workers 1 \
+  # One worker process is plenty for a rehearsal; artifacts are proxied by the server. No
+  # job runner: collapse_ray submits no MLflow jobs (GenAI evaluations), and its seven huey
+  # processes took ~1.6 GB and seconds of CPU at every start.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid mlflow server --host "$LOOPBACK" --port "$MLFLOW_PORT" --workers 1 \
     --backend-store-uri "sqlite:///$SHARED/mlflow.db" \
     --artifacts-destination "$SHARED/mlflow-artifacts" \
     >"$SHARED/logs/mlflow.log" 2>&1 &

@@ -34,7 +34,7 @@ from collapse_ray.tracking import (
     ui_url,
 )
 from collapse_ray.validation import SpecError
-from tests.helpers import free_ports
+from tests.helpers import free_ports, mlflow_server_env
 
 SCREENSHOTS = Path(os.environ.get("COLLAPSE_RAY_SCREENSHOTS", "/tmp/collapse_ray_screenshots"))
 HEADER = "# tinyui: does replace collapse where accumulate_subsample holds? (a test's sweep)"
@@ -169,7 +169,7 @@ def ui_server(grown_sweep):
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{grown / 'mlflow.db'}"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=mlflow_server_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
