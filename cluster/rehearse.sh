@@ -14,8 +14,7 @@
 # rehearsal/actors.json, nodes.json and jobs.json (Ray's own record of which node ran every
 # trial, Ray Train worker and sampling actor, and of each job), rehearsal/jobs.txt (job id
 # per spec), rehearsal/overrides.json (spec -> its --set values), logs/.
-# Settings (environment): REHEARSAL_SPECS (default all three, e.g. "sft_helpsteer2"),
-# REHEARSAL_PARALLEL (0: one job after another; 1: all at once), STANDIN_HELPSTEER2,
+# Settings (environment): REHEARSAL_SPECS (default all three, e.g. "sft_helpsteer2"), STANDIN_HELPSTEER2,
 # STANDIN_TINYSTORIES, STANDIN_GEMMA2 (stand-ins built already), and those of
 # cluster/local_cluster.sh (ports default to free ones here). It stops only
 # what it started (cluster/local_cluster.sh stop: recorded process groups), never `ray stop`.
@@ -95,23 +94,15 @@ submit() {  # submit SPEC: one `ray job submit` of the spec file named SPEC, its
 
 : >"$REPORT/jobs.txt"
 started=$SECONDS
-# One job after another by default: three at once held ~12 GB here (every trial, Ray Train
-# worker and sampling actor is a process with torch loaded), more than a shared 23 GB
-# machine has spare, and Ray's memory monitor then kills workers. REHEARSAL_PARALLEL=1
-# submits them at once, as a cluster with the memory would take them.
+# One job after another: on 2 cores, all three at once took as long (730 s against 696 s
+# for the whole test) and held ~12 GB, and a machine with less spare memory has Ray's
+# memory monitor kill workers.
 failed=0
 report_job() {  # report_job SPEC RC
   if [[ $2 == 0 ]]; then echo "$1: job succeeded" >&2
   else failed=1; echo "$1: job FAILED; its log: $SHARED/logs/job-$1.log" >&2; tail -n 30 "$SHARED/logs/job-$1.log" >&2; fi
 }
-if [[ ${REHEARSAL_PARALLEL:-0} == 1 ]]; then
-  pids=()
-  for spec in $SPECS; do submit "$spec" & pids+=($!); done
-  i=0
-  for spec in $SPECS; do rc=0; wait "${pids[$i]}" || rc=$?; report_job "$spec" "$rc"; i=$((i + 1)); done
-else
-  for spec in $SPECS; do rc=0; submit "$spec" || rc=$?; report_job "$spec" "$rc"; done
-fi
+for spec in $SPECS; do rc=0; submit "$spec" || rc=$?; report_job "$spec" "$rc"; done
 echo "jobs took $((SECONDS - started)) s" >&2
 
 # Ray's own record of where everything ran (while the cluster is still up), and the tables
