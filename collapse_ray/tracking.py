@@ -729,8 +729,10 @@ class MlflowChainSink:
         metrics = [m for m in metrics if (m.key, m.step) not in self._stored]
         if not records:
             return
-        # The tag rides in the last batch: a store writes a batch in one transaction, so
-        # it is set exactly when every metric of these iterations is stored.
+        # The tag rides in the last batch: MLflow's SQL store (behind a tracking server
+        # too) commits a batch's metrics before its tags, so the tag is set only once every
+        # metric of these iterations is stored; a crash between the two leaves metrics
+        # past the tag, which last_logged_iteration finds and never sends again.
         logged = [RunTag(LOGGED_TAG, str(records[-1][0]))]
         batches = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)]
         batches = batches or [[]]  # every metric stored before a crash: the tag alone
