@@ -735,7 +735,11 @@ class MlflowChainSink:
         # past the tag, which last_logged_iteration finds and never sends again.
         logged = [RunTag(LOGGED_TAG, str(records[-1][0]))]
         batches = [metrics[i : i + MAX_METRICS_PER_BATCH] for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)]
-        batches = batches or [[]]  # every metric stored before a crash: the tag alone
+        if not batches or len(batches[-1]) + len(logged) > MAX_METRICS_PER_BATCH:
+            # the tag alone: every metric stored before a crash, or a full last batch (a
+            # batch holds 1,000 entities, and MLflow's client would split an overfull one
+            # and send the tag before the metrics that did not fit)
+            batches.append([])
         for i, batch in enumerate(batches):
             self.client.log_batch(self.run_id, metrics=batch, tags=logged if i == len(batches) - 1 else ())
 

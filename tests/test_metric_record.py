@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 from collapse_ray.tracking import client_for
 
 RUNNER = textwrap.dedent("""
@@ -111,3 +113,28 @@ def test_a_new_chain_run_is_opened_and_logged_in_the_fewest_round_trips(tmp_path
     assert again.run_id == opened.run_id and not again.created
     assert client.get_run(opened.run_id).data.tags["collapse_ray.ray_node_id"] == "n2"
     assert tracking.MlflowChainSink(client, again.run_id).last_logged_iteration() == 4
+
+
+def test_the_logged_through_tag_never_goes_before_a_metric_of_its_iterations(tmp_path):
+    """1,000 metrics exactly (one full batch): the tag cannot ride in that batch (a batch
+    holds 1,000 entities; MLflow's client would split it and store the tag with the first
+    999), so it follows on its own, after the store holds every metric."""
+    from collapse_ray import tracking
+
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("record")).info.run_id
+    store = client._tracking_client.store  # observed, not replaced: every call goes through
+    stored, real_log_batch = [], store.log_batch
+
+    def observed(run_id, metrics, params, tags):
+        stored.append((len(metrics), [t.key for t in tags]))
+        return real_log_batch(run_id=run_id, metrics=metrics, params=params, tags=tags)
+
+    store.log_batch = observed
+    records = [(t, {f"m{k}": np.array([float(t + k)]) for k in range(10)}) for t in range(1, 101)]
+    sink = tracking.MlflowChainSink(client, run_id, created=True)
+    sink.log_iterations([0], records)  # 10 metrics x 100 iterations, one seed (no standard errors)
+    assert sum(n for n, _ in stored) == 1000
+    tagged = [i for i, (_, keys) in enumerate(stored) if tracking.LOGGED_TAG in keys]
+    assert tagged == [len(stored) - 1] and all(n == 0 for n, keys in stored[tagged[0]:])
+    assert client.get_run(run_id).data.tags[tracking.LOGGED_TAG] == "100"
