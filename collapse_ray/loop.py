@@ -155,9 +155,10 @@ def run_chain(
     generators = [chain_generators(s) for s in seeds]
     data_rngs = [g[0] for g in generators]
 
-    state, manifest = _load_checkpoint(ckpt)
-    continues = ckpt is not None and state is not None and checkpoint_continues(ckpt)
-    if state is not None and not _finished(state, chain.n_iterations) and _ended(ckpt) and not continues:
+    state, manifest, document = _load_checkpoint(ckpt)
+    continues = state is not None and bool(document.get("continues", False))
+    ended_before = state is not None and bool(document.get("ended", False))
+    if state is not None and not _finished(state, chain.n_iterations) and ended_before and not continues:
         raise ValueError(f"{ckpt / CHECKPOINT_FILE}: the chain finished at iteration {state.iteration} and keeps "
                          f"no pool to continue to {chain.n_iterations} from; remove the folder to rerun it")
     if pool_dir is not None and pool_dir.exists():
@@ -172,7 +173,7 @@ def run_chain(
     # kept anyway (chain.persist_pool; not a language model's, whose extra draw is a whole
     # generation pass). Other pools are not kept once a chain finishes.
     continuable = state.stopped_at is None and (by_statistics or (chain.persist_pool and not on_disk))
-    if on_disk:  # the shards are the pool; only the index is held here
+    if on_disk:  # the shards are the pool; only its blocks are held here
         if fresh or _finished(state, chain.n_iterations):
             pool = DiskPool(pool_dir, seeds, keep_history=keep_history)
         else:  # exactly the shards the checkpoint lists, each checked against its hash
@@ -381,7 +382,7 @@ def check_checkpoint(checkpoint_dir: str | Path, seeds: Sequence[int]) -> None:
     from .pool import check_manifest, check_shards
 
     ckpt = Path(checkpoint_dir)
-    state, manifest = _load_checkpoint(ckpt)
+    state, manifest, _ = _load_checkpoint(ckpt)
     if state is not None and len(state.rngs) != len(seeds):
         raise ValueError(f"{ckpt / CHECKPOINT_FILE} holds {len(state.rngs)} chains, expected {len(seeds)}")
     if (ckpt / "pool").exists():
@@ -401,10 +402,6 @@ def checkpoint_continues(checkpoint_dir: str | Path) -> bool:
     return bool(_document(Path(checkpoint_dir)).get("continues", False))
 
 
-def _ended(ckpt: Path) -> bool:
-    return bool(_document(ckpt).get("ended", False))
-
-
 def _document(ckpt: Path) -> dict:
     from . import state_file
 
@@ -417,15 +414,16 @@ def _document(ckpt: Path) -> dict:
     return document if isinstance(document, dict) else {}
 
 
-def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | None]:
-    """The chain state and the pool manifest stored with it ((None, None) if none)."""
+def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | None, dict]:
+    """The chain state, the pool manifest stored with it and the whole JSON document
+    (its "ended" and "continues" flags: see _save_state); (None, None, {}) if none."""
     from . import state_file
 
     if ckpt is None or not (ckpt / CHECKPOINT_FILE).exists():
         for legacy in ckpt.glob("checkpoint.pkl") if ckpt is not None else ():
             raise ValueError(f"{legacy} is a pickle, which collapse_ray no longer reads (unpickling a file "
                              f"can run code); start the sweep afresh")
-        return None, None
+        return None, None, {}
     try:
         state, document = state_file.load(ckpt / CHECKPOINT_FILE)
     except state_file.CheckpointFormatError as err:
@@ -433,7 +431,7 @@ def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | Non
     manifest = document.get("pool")
     if not isinstance(state, _State) or not isinstance(manifest, list):
         raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a chain checkpoint (holds {type(state).__name__})")
-    return state, manifest
+    return state, manifest, document
 
 
 def _save_state(ckpt: Path, state: _State, manifest: list[dict], ended: bool = False, continues: bool = False) -> None:

@@ -61,8 +61,9 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
                 context: TextContext) -> FittedLM:
     """Fit on the selected rows. In-process backend: read here in the selection's order,
     then fit_texts (the rows path's fit, bit for bit). Ray Train: the workers stream the
-    rows; the fit is stored under a key of the selection's content (shard sha256s and
-    row ids), so a resumed iteration finds it again."""
+    rows; the fit is stored under a key of the selection's content (PoolSelection.digest:
+    shard sha256s, whole shards' row ranges, a subsample's row ids), so a resumed
+    iteration finds it again."""
     if settings.backend == "local" or len(selection) == 0:
         return fit_texts(settings, workdir, selection.read(TEXT)["text"] if len(selection) else [], context)
     key = fit_key(settings, "pool:" + selection.digest(), context)
