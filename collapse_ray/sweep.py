@@ -46,6 +46,7 @@ from ray import tune
 from ray.tune import Callback
 
 from .spec import ChainJob, SweepSpec
+from .tasks.protocol import SHARED_FOLDER, SharesFits
 from .validation import SpecError
 
 SWEEP_FILE = "sweep.json"
@@ -193,8 +194,11 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
         if chain.checkpoints_at(t) and t < total:
             tune.report({"iteration": t, "skipped": 0})
 
+    task = job.point.task
+    if isinstance(task, SharesFits):  # fits kept where the sweep's other chains find them
+        task = task.with_shared_dir(Path(ctx["sweep_dir"]) / "chains" / SHARED_FOLDER)
     result = run_chain(
-        job.point.task,
+        task,
         chain,
         job.seeds,
         checkpoint_dir=checkpoint_dir,
@@ -436,7 +440,7 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
         for point in spec.points:  # files every cell reads (e.g. sft's synthetic pools), made once, here
             prepare = getattr(point.task, "prepare_sweep", None)
             if prepare is not None:
-                prepare(sweep_dir / "chains" / "_shared")
+                prepare(sweep_dir / "chains" / SHARED_FOLDER)
         trainable = tune.with_resources(tune.with_parameters(chain_trial, jobs={j.key: j for j in jobs}),
                                         {"cpu": spec.run.cpus_per_trial})
         run_names = cell_run_names(jobs)

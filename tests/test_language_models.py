@@ -151,6 +151,72 @@ def test_a_fit_is_stored_and_reused_by_its_training_set(tmp_path):
     assert other.model_dir != first.model_dir
 
 
+def test_chains_share_the_fits_they_would_make_alike_and_give_the_same_results(tmp_path):
+    """With the sweep's shared folder, every workflow's iteration 1 is one fit (here also
+    across a sampling setting, which no fit reads); iteration 2's training sets differ,
+    so do their fits. Each chain's table is what it gives with fits of its own."""
+    settings = {**LOCAL, "epochs": 1}
+    chains = {"rep": ("replace", 1.0), "acc": ("accumulate", 0.7)}
+
+    def run(name, shared):
+        workflow, temperature = chains[name]
+        task = PretrainingTask(**settings, temperature=temperature)
+        if shared is not None:
+            task = task.with_shared_dir(shared)
+        config = ChainConfig(workflow=workflow, n_real=48, n_iterations=2)
+        return run_chain(task, config, seeds=[5], checkpoint_dir=tmp_path / ("shared" if shared else "own") / name)
+
+    shared = tmp_path / "shared" / "_shared"
+    together = {name: run(name, shared) for name in chains}
+    fits = sorted(p.parent.name for p in (shared / "fits").glob("*/fit.json"))
+    assert len(fits) == 3, fits  # 2 chains x 2 iterations, iteration 1 once
+    assert not list((shared / "fits").glob(".*")), "no attempt folder is left behind"
+    assert not list((tmp_path / "shared").glob("*/task/models")), "no chain keeps fits of its own"
+    for name in chains:
+        alone = run(name, None)
+        assert alone.table.test_loss.tolist() == together[name].table.test_loss.tolist(), name
+    assert together["rep"].table.test_loss.iloc[0] == together["acc"].table.test_loss.iloc[0]
+    assert together["rep"].table.test_loss.iloc[1] != together["acc"].table.test_loss.iloc[1]
+
+
+def test_a_fit_key_reads_the_fitting_settings_not_the_sampling_ones(tmp_path):
+    from collapse_ray.text.steps import TextContext, fit_key
+
+    context = TextContext(str(tmp_path), seed=1, held_out=(np.arange(5),))
+    key = fit_key(PretrainingTask(**LOCAL), "texts", context)
+    assert fit_key(PretrainingTask(**LOCAL, temperature=0.5, generation="fixed_length", sampling_concurrency=1),
+                   "texts", context) == key
+    assert fit_key(SFTTask(**LOCAL), "texts", context) == fit_key(SFTTask(**LOCAL, value_pool=2, value_synthetic=0),
+                                                                   "texts", context)
+    for changed in ({"learning_rate": 0.01}, {"epochs": 2}, {"num_workers": 1}, {"max_length": 32}):
+        assert fit_key(PretrainingTask(**{**LOCAL, **changed}), "texts", context) != key, changed
+    assert fit_key(PretrainingTask(**LOCAL), "other texts", context) != key
+    assert fit_key(PretrainingTask(**LOCAL), "texts", TextContext(str(tmp_path), seed=2, held_out=(np.arange(5),))) != key
+    assert fit_key(PretrainingTask(**LOCAL), "texts", TextContext(str(tmp_path), seed=1, held_out=(np.arange(4),))) != key
+
+
+def test_a_fit_appears_whole_and_the_first_of_two_alike_wins(tmp_path):
+    from collapse_ray.text.steps import publish_fit
+
+    def fit_into(value):
+        def write(folder):
+            folder.mkdir(parents=True)
+            (folder / "model.bin").write_text(value)
+            return {"value": value}
+        return write
+
+    out = tmp_path / "fits" / "key"
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")  # a fit that stopped part-way, fitted in place by an earlier version
+    assert publish_fit(out, fit_into("first")) == {"value": "first"}
+    # a chain that fitted the same key at the same time finds the first one there and keeps it
+    assert publish_fit(out, fit_into("second")) == {"value": "first"}
+    assert (out / "model.bin").read_text() == "first" and not (out / "config.json").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["key"]
+    assert publish_fit(tmp_path / "fits" / "none", lambda folder: None) is None
+    assert sorted(p.name for p in out.parent.iterdir()) == ["key"]
+
+
 def test_encode_adds_bos_and_eos_and_drops_or_cuts_long_examples(tmp_path):
     from collapse_ray.text.models import train_tokenizer
 

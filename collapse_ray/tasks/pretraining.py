@@ -42,6 +42,7 @@ class PretrainingTask(LanguageModelSettings):
     """(B)'s generation strategies: from BOS until EOS; from BOS plus the first token
     of a real story (drawn by how often stories start with it, kept in the sample); or
     a fixed max_length tokens from BOS (EOS suppressed)."""
+    not_in_fit: ClassVar[frozenset[str]] = LanguageModelSettings.not_in_fit | {"generation"}  # sampling only
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -61,6 +62,9 @@ class PretrainingTask(LanguageModelSettings):
 
     def with_workdir(self, workdir) -> PretrainingTask:
         return settings.with_workdir(self, workdir)
+
+    def with_shared_dir(self, shared_dir) -> PretrainingTask:
+        return settings.with_shared_dir(self, shared_dir)
 
     def source_columns(self) -> tuple[str, ...]:
         return ("text",)

@@ -138,6 +138,10 @@ class SizesState(Protocol):
         """Spec time, in the memory pre-check: bytes a fitted state takes beyond the pool (e.g. a d x d covariance)."""
 
 
+SHARED_FOLDER = "_shared"
+"""Beside a sweep's chain folders (chains/_shared): the files its chains share (PreparesSweep, SharesFits)."""
+
+
 @runtime_checkable
 class PreparesSweep(Protocol):
     def prepare_sweep(self, shared_dir: Path) -> None:
@@ -148,6 +152,13 @@ class PreparesSweep(Protocol):
 class KeepsFiles(Protocol):
     def with_workdir(self, workdir: Path) -> Task:
         """The loop, at a chain's start when it checkpoints: the task that keeps its files (tokenizers, models) there."""
+
+
+@runtime_checkable
+class SharesFits(Protocol):
+    def with_shared_dir(self, shared_dir: Path) -> Task:
+        """A sweep's trial, before its chain starts: the task that keeps its fits in the sweep's shared folder,
+        where chains whose fits would be the same one (each workflow's iteration 1) find it."""
 
 
 @runtime_checkable
@@ -204,8 +215,8 @@ class RecordsSubset(Protocol):
 
 
 OPTIONAL_HOOKS: tuple[type, ...] = (
-    Validated, ChecksChain, ChecksRun, ChecksCluster, FitsEmptyTrainingSet, SizesState, PreparesSweep, KeepsFiles,
-    PoolOnDiskTask, DrawsIterations, ReportsFitCurve, StopsEarly, RecordsSubset,
+    Validated, ChecksChain, ChecksRun, ChecksCluster, FitsEmptyTrainingSet, SizesState, PreparesSweep, SharesFits,
+    KeepsFiles, PoolOnDiskTask, DrawsIterations, ReportsFitCurve, StopsEarly, RecordsSubset,
 )
 """Every optional hook a task may offer, in the order a sweep meets them."""
 

@@ -46,10 +46,9 @@ from ..text.models import load_tokenizer
 from ..text.settings import LanguageModelSettings
 from ..text.steps import TextContext, as_rows, chain_seed, encode
 from ..validation import SpecError, check_min, fail, require
-from .protocol import Metrics, RealData, Rows
+from .protocol import SHARED_FOLDER, Metrics, RealData, Rows
 
 USER, ASSISTANT = "user: ", "\nassistant: "
-SHARED_FOLDER = "_shared"  # beside the chains' folders: files every chain of a sweep reads
 MAX_SAMPLING_ROUNDS = 30
 MAX_DRAWS_PER_SAMPLE = 20  # a model that parses under 1 in 20 is not worth waiting on
 
@@ -97,6 +96,10 @@ class SFTTask(LanguageModelSettings):
 
     # an empty training set is meaningful here: the base model, evaluated untrained
     fits_empty_training_set: ClassVar[bool] = True
+    # the value-grid fields shape a cell's training set, which keys its fit already: a
+    # cell with no synthetic rows fits what the same n_real fits in every pool's column
+    not_in_fit: ClassVar[frozenset[str]] = LanguageModelSettings.not_in_fit | {
+        "value_pool_size", "value_pool_real", "n_value_pools", "value_pool", "value_synthetic"}
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -127,6 +130,9 @@ class SFTTask(LanguageModelSettings):
 
     def with_workdir(self, workdir) -> SFTTask:
         return settings.with_workdir(self, workdir)
+
+    def with_shared_dir(self, shared_dir) -> SFTTask:
+        return settings.with_shared_dir(self, shared_dir)
 
     def _check_local_test_set(self) -> None:
         """A local source is read at spec time: asking for more test rows than fit in

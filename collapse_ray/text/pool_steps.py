@@ -27,7 +27,8 @@ from ..pool import PoolSelection, ShardTarget, ShardWriter
 from ..tasks.protocol import RealData
 from . import backends
 from .settings import LanguageModelSettings, placement
-from .steps import FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, initial_model
+from .steps import (FIT_FILE, FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_model,
+                    publish_fit)
 
 TEXT = ("text",)
 
@@ -63,25 +64,29 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
     then fit_texts (the rows path's fit, bit for bit). Ray Train: the workers stream the
     rows; the fit is stored under a key of the selection's content (PoolSelection.digest:
     shard sha256s, whole shards' row ranges, a subsample's row ids), so a resumed
-    iteration finds it again."""
+    iteration, or another chain whose selection holds the same rows, finds it again."""
     if settings.backend == "local" or len(selection) == 0:
         return fit_texts(settings, workdir, selection.read(TEXT)["text"] if len(selection) else [], context)
     key = fit_key(settings, "pool:" + selection.digest(), context)
-    out = Path(workdir) / "models" / key
-    figures_file = out / "fit.json"
-    if figures_file.exists():
-        return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
-    fit_settings = fit_settings_for(settings, context, out, key, None)
-    start = time.perf_counter()
-    figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), placement(settings),
-                                           settings.max_length, settings.long_rows == "drop", context.held_out)
-    figures["fit_seconds"] = time.perf_counter() - start
-    if not figures.get("train_examples"):  # every row dropped as too long: the initial model
+    out = fits_folder(settings, workdir) / key
+    if (out / FIT_FILE).exists():
+        return FittedLM(str(out), context.tokenizer_dir, json.loads((out / FIT_FILE).read_text()))
+
+    def fit_into(folder: Path) -> dict | None:
+        fit_settings = fit_settings_for(settings, context, folder, key, None)
+        start = time.perf_counter()
+        figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), placement(settings),
+                                               settings.max_length, settings.long_rows == "drop", context.held_out)
+        if not figures.get("train_examples"):  # every row dropped as too long: nothing fitted
+            return None
+        return {**figures, "fit_seconds": time.perf_counter() - start}
+
+    figures = publish_fit(out, fit_into)
+    if figures is None:  # the initial model
         from .models import load_tokenizer
 
         return FittedLM(initial_model(settings, load_tokenizer(context.tokenizer_dir), context, out),
                         context.tokenizer_dir, {})
-    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
     return FittedLM(str(out), context.tokenizer_dir, figures)
 
 

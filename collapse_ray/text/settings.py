@@ -18,7 +18,7 @@ import secrets
 import tempfile
 from dataclasses import InitVar, asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..validation import SpecError, check_finite_positive, check_min, fail, require
 from . import backends
@@ -108,13 +108,25 @@ class LanguageModelSettings:
     """Not a setting (and no spec key: an InitVar is no field, so neither parsed nor
     logged): the folder the task keeps its files in (tokenizer, fitted models), given
     by the loop through `with_workdir`; None: a scratch folder of its own."""
+    shared_dir: InitVar[str | Path | None] = None
+    """Not a setting either: the sweep's folder of files its chains share, given by the
+    sweep through `with_shared_dir`. Fits go there (fits/<key>), so chains whose
+    training sets and fitting settings agree (every workflow's iteration 1, a value
+    grid's cells without synthetic rows) fit once; None: fits stay in the workdir."""
 
-    def __post_init__(self, workdir: str | Path | None) -> None:
-        # set once, while the object is being built (the frozen-dataclass idiom), as an
-        # attribute that `replace` carries over; a scratch folder is only named here and
-        # made when a step first writes into it
+    not_in_fit: ClassVar[frozenset[str]] = frozenset({
+        "temperature", "top_p", "sampling_batch_size", "sampler", "sampling_concurrency", "cpus_per_worker"})
+    """Fields a fit does not depend on (sampling, and how many CPUs a worker holds):
+    left out of the fit's key. Everything else enters it, so a new field keys fits
+    apart until it is listed here (safe: sharing is lost, never wrong)."""
+
+    def __post_init__(self, workdir: str | Path | None, shared_dir: str | Path | None) -> None:
+        # set once, while the object is being built (the frozen-dataclass idiom); `replace`
+        # does not carry InitVars over, so with_workdir/with_shared_dir pass both on. A
+        # scratch folder is only named here and made when a step first writes into it
         folder = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / f"collapse_ray-{secrets.token_hex(6)}"
         object.__setattr__(self, "workdir", folder)
+        object.__setattr__(self, "shared_dir", Path(shared_dir) if shared_dir is not None else None)
 
     def validate(self, where: str) -> None:
         require(isinstance(self.source, str) and self.source.strip() != "", f"{where}.source",
@@ -212,7 +224,12 @@ def _looks_like_path(value: str) -> bool:
 def with_workdir(settings, workdir: str | Path):
     """A new copy that keeps its files (tokenizer, fitted models) under `workdir`: the
     chain's checkpoint folder, so a resumed chain finds them again."""
-    return replace(settings, workdir=Path(workdir))
+    return replace(settings, workdir=Path(workdir), shared_dir=settings.shared_dir)
+
+
+def with_shared_dir(settings, shared_dir: str | Path):
+    """A new copy that keeps its fits under `shared_dir`/fits, shared by the sweep's chains."""
+    return replace(settings, workdir=settings.workdir, shared_dir=Path(shared_dir))
 
 
 def placement(settings: LanguageModelSettings) -> backends.Placement:
@@ -235,6 +252,12 @@ def resolved_precision(settings: LanguageModelSettings) -> str:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16"
     return "fp32"
+
+
+def fit_digest(settings: LanguageModelSettings) -> str:
+    """Identifies what a fit depends on among the settings: every field but `not_in_fit`."""
+    fields = {k: v for k, v in asdict(settings).items() if k not in settings.not_in_fit}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def config_digest(settings: LanguageModelSettings) -> str:

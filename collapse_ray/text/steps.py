@@ -2,8 +2,9 @@
 
 `settings.py` holds what a language-model task is configured with; this module holds
 what both tasks do with it on the rows path: the chain's tokenizer, encoding, the fit
-(stored under the workdir, keyed so a resumed iteration reuses it), evaluation and
-sampling. `pool_steps.py` has the same steps on a pool that lives on disk. The tasks
+(stored under a key of what it depends on, in the sweep's shared folder or the
+workdir: a resumed iteration, and any chain whose fit is the same, reuses it),
+evaluation and sampling. `pool_steps.py` has the same steps on a pool that lives on disk. The tasks
 (tasks/pretraining.py, tasks/sft.py) call them explicitly.
 """
 
@@ -12,6 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import secrets
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +24,10 @@ import numpy as np
 
 from . import backends
 from .models import is_preset, load_tokenizer, train_tokenizer
-from .settings import LanguageModelSettings, config_digest, placement, resolved_precision, resolved_warmup_ratio
+from .settings import LanguageModelSettings, fit_digest, placement, resolved_precision, resolved_warmup_ratio
 from .training import FitSettings, token_loss
+
+FIT_FILE = "fit.json"  # a fit's figures, in its folder: the folder is a finished fit
 
 
 @dataclass(frozen=True)
@@ -79,33 +86,73 @@ def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarra
 def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: TextContext) -> FittedLM:
     """Fit the model named in `settings` from its initial weights on `texts`.
 
-    The fitted model is stored under the workdir keyed by the training set and the
-    fitting configuration, so an iteration resumed after a crash in its sampling step
-    reuses its fit instead of paying for it again. The fit's seed derives from the
-    chain's seed and the same key: reproducible, and different per iteration.
+    The fitted model is stored under a key of everything the fit depends on (fit_key),
+    in the sweep's shared folder when there is one (fits_folder): an iteration resumed
+    after a crash in its sampling step reuses its fit, and so does every chain whose
+    fit would be the same one (each workflow's iteration 1). The fit's seed derives
+    from the same key: reproducible, and different per iteration.
     """
     texts = [str(t) for t in texts]
     key = fit_key(settings, "\x00".join(texts), context)
-    out = Path(workdir) / "models" / key
-    figures_file = out / "fit.json"
-    if figures_file.exists():
-        return FittedLM(str(out), context.tokenizer_dir, json.loads(figures_file.read_text()))
+    out = fits_folder(settings, workdir) / key
+    if (out / FIT_FILE).exists():
+        return FittedLM(str(out), context.tokenizer_dir, json.loads((out / FIT_FILE).read_text()))
     tokenizer = load_tokenizer(context.tokenizer_dir)
     examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
     if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
         return FittedLM(initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
-    fit_settings = fit_settings_for(settings, context, out, key, len(examples))
-    figures = backends.fit(fit_settings, examples, placement(settings), context.held_out)
-    figures["train_examples"] = float(len(examples))
-    figures_file.write_text(json.dumps(figures))  # written last: marks the fit complete
-    return FittedLM(str(out), context.tokenizer_dir, figures)
+
+    def fit_into(folder: Path) -> dict:
+        fit_settings = fit_settings_for(settings, context, folder, key, len(examples))
+        figures = backends.fit(fit_settings, examples, placement(settings), context.held_out)
+        return {**figures, "train_examples": float(len(examples))}
+
+    return FittedLM(str(out), context.tokenizer_dir, publish_fit(out, fit_into))
+
+
+def fits_folder(settings: LanguageModelSettings, workdir: Path) -> Path:
+    """Where fits are kept: the sweep's shared folder (settings.shared_dir), else the chain's workdir."""
+    return settings.shared_dir / "fits" if settings.shared_dir is not None else Path(workdir) / "models"
+
+
+def publish_fit(out: Path, fit_into: Callable[[Path], dict | None]) -> dict | None:
+    """`fit_into(folder)` fits into a folder of its own, then that folder is renamed to
+    `out` with the figures in it (FIT_FILE), so `out` appears whole or not at all.
+    Chains that fit the same key at once each fit, and the first rename wins (a rename
+    onto a folder that is there fails); the others drop theirs, an identical fit, and
+    use it. fit_into returning None: nothing to keep (None is returned)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    attempt = out.with_name(f".{out.name}.{secrets.token_hex(4)}")
+    figures = fit_into(attempt)
+    if figures is None:
+        shutil.rmtree(attempt, ignore_errors=True)
+        return None
+    attempt.mkdir(parents=True, exist_ok=True)
+    (attempt / FIT_FILE).write_text(json.dumps(figures))
+    if out.exists() and not (out / FIT_FILE).exists():
+        shutil.rmtree(out)  # a fit that stopped part-way under an earlier version (it fitted in place)
+    try:
+        os.rename(attempt, out)
+    except OSError:
+        if not (out / FIT_FILE).exists():
+            raise
+        shutil.rmtree(attempt, ignore_errors=True)  # another chain's fit of this key got there first
+        figures = json.loads((out / FIT_FILE).read_text())
+    return figures
 
 
 def fit_key(settings: LanguageModelSettings, training_set: str, context: TextContext) -> str:
-    """The folder name of a fit: the training set's identity, the fitting configuration
-    and the chain's seed (its first 8 hex digits seed the fit)."""
+    """The folder name of a fit, from what it depends on: the training set's identity,
+    the settings a fit reads (fit_digest: not the sampling ones), the tokenizer's
+    content, the held-out examples its figures are measured on, and the chain's seed.
+    Its first 8 hex digits seed the fit."""
     digest = hashlib.sha256(training_set.encode())
-    digest.update(config_digest(settings).encode())
+    digest.update(fit_digest(settings).encode())
+    tokenizer_file = Path(context.tokenizer_dir) / "tokenizer.json"
+    digest.update(hashlib.sha256(tokenizer_file.read_bytes()).digest() if tokenizer_file.is_file()
+                  else context.tokenizer_dir.encode())
+    for example in context.held_out or ():
+        digest.update(np.asarray(example, dtype=np.int32).tobytes() + b"|")
     digest.update(str(context.seed).encode())
     return digest.hexdigest()[:20]
 
@@ -135,8 +182,8 @@ def initial_model(settings: LanguageModelSettings, tokenizer, context: TextConte
 
     if not is_preset(settings.model):
         return settings.model
-    if not (out / "config.json").exists():
-        build_model(settings.model, tokenizer, context.seed).save_pretrained(out)
+    if not (out / FIT_FILE).exists():
+        publish_fit(out, lambda folder: build_model(settings.model, tokenizer, context.seed).save_pretrained(folder) or {})
     return str(out)
 
 
