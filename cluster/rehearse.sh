@@ -66,7 +66,7 @@ source "$REPORT/exports.sh"  # RAY_AUTH_MODE, RAY_DASHBOARD, MLFLOW_TRACKING_URI
 COMMON=(task.use_gpu=false task.num_workers=2 task.sampling_concurrency=2 seeds=1)
 fig5_value_grid=(task.source="$STANDIN_HELPSTEER2" task.model="$STANDIN_GEMMA2" task.grad_accum_steps=1
   task.value_pool_size=32 task.value_pool_real=64 task.n_value_pools=1
-  "grid.chain.n_real=[0, 64]" "grid.task.value_synthetic=[0, 32]" "grid.task.value_pool=[0]")
+  "grid.chain.n_real=[64]" "grid.task.value_synthetic=[0, 32]" "grid.task.value_pool=[0]")
 sft_helpsteer2=(task.source="$STANDIN_HELPSTEER2" "cases=[{task.model: [$STANDIN_GEMMA2]}]"
   task.grad_accum_steps=1 task.sampling_batch_size=32 chain.n_real=64 chain.n_iterations=2)
 pretraining_tinystories=(task.source="$STANDIN_TINYSTORIES" "grid.task.model=[tiny]" task.vocab_size=512
