@@ -115,10 +115,11 @@ class LanguageModelSettings:
     grid's cells without synthetic rows) fit once; None: fits stay in the workdir."""
 
     not_in_fit: ClassVar[frozenset[str]] = frozenset({
-        "temperature", "top_p", "sampling_batch_size", "sampler", "sampling_concurrency", "cpus_per_worker"})
-    """Fields a fit does not depend on (sampling, and how many CPUs a worker holds):
-    left out of the fit's key. Everything else enters it, so a new field keys fits
-    apart until it is listed here (safe: sharing is lost, never wrong)."""
+        "temperature", "top_p", "sampling_batch_size", "sampler", "sampling_concurrency"})
+    """Fields a fit does not read (the sampling ones): left out of the fit's key. Everything
+    else enters it, cpus_per_worker too (Ray sets a worker's threads from it, and threads
+    change the order of float sums), so a new field keys fits apart until it is listed
+    here (safe: sharing is lost, never wrong)."""
 
     def __post_init__(self, workdir: str | Path | None, shared_dir: str | Path | None) -> None:
         # set once, while the object is being built (the frozen-dataclass idiom); `replace`
