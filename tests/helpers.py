@@ -140,9 +140,11 @@ class BackgroundRehearsal:
     """`cluster/rehearse.sh --keep` (tests/test_rehearsal.py) started as soon as the session
     starts and left to run beside the other tests: its three jobs on their own 3-node
     cluster are ~11 minutes of a 2-core machine that the rest of the suite leaves ~40%
-    idle. It builds its own hub stand-ins. Its output goes to files (a pipe nobody reads
-    for minutes would fill and stop it); `wait` gives it back, `stop` ends the script if it
-    still runs, then the cluster it started."""
+    idle. It builds its own hub stand-ins. It is no descendant of this process (a
+    subshell that outlives its parent), so tests that count the CPU of this process's
+    children (tests/test_breakdown.py) do not see it. Its output and exit code go to
+    files (a pipe nobody reads for minutes would fill and stop it); `wait` reads them,
+    `stop` ends the script if it still runs, then the cluster it started."""
 
     ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,31 +159,42 @@ class BackgroundRehearsal:
                    COLLAPSE_RAY_SHARED=str(self.shared), RAY_TEMP_DIR=self.ray_temp,
                    RAY_AUTH_TOKEN=secrets.token_hex(16))  # this cluster's own token; ~/.ray is left alone
         self.env = env
-        self.out, self.err = self.shared / "rehearse.out", self.shared / "rehearse.err"
+        self.out, self.err, self.code = (self.shared / f"rehearse.{x}" for x in ("out", "err", "code"))
         self.started = time.perf_counter()
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([str(self.ROOT / "cluster" / "rehearse.sh"), "--keep"], env=env, cwd=self.ROOT,
-                                         stdout=out, stderr=err, start_new_session=True)
         self.seconds: float | None = None
+        # bash starts the script in a background subshell and exits, so the subshell leaves
+        # this process's tree; it stays in bash's new process group (no job control) and
+        # writes the script's exit code when it ends
+        launcher = '("$0" --keep >"$1" 2>"$2"; echo $? >"$3.tmp"; mv "$3.tmp" "$3") &'
+        bash = subprocess.Popen(["bash", "-c", launcher, str(self.ROOT / "cluster" / "rehearse.sh"), str(self.out),
+                                 str(self.err), str(self.code)], env=env, cwd=self.ROOT, start_new_session=True)
+        bash.wait()
+        self.group = bash.pid
 
     def wait(self, timeout_s: float) -> subprocess.CompletedProcess:
-        """The script's exit code and output, once it has ended (timeout_s from its start)."""
-        left = max(1.0, timeout_s - (time.perf_counter() - self.started))
-        try:
-            code = self.proc.wait(timeout=left)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait()
+        """The script's exit code and output, once it has ended (timeout_s from its start;
+        a script still running then is killed, exit code -9)."""
+        while not self.code.exists() and time.perf_counter() - self.started < timeout_s:
+            time.sleep(2)
         if self.seconds is None:
             self.seconds = time.perf_counter() - self.started
-        return subprocess.CompletedProcess(self.proc.args, code, self.out.read_text(), self.err.read_text())
+        if not self.code.exists():
+            self._kill_script()
+        code = int(self.code.read_text()) if self.code.exists() else -9
+        return subprocess.CompletedProcess(["cluster/rehearse.sh", "--keep"], code, self.out.read_text(),
+                                           self.err.read_text())
+
+    def _kill_script(self) -> None:
+        try:
+            os.killpg(self.group, signal.SIGKILL)
+        except ProcessLookupError:  # the script and its subshell have ended
+            pass
 
     def stop(self) -> None:
         import shutil
 
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if not self.code.exists():
+            self._kill_script()
         if self.shared.exists():  # the cluster outlives the script (its nodes run in their own sessions)
             subprocess.run([str(self.ROOT / "cluster" / "local_cluster.sh"), "stop"], env=self.env,
                            capture_output=True, timeout=300)
