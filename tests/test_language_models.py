@@ -205,16 +205,45 @@ def test_a_fit_appears_whole_and_the_first_of_two_alike_wins(tmp_path):
             return {"value": value}
         return write
 
-    out = tmp_path / "fits" / "key"
+    fits, chain_a, chain_b = tmp_path / "fits", tmp_path / "a" / "task", tmp_path / "b" / "task"
+    out = fits / "key"
     out.mkdir(parents=True)
     (out / "config.json").write_text("{}")  # a fit that stopped part-way, fitted in place by an earlier version
-    assert publish_fit(out, fit_into("first")) == {"value": "first"}
+    assert publish_fit(out, fit_into("first"), chain_a) == {"value": "first"}
     # a chain that fitted the same key at the same time finds the first one there and keeps it
-    assert publish_fit(out, fit_into("second")) == {"value": "first"}
+    assert publish_fit(out, fit_into("second"), chain_b) == {"value": "first"}
     assert (out / "model.bin").read_text() == "first" and not (out / "config.json").exists()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["key"]
-    assert publish_fit(tmp_path / "fits" / "none", lambda folder: None) is None
-    assert sorted(p.name for p in out.parent.iterdir()) == ["key"]
+    assert sorted(p.name for p in fits.iterdir()) == ["key"]
+    assert publish_fit(fits / "none", lambda folder: None, chain_a) is None
+    assert sorted(p.name for p in fits.iterdir()) == ["key"]
+
+
+def test_a_chain_retrying_a_fit_replaces_its_own_leftover_and_no_other_chains(tmp_path):
+    """A crash mid-fit leaves the attempt's folder (a whole model at paper scale): the
+    chain's retry replaces it; another chain's attempt of the same key (it may be fitting
+    right now) is left alone."""
+    from collapse_ray.text.steps import publish_fit
+
+    fits, mine, theirs = tmp_path / "fits", tmp_path / "a" / "task", tmp_path / "b" / "task"
+
+    def crash(folder):
+        folder.mkdir(parents=True)
+        (folder / "half.bin").write_text("x")
+        raise KeyboardInterrupt
+
+    for owner in (mine, theirs):
+        with pytest.raises(KeyboardInterrupt):
+            publish_fit(fits / "key", crash, owner)
+    assert len(list(fits.glob(".key.*"))) == 2
+
+    def fit_into(folder):
+        assert not (folder / "half.bin").exists(), "the retry starts from an empty folder"
+        folder.mkdir(parents=True)
+        return {"value": 1}
+
+    assert publish_fit(fits / "key", fit_into, mine) == {"value": 1}
+    (left,) = fits.glob(".key.*")  # the other chain's attempt, untouched
+    assert (left / "half.bin").exists()
 
 
 def test_encode_adds_bos_and_eos_and_drops_or_cuts_long_examples(tmp_path):

@@ -81,7 +81,7 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
             return None
         return {**figures, "fit_seconds": time.perf_counter() - start}
 
-    figures = publish_fit(out, fit_into)
+    figures = publish_fit(out, fit_into, Path(workdir))
     if figures is None:  # the initial model
         from .models import load_tokenizer
 

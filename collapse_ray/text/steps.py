@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,7 +106,7 @@ def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: Te
         figures = backends.fit(fit_settings, examples, placement(settings), context.held_out)
         return {**figures, "train_examples": float(len(examples))}
 
-    return FittedLM(str(out), context.tokenizer_dir, publish_fit(out, fit_into))
+    return FittedLM(str(out), context.tokenizer_dir, publish_fit(out, fit_into, Path(workdir)))
 
 
 def fits_folder(settings: LanguageModelSettings, workdir: Path) -> Path:
@@ -115,14 +114,20 @@ def fits_folder(settings: LanguageModelSettings, workdir: Path) -> Path:
     return settings.shared_dir / "fits" if settings.shared_dir is not None else Path(workdir) / "models"
 
 
-def publish_fit(out: Path, fit_into: Callable[[Path], dict | None]) -> dict | None:
+def publish_fit(out: Path, fit_into: Callable[[Path], dict | None], owner: Path) -> dict | None:
     """`fit_into(folder)` fits into a folder of its own, then that folder is renamed to
     `out` with the figures in it (FIT_FILE), so `out` appears whole or not at all.
     Chains that fit the same key at once each fit, and the first rename wins (a rename
     onto a folder that is there fails); the others drop theirs, an identical fit, and
-    use it. fit_into returning None: nothing to keep (None is returned)."""
+    use it. fit_into returning None: nothing to keep (None is returned).
+
+    The folder is named by the key and by `owner`, the chain's workdir: a chain that
+    retries after a crash mid-fit replaces its own leftover (a model's worth of disk)
+    and never touches another chain's, which may be fitting now."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    attempt = out.with_name(f".{out.name}.{secrets.token_hex(4)}")
+    attempt = out.with_name(f".{out.name}.{hashlib.sha256(str(owner).encode()).hexdigest()[:12]}")
+    if attempt.exists():
+        shutil.rmtree(attempt)  # this chain's own, left by a crash
     figures = fit_into(attempt)
     if figures is None:
         shutil.rmtree(attempt, ignore_errors=True)
@@ -183,7 +188,8 @@ def initial_model(settings: LanguageModelSettings, tokenizer, context: TextConte
     if not is_preset(settings.model):
         return settings.model
     if not (out / FIT_FILE).exists():
-        publish_fit(out, lambda folder: build_model(settings.model, tokenizer, context.seed).save_pretrained(folder) or {})
+        publish_fit(out, lambda folder: build_model(settings.model, tokenizer, context.seed).save_pretrained(folder) or {},
+                    settings.workdir)
     return str(out)
 
 
