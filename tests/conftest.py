@@ -14,6 +14,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Session fixtures for the hub stand-ins (a tiny Gemma-2, HelpSteer2- and TinyStories-shaped
+# folders), shared by every slow test that needs them.
+from tests.standins import *  # noqa: E402,F401,F403
+
 try:
     from hypothesis import settings as _hypothesis_settings
 except ImportError:  # hypothesis is a dev dependency; only the fuzz tests need it
@@ -28,22 +32,6 @@ else:
     )
     _hypothesis_settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True)
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def rehearsal_in_background(request):
-    """When tests/test_rehearsal.py is selected, its rehearsal (cluster/rehearse.sh: three
-    paper-scale jobs on a 3-node loopback cluster, ~11 min alone on 2 cores) starts before
-    the first test and runs beside the others, which leave ~40% of the cores idle; its
-    tests, late in the session, wait for it. None when it is not selected."""
-    if not any(item.path.name == "test_rehearsal.py" for item in request.session.items):
-        yield None
-        return
-    from tests.helpers import BackgroundRehearsal
-
-    rehearsal = BackgroundRehearsal()
-    yield rehearsal
-    rehearsal.stop()
 
 
 @pytest.fixture(scope="session")

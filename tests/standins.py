@@ -1,20 +1,20 @@
-"""Same-shape local stand-ins for the hub, built by cluster/rehearse.sh for its rehearsal.
+"""Same-shape local stand-ins for the hub (session fixtures shared by the slow tests).
 
 Hub downloads are impossible here, so the paper-scale specs are rehearsed on folders of
-the same shape, built once per rehearsal (a few seconds):
-  - `build_helpsteer2`: a folder laid out like the hub's nvidia/HelpSteer2
+the same shape, built once per session (a few seconds):
+  - `helpsteer2_standin`: a folder laid out like the hub's nvidia/HelpSteer2
     (`train.jsonl.gz`, `validation.jsonl.gz`) with its columns (prompt, response and the
     five attribute scores 0-4), a validation split under 1,000 rows;
-  - `build_tinystories`: laid out like roneneldan/TinyStories (`data/train-*.parquet`,
+  - `tinystories_standin`: laid out like roneneldan/TinyStories (`data/train-*.parquet`,
     `data/validation-*.parquet`, one `text` column);
-  - `build_gemma2`: a tiny model of the Gemma-2 architecture (transformers'
+  - `gemma2_standin`: a tiny model of the Gemma-2 architecture (transformers'
     Gemma2Config: sliding-window and global attention layers, logit soft-capping,
     grouped-query attention) saved with `save_pretrained`, its own BPE tokenizer beside
     it (<bos>, <eos>, <pad> as Gemma's). Like a base model it has been trained: a few
     hundred steps on the HelpSteer2-shaped rows in the SFT task's format, so that its
     unconditional samples parse the way a real base model's fine-tunes do.
 All three go through the same loading code as the hub ids (`corpora.load_split`,
-`from_pretrained`). cluster/rehearse.sh (and tests/test_rehearsal.py through it) runs:
+`from_pretrained`). Built outside pytest too (cluster/rehearse.sh):
 
     python -m tests.standins OUT_DIR     # prints the three paths as shell exports
 """
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 HELPSTEER2_ROWS = {"train": 800, "validation": 120}   # the hub's: 20,324 / 1,038
@@ -137,6 +138,27 @@ def build_all(root: Path) -> dict[str, Path]:
         "tinystories": build_tinystories(root / "tinystories"),
         "gemma2": build_gemma2(root / "gemma2", helpsteer2),
     }
+
+
+@pytest.fixture(scope="session")
+def helpsteer2_standin(tmp_path_factory) -> Path:
+    return build_helpsteer2(tmp_path_factory.mktemp("standins") / "helpsteer2")
+
+
+@pytest.fixture(scope="session")
+def tinystories_standin(tmp_path_factory) -> Path:
+    return build_tinystories(tmp_path_factory.mktemp("standins") / "tinystories")
+
+
+@pytest.fixture(scope="session")
+def gemma2_standin(tmp_path_factory, helpsteer2_standin) -> Path:
+    return build_gemma2(tmp_path_factory.mktemp("standins") / "gemma2", helpsteer2_standin)
+
+
+@pytest.fixture(scope="session")
+def standins(helpsteer2_standin, tinystories_standin, gemma2_standin) -> dict[str, Path]:
+    """All three stand-ins, each built once per session."""
+    return {"helpsteer2": helpsteer2_standin, "tinystories": tinystories_standin, "gemma2": gemma2_standin}
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ hub stand-ins of tests/standins.py, use_gpu false, sizes scaled down). Checked h
 every job succeeds; every cell of every spec is in `collapse-ray results` with every
 iteration; the trials (the node of each one recorded) and their Ray Train workers and
 sampling actors ran on more than one node (Ray's own record); the runs, metrics and tables are on the tracking server.
-The script starts with the session (conftest.rehearsal_in_background) and runs beside
-the other tests; the checks here wait for it.
 
     python -m pytest tests/test_rehearsal.py -q -m slow
 """
@@ -17,6 +15,13 @@ the other tests; the checks here wait for it.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,28 +32,41 @@ from collapse_ray.spec import load_spec
 from collapse_ray.tracking import client_for
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cluster" / "rehearse.sh"
+STOP = ROOT / "cluster" / "local_cluster.sh"
 SPECS = ("fig5_value_grid", "sft_helpsteer2", "pretraining_tinystories")
 N_NODES = 3
-TIMEOUT_S = 2400  # from the session's start; measured: 21 min for the rehearsal alone on this 2-core machine at load 16-35
+TIMEOUT_S = 2400  # measured: 21 min for the rehearsal on this 2-core machine at load 16-35
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
-def rehearsal(rehearsal_in_background):
-    """The session's rehearsal (conftest.rehearsal_in_background: started with the session,
-    it has run beside the other tests), once it has ended; its cluster is stopped after
-    this module's checks."""
-    run = rehearsal_in_background
-    try:
-        done = run.wait(TIMEOUT_S)
-        report = run.shared / "rehearsal"
+def rehearsal(standins):
+    shared = Path(tempfile.mkdtemp(prefix="crr-rehearsal-", dir="/tmp"))
+    ray_temp = tempfile.mkdtemp(prefix="crh", dir="/tmp")  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        COLLAPSE_RAY_SHARED=str(shared), RAY_TEMP_DIR=ray_temp,
+        RAY_AUTH_TOKEN=secrets.token_hex(16),  # this cluster's own token; ~/.ray is left alone
+        STANDIN_HELPSTEER2=str(standins["helpsteer2"]), STANDIN_TINYSTORIES=str(standins["tinystories"]),
+        STANDIN_GEMMA2=str(standins["gemma2"]),
+    )
+    started = time.perf_counter()
+    try:  # the cluster outlives a timed-out script (its nodes run in their own sessions): stop it in any case
+        done = subprocess.run([str(SCRIPT), "--keep"], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=TIMEOUT_S)
+        seconds = time.perf_counter() - started
+        report = shared / "rehearsal"
         exports = dict(line.removeprefix("export ").split("=", 1)
                        for line in (report / "exports.sh").read_text().splitlines() if line.startswith("export "))
-        yield SimpleNamespace(done=done, seconds=run.seconds, shared=run.shared, report=report, env=run.env,
+        yield SimpleNamespace(done=done, seconds=seconds, shared=shared, report=report, env=env,
                               tracking=exports["MLFLOW_TRACKING_URI"], dashboard=exports["RAY_DASHBOARD"],
                               overrides=json.loads((report / "overrides.json").read_text()))
     finally:
-        run.stop()
+        subprocess.run([str(STOP), "stop"], env=env, capture_output=True, timeout=300)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def log_tail(rehearsal) -> str:
@@ -69,8 +87,7 @@ def expected_cells(rehearsal, spec: str):
 
 def test_every_paper_scale_job_succeeds_on_three_nodes(rehearsal):
     assert rehearsal.done.returncode == 0, log_tail(rehearsal)
-    print(f"\nrehearsal: 3 paper-scale specs on {N_NODES} loopback nodes in {rehearsal.seconds:.0f} s "
-          "(beside the other tests)")
+    print(f"\nrehearsal: 3 paper-scale specs on {N_NODES} loopback nodes in {rehearsal.seconds:.0f} s")
     nodes = json.loads((rehearsal.report / "nodes.json").read_text())
     alive = [n for n in nodes if n["state"] == "ALIVE"]
     assert len(alive) == N_NODES and sum(n["is_head_node"] for n in alive) == 1
