@@ -114,6 +114,18 @@ class RetryingClient:
 
         return call
 
+    def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
+        """Without MLflow's "View run at" link, which it prints for each run it ends on a
+        server: streamed from every trial that is two lines per cell, and the command line
+        names the UI itself."""
+        with environment_restored([SUPPRESS_RUN_LINKS]):
+            os.environ[SUPPRESS_RUN_LINKS] = "true"
+            _retry(lambda: self._client.set_terminated(run_id, status, end_time), self._seconds,
+                   f"set_terminated on {self._shown_uri}")
+
+
+SUPPRESS_RUN_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # read by MLflow at each call
+
 
 class TrackingUnavailable(RuntimeError):
     """The tracking store stayed unreachable; the chain's checkpoint keeps its progress."""

@@ -30,6 +30,7 @@ NOISE = {
     "Tune's results folder": "View detailed results here",
 }
 DOWNLOAD_BARS = "Downloading artifacts"
+RUN_LINK = "View run"  # MLflow's link for each run it ends on a server
 HEADER = "# A tiny sweep: does replace drift?\n#\n# Expected: it does.\n"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +100,18 @@ def test_results_from_a_server_has_no_progress_bars_unless_verbose(tmp_path, loc
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "out"), "--tracking-uri", uri, "--verbose"]) == 0
     assert NOISE["Tune's configuration box"] in capfd.readouterr().out
     assert os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") is None  # restored after each command
+
+    # MLflow prints two "View run ... at" lines for every run it ends on a server; each
+    # trial ends one, so they would flood the driver. Ours leave them out, MLflow's own prints
+    from collapse_ray.tracking import SUPPRESS_RUN_LINKS, client_for
+
+    ours = client_for(uri)
+    experiment_id = client.get_experiment_by_name("clitiny").experiment_id
+    capfd.readouterr()
+    ours.set_terminated(client.create_run(experiment_id).info.run_id, "FINISHED")
+    assert RUN_LINK not in capfd.readouterr().out and SUPPRESS_RUN_LINKS not in os.environ
+    client.set_terminated(client.create_run(experiment_id).info.run_id, "FINISHED")
+    assert RUN_LINK in capfd.readouterr().out  # (so the check above can fail)
 
 
 # -- --set on a swept key -------------------------------------------------------------------------
