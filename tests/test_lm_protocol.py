@@ -119,8 +119,8 @@ def test_value_pools_are_built_once_each_from_its_own_fine_tune(tmp_path):
     rows = {}
     for p in (0, 1):
         for n_syn in (10, 30):
-            cell = SFTTask(**POOLS, value_pool=p, value_synthetic=n_syn).with_workdir(tmp_path / "chains" / f"c{p}{n_syn}" / "task")
-            real = cell.real_data(20, [chain_generators(p)[0]])
+            cell = SFTTask(**POOLS, value_pool=p, value_synthetic=n_syn).with_workdir(tmp_path / "cells" / f"c{p}{n_syn}")
+            real = cell.with_shared_dir(shared).real_data(20, [chain_generators(p)[0]])  # as the sweep's trial does
             rows[p, n_syn] = list(real.train["text"][0])
             assert len(rows[p, n_syn]) == 20 + n_syn
     assert rows[0, 10][20:] == rows[0, 30][20:30], "a cell takes the first rows of its pool"

@@ -161,8 +161,10 @@ class SFTTask(LanguageModelSettings):
         context = TextContext(tokenizer_dir, chain_seed(rngs[0]), held_out=tuple(test_examples))
         texts = train[:n_real]
         if self.value_synthetic:
-            # in a sweep the driver built the pool (prepare_sweep); alone, the chain builds it
-            texts = texts + self._value_pool(self.workdir.parent.parent / SHARED_FOLDER, self.value_synthetic)
+            # in a sweep the driver built the pool in the folder it gave (prepare_sweep,
+            # with_shared_dir); alone, the chain builds it beside its own chain folders
+            shared = self.shared_dir if self.shared_dir is not None else self.workdir.parent.parent / SHARED_FOLDER
+            texts = texts + self._value_pool(shared, self.value_synthetic)
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 
     def prepare_sweep(self, shared_dir: Path) -> None:

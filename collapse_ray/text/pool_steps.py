@@ -15,7 +15,6 @@ steps run in this process on the same files, and give the rows-path results exac
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,8 +26,8 @@ from ..pool import PoolSelection, ShardTarget, ShardWriter
 from ..tasks.protocol import RealData
 from . import backends
 from .settings import LanguageModelSettings, placement
-from .steps import (FIT_FILE, FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_model,
-                    publish_fit)
+from .steps import (FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_model,
+                    publish_fit, stored_fit)
 
 TEXT = ("text",)
 
@@ -69,8 +68,8 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
         return fit_texts(settings, workdir, selection.read(TEXT)["text"] if len(selection) else [], context)
     key = fit_key(settings, "pool:" + selection.digest(), context)
     out = fits_folder(settings, workdir) / key
-    if (out / FIT_FILE).exists():
-        return FittedLM(str(out), context.tokenizer_dir, json.loads((out / FIT_FILE).read_text()))
+    if (stored := stored_fit(out)) is not None:
+        return FittedLM(str(out), context.tokenizer_dir, stored)
 
     def fit_into(folder: Path) -> dict | None:
         fit_settings = fit_settings_for(settings, context, folder, key, None)

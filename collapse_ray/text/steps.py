@@ -94,8 +94,8 @@ def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: Te
     texts = [str(t) for t in texts]
     key = fit_key(settings, "\x00".join(texts), context)
     out = fits_folder(settings, workdir) / key
-    if (out / FIT_FILE).exists():
-        return FittedLM(str(out), context.tokenizer_dir, json.loads((out / FIT_FILE).read_text()))
+    if (stored := stored_fit(out)) is not None:
+        return FittedLM(str(out), context.tokenizer_dir, stored)
     tokenizer = load_tokenizer(context.tokenizer_dir)
     examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
     if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
@@ -112,6 +112,12 @@ def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: Te
 def fits_folder(settings: LanguageModelSettings, workdir: Path) -> Path:
     """Where fits are kept: the sweep's shared folder (settings.shared_dir), else the chain's workdir."""
     return settings.shared_dir / "fits" if settings.shared_dir is not None else Path(workdir) / "models"
+
+
+def stored_fit(out: Path) -> dict | None:
+    """The figures of the finished fit in `out`, or None when there is none (yet)."""
+    path = out / FIT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def publish_fit(out: Path, fit_into: Callable[[Path], dict | None], owner: Path) -> dict | None:
@@ -139,10 +145,9 @@ def publish_fit(out: Path, fit_into: Callable[[Path], dict | None], owner: Path)
     try:
         os.rename(attempt, out)
     except OSError:
-        if not (out / FIT_FILE).exists():
+        if (figures := stored_fit(out)) is None:
             raise
         shutil.rmtree(attempt, ignore_errors=True)  # another chain's fit of this key got there first
-        figures = json.loads((out / FIT_FILE).read_text())
     return figures
 
 
