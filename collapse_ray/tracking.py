@@ -91,6 +91,9 @@ def client_for(uri: str) -> "RetryingClient":
     return RetryingClient(MlflowClient(tracking_uri=with_credentials(uri)), uri)
 
 
+SUPPRESS_RUN_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # read by MLflow at each call
+
+
 class RetryingClient:
     """An MlflowClient whose calls ride out a tracking store that is briefly away (a
     restarting server, a locked SQLite file), and fail loudly when it stays away.
@@ -122,9 +125,6 @@ class RetryingClient:
             os.environ[SUPPRESS_RUN_LINKS] = "true"
             _retry(lambda: self._client.set_terminated(run_id, status, end_time), self._seconds,
                    f"set_terminated on {self._shown_uri}")
-
-
-SUPPRESS_RUN_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # read by MLflow at each call
 
 
 class TrackingUnavailable(RuntimeError):
