@@ -17,15 +17,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import shutil
 import signal
+import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-
+from .environment import environment_restored
 from .spec import SweepSpec, load_spec
 from .tracking import StorageFault, TrackingUnavailable, disk_fault_line, is_disk_fault, scrub
 from .validation import SpecError, one_line
@@ -121,14 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args)
         if args.command == "run":
+            local_ray = not (args.address or os.environ.get("RAY_ADDRESS"))  # else a cluster, left as it is
             if threading.current_thread() is threading.main_thread():
                 previous = signal.signal(signal.SIGTERM, _terminated)  # (a sweep sets its own meanwhile)
                 try:
-                    with _quiet(not args.verbose, local_ray=not (args.address or os.environ.get("RAY_ADDRESS"))):
+                    with _embedded_ray_private(local_ray), _quiet(not args.verbose, local_ray=local_ray):
                         return _run(args)
                 finally:
                     signal.signal(signal.SIGTERM, previous)
-            with _quiet(not args.verbose, local_ray=not (args.address or os.environ.get("RAY_ADDRESS"))):
+            with _embedded_ray_private(local_ray), _quiet(not args.verbose, local_ray=local_ray):
                 return _run(args)
         if args.command == "results":
             with _quiet(not args.verbose, local_ray=False):
@@ -157,6 +162,61 @@ def main(argv: list[str] | None = None) -> int:
     return 1  # pragma: no cover
 
 
+# Ray 2.60 has no bind option: its servers bind to loopback only when the node IP is a
+# loopback address, and it rewrites an explicit 127.0.0.1 to the routable address. With
+# this set to 0 before `ray` is first imported, the node IP is localhost (Ray's switch
+# for macOS and Windows, undocumented on Linux: sweep.py checks the node IP after start).
+LOOPBACK_KNOB = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"  # Ray reads RAY_AUTH_TOKEN, then this file, then ~/.ray/auth_token
+
+
+@contextmanager
+def _embedded_ray_private(local_ray: bool) -> Iterator[None]:
+    """An embedded Ray kept to its owner (a cluster given by --address or RAY_ADDRESS is
+    left alone): every server on loopback, and its token, which is what keeps other local
+    users out of 127.0.0.1, never in a file they can read. Ray writes ~/.ray/auth_token
+    readable by everyone (0644), so the token goes to a file only its owner reads: the one
+    RAY_AUTH_TOKEN_PATH names (created so if missing), else one in a folder of this run's
+    own, removed afterwards. A token in RAY_AUTH_TOKEN needs no file. The environment is
+    put back on leaving (cli.main also runs in-process)."""
+    if not local_ray:
+        yield
+        return
+    with environment_restored([LOOPBACK_KNOB, TOKEN_PATH]):
+        os.environ.setdefault(LOOPBACK_KNOB, "0")  # before anything imports ray: it is read once, at import
+        if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get(TOKEN_PATH):
+            if not os.environ.get("RAY_AUTH_TOKEN"):
+                _owners_token_file(Path(os.environ[TOKEN_PATH]))
+            yield
+            return
+        folder = tempfile.mkdtemp(prefix="collapse-ray-token-")  # mode 0700: this run's own
+        try:
+            os.environ[TOKEN_PATH] = str(_owners_token_file(Path(folder) / "auth_token"))
+            yield
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _owners_token_file(path: Path) -> Path:
+    """`path` holding a Ray token that only its owner can read: a new one is written with
+    mode 0600 from the start (never readable in between); an existing one must be ours,
+    and no one else's to read, or it is refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise SpecError(f"{TOKEN_PATH} {str(path)!r} can be read by other users (mode "
+                            f"{stat.filemode(info.st_mode)}, owner uid {info.st_uid}); chmod 600 it, as its "
+                            "owner, or name a new file") from None
+        return path
+    except OSError as err:
+        raise SpecError(f"{TOKEN_PATH} {str(path)!r} cannot be created ({err.strerror})") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes: 256 random bits
+    return path
+
+
 # Loggers whose INFO lines are banners, not news: MLflow creating or upgrading its tables.
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic")
 
@@ -175,8 +235,6 @@ def _quiet(quiet: bool, local_ray: bool) -> Iterator[None]:
     env = {"RAY_AIR_NEW_OUTPUT": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if local_ray and "RAY_AUTH_MODE" not in os.environ:
         env["RAY_AUTH_MODE"] = "token"
-    from .environment import environment_restored
-
     saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     with environment_restored(env):
         os.environ.update(env)
@@ -226,7 +284,7 @@ def _check_out(out: str) -> None:
 def _run(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate everything before Ray starts
     _check_out(args.out)
-    from .sweep import SweepInterrupted, run_sweep
+    from .sweep import NotOnLoopback, SweepInterrupted, run_sweep
     from .tracking import resolve_tracking_uri
 
     if not args.resume:
@@ -243,6 +301,9 @@ def _run(args) -> int:
             print(f"\n{stop} before the sweep started; nothing was written, so there is nothing to resume",
                   file=sys.stderr)
         return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+    except NotOnLoopback as err:  # the machine's Ray, not the input: status 1
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     ui_uri = outcome.tracking_uri
     print(f"\n{'finished' if outcome.n_failed == 0 else 'FAILED'}: {outcome.n_trials - outcome.n_failed}/"
           f"{outcome.n_trials} trials in {outcome.seconds:.1f}s")

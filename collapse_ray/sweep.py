@@ -27,6 +27,7 @@ Interrupts: SIGINT or SIGTERM while a sweep runs stop Tune cleanly, mark sweep.j
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -366,6 +367,25 @@ def _mark_interrupted(sweep_dir: Path, written: dict[str, Any]) -> None:
         say(f"  (could not mark MLflow run {state['sweep_run_id']} KILLED: {str(err).splitlines()[0][:200]})")
 
 
+class NotOnLoopback(Exception):
+    """The embedded Ray came up on a routable node IP, so its servers listen beyond this machine."""
+
+
+def _refuse_unless_on_loopback() -> None:
+    """Stop the embedded Ray unless its node IP is a loopback address. Ray 2.60 binds its
+    servers to loopback only then, and to every interface otherwise; the CLI sets
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before ray is imported to get there, a knob Ray
+    documents for macOS and Windows only, so a Ray that ignores it must not go unnoticed."""
+    node_ip = ray.util.get_node_ip_address()
+    address = ipaddress.ip_address(node_ip)
+    if (getattr(address, "ipv4_mapped", None) or address).is_loopback:
+        return
+    ray.shutdown()
+    raise NotOnLoopback(f"the embedded Ray's node IP is {node_ip}, not a loopback address, so its servers would "
+                        "listen on every interface; run with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before ray is "
+                        "imported (collapse-ray run sets it unless it is set already), or pass --address")
+
+
 def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: Path, tracking_uri: str,
              address: str | None, resumed_run_id: str | None, started: float, written: dict[str, Any],
              source: str | None = None) -> SweepOutcome:
@@ -395,6 +415,7 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
                 # An embedded local Ray ("local": never a cluster some `ray start` left running);
                 # the dashboard is only needed for `ray job submit`.
                 ray.init(address="local", include_dashboard=False, logging_level="WARNING", configure_logging=True)
+                _refuse_unless_on_loopback()
         except SystemExit:  # ray.init's own SIGTERM handlers exit (sys.exit) while it starts
             if not armed or signal.getsignal(signal.SIGTERM) is _on_interrupt:
                 raise
