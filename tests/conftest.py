@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The session's Ray listens on loopback only, as `collapse-ray run` has its own: Ray 2.60
+# binds its servers to loopback when the node IP is loopback, which this gives (it is read
+# once, when ray is first imported). Its token stays in the environment, not in the
+# ~/.ray/auth_token Ray would write readable by everyone.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_TOKEN", os.urandom(32).hex())
 # There is no hub here: say so before `datasets`/`huggingface_hub` are imported (they read
 # these once, at import), so a hub id fails at once instead of after ~23 s of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
