@@ -72,3 +72,67 @@ def test_ray_train_workers_all_reduce_their_shards_of_the_held_out_loss(tmp_path
     assert backends.HEALTH_CHECK_ENV not in os.environ  # the fit's poll interval was for its controller only
     assert fitted.figures["test_loss"] == pytest.approx(_loss_in_this_process(fitted, real.test), rel=1e-5)
     assert np.isfinite(fitted.figures["eval_seconds"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a TorchTrainer's start-up: ~20 s on 2 cores
+def test_a_deepspeed_worker_loads_and_builds_only_what_its_fit_uses(tmp_path, local_ray):
+    """A Ray Train worker's DeepSpeed fit (the real worker loop) leaves MLflow unimported,
+    Muon's kernels uncompiled and, in an empty extensions folder (a new venv's first
+    fit), builds no op: none of them serves a fit (collapse_ray/text/lean_deepspeed.py)."""
+    import json
+
+    import pyarrow as pa
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from collapse_ray.text.models import load_tokenizer
+    from collapse_ray.text.steps import encode
+    from collapse_ray.text.training import FitSettings
+
+    task = PretrainingTask(**{**LOCAL, "n_test": 8}).with_workdir(tmp_path)
+    real = task.real_data(32, [chain_generators(2)[0]])
+    texts = [str(t) for t in np.ravel(real.train["text"])]
+    examples = encode(load_tokenizer(real.context.tokenizer_dir), texts, 64, False)
+    settings = FitSettings(
+        model_name="tiny", tokenizer_dir=real.context.tokenizer_dir, output_dir=str(tmp_path / "model"), seed=0,
+        epochs=1, micro_batch_size=4, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
+        betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="deepspeed",
+        zero_stage=2, precision="fp32")
+    extensions, reports = tmp_path / "torch_extensions", tmp_path / "reports"
+    extensions.mkdir(), reports.mkdir()
+
+    def loop(config):  # defined here, so Ray ships it by value
+        import os
+        import sys
+
+        os.environ["TORCH_EXTENSIONS_DIR"] = config["extensions"]  # read by DeepSpeed's op builder
+        import ray.train
+
+        from collapse_ray.text import backends as worker_backends
+
+        worker_backends._ray_train_loop(config)
+        from deepspeed.comm import comm
+        from deepspeed.runtime.zero.muon import original_muon
+
+        facts = {"mlflow": "mlflow" in sys.modules, "shm_op": comm.cdb.shm_comm_op is not None,
+                 "muon_compiled": hasattr(original_muon.muon_update, "_torchdynamo_orig_callable")}
+        rank = ray.train.get_context().get_world_rank()
+        with open(os.path.join(config["reports"], f"{rank}.json"), "w") as f:
+            json.dump(facts, f)
+
+    table = pa.table({"input_ids": pa.array([np.asarray(x, dtype=np.int32) for x in examples],
+                                            type=pa.list_(pa.int32()))})
+    TorchTrainer(
+        loop,
+        train_loop_config={"settings": settings, "n_examples": len(examples), "held_out": None,
+                           "extensions": str(extensions), "reports": str(reports)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
+        datasets={"train": ray.data.from_arrow(table).repartition(4).materialize()},
+        run_config=RunConfig(name="lean-deepspeed", storage_path=str(tmp_path / "ray_train")),
+    ).fit()
+    facts = [json.loads((reports / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert facts == [{"mlflow": False, "shm_op": False, "muon_compiled": False}] * 2
+    assert not list(extensions.iterdir()), "an op was built"
+    assert (tmp_path / "model" / "config.json").exists(), "the fit ran and saved its model"

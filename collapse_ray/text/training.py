@@ -209,11 +209,12 @@ class _Engine:
         self.model = model
         self.dtype = None
         if settings.engine == "deepspeed":
-            import deepspeed
+            from . import lean_deepspeed
 
+            deepspeed = lean_deepspeed.import_deepspeed()
             config = deepspeed_config(settings, world_size)
             # adopts the process group Ray Train (or fit_local) set up; gloo on CPU
-            deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
+            lean_deepspeed.init_distributed(deepspeed, "nccl" if device.startswith("cuda") else "gloo")
             self.ds, *_ = deepspeed.initialize(
                 model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
             )
@@ -256,9 +257,9 @@ class _Engine:
     def save(self, output_dir: str, rank: int, figures: dict) -> None:
         module = self.ds.module if self.ds is not None else getattr(self.model, "module", self.model)
         if self.ds is not None and self.settings.zero_stage == 3:
-            import deepspeed
+            from .lean_deepspeed import import_deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            with import_deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 if rank == 0:
                     _save(module, output_dir, figures)
             return
