@@ -101,6 +101,45 @@ def test_ray_train_workers_stream_a_selection_from_the_pool_files(tmp_path, loca
     assert len(tokenized) == 41
 
 
+@pytest.mark.ray
+def test_ray_data_tokenizes_a_fits_rows_cutting_or_dropping_the_long_ones(tmp_path, local_ray):
+    """The Ray Data stage before a Ray Train fit: long rows cut (pretraining) or dropped
+    (SFT, as (A)), the same examples as the rows path's encode; a fit whose every row is
+    too long starts no trainer and says so (the SFT chain then keeps its initial model)."""
+    import ray.data
+
+    from collapse_ray.tasks import PretrainingTask
+    from collapse_ray.text import backends
+    from collapse_ray.text.models import load_tokenizer
+    from collapse_ray.text.settings import placement
+    from collapse_ray.text.steps import encode
+    from collapse_ray.text.training import FitSettings
+
+    task = PretrainingTask(max_length=24, vocab_size=300, n_test=4).with_workdir(tmp_path / "task")
+    real = task.real_data(20, [chain_generators(0)[0]])
+    tokenizer_dir = real.context.tokenizer_dir
+    tokenizer = load_tokenizer(tokenizer_dir)
+    texts = [str(t) for t in np.ravel(real.train["text"])] + ["a short one", "the end"]
+    lengths = [len(tokenizer(t)["input_ids"]) + 2 for t in texts]
+    assert 0 < sum(n > 24 for n in lengths) < len(texts), "some rows are too long, some fit"
+    dataset = ray.data.from_items([{"text": t} for t in texts])
+    for drop_long in (False, True):
+        tokens = backends.tokenized_dataset(dataset, tokenizer_dir, 24, drop_long, num_workers=2)
+        streamed = sorted(tuple(row["input_ids"]) for row in tokens.take_all())
+        assert streamed == sorted(tuple(x) for x in encode(tokenizer, texts, 24, drop_long)), drop_long
+        assert len(streamed) == (sum(n <= 24 for n in lengths) if drop_long else len(texts))
+
+    settings = FitSettings(
+        model_name="tiny", tokenizer_dir=tokenizer_dir, output_dir=str(tmp_path / "model"), seed=0, epochs=1,
+        micro_batch_size=1, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
+        betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch", zero_stage=0,
+        precision="fp32")
+    only_long = ray.data.from_items([{"text": t} for t, n in zip(texts, lengths) if n > 24])
+    figures = backends.fit_ray_train_texts(settings, only_long, placement(task), 24, drop_long=True)
+    assert figures == {"train_examples": 0.0}
+    assert not (tmp_path / "model").exists(), "no trainer ran"
+
+
 # -- the chain loop with the pool on disk (loop.PoolOnDiskTask) ----------------------------
 def _disk_toy_pool(root, workflow, n_iterations=3):
     """The same pool as _toy_pool, each block written to its shard as it is added."""

@@ -137,15 +137,9 @@ def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_
     long): no fit, figures {"train_examples": 0}. `data_seconds`: reading and
     tokenizing, before the trainer starts."""
     from dataclasses import replace
-    from functools import partial
 
-    quiet_ray_data()
     start = time.perf_counter()
-    tokens = texts.map_batches(partial(_tokenize_batch, settings.tokenizer_dir, max_length, drop_long),
-                               batch_format="pyarrow")
-    # materialised before the workers hold the CPUs (see fit_ray_train); its count sizes
-    # every worker's equal number of micro-batches
-    dataset = tokens.repartition(2 * placement.num_workers).materialize()
+    dataset = tokenized_dataset(texts, settings.tokenizer_dir, max_length, drop_long, placement.num_workers)
     n = dataset.count()
     if n == 0:
         return {"train_examples": 0.0}
@@ -153,6 +147,19 @@ def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_
     data_seconds = time.perf_counter() - start
     figures = _train_on_dataset(settings, dataset, n, placement, held_out)
     return {**figures, "data_seconds": data_seconds}
+
+
+def tokenized_dataset(texts, tokenizer_dir: str, max_length: int, drop_long: bool, num_workers: int):
+    """`texts` (a Ray Dataset of `text` rows) tokenized by Ray Data tasks into
+    `input_ids` rows (BOS + ids + EOS; long rows cut, or dropped with drop_long), cut
+    into 2 blocks a worker and materialised in the object store: before the workers
+    hold the CPUs (see fit_ray_train), and its count sizes every worker's equal number
+    of micro-batches."""
+    from functools import partial
+
+    quiet_ray_data()
+    tokens = texts.map_batches(partial(_tokenize_batch, tokenizer_dir, max_length, drop_long), batch_format="pyarrow")
+    return tokens.repartition(2 * num_workers).materialize()
 
 
 def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, batch):
