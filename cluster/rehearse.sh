@@ -8,6 +8,7 @@
 #
 #   cluster/rehearse.sh            # start, submit the three jobs, read the results, stop
 #   cluster/rehearse.sh --keep     # ... and leave the cluster up (stop it with the line printed)
+#   cluster/rehearse.sh --validate # start nothing: `collapse-ray validate` each job's spec and --set
 #
 # What it writes, under $COLLAPSE_RAY_SHARED (default: a fresh /tmp/collapse-rehearsal.*):
 # results/ (the sweeps' --out), rehearsal/<spec>.csv (`collapse-ray results`),
@@ -23,11 +24,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 if [[ -x "$ROOT/.venv/bin/ray" ]]; then export PATH="$ROOT/.venv/bin:$PATH"; fi
-KEEP=0
+KEEP=0 VALIDATE=0
 case "${1:-}" in
   --keep) KEEP=1 ;;
+  --validate) VALIDATE=1 ;;
   "") ;;
-  *) echo "usage: $0 [--keep]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--keep | --validate]" >&2; exit 2 ;;
 esac
 
 free_port() {
@@ -52,15 +54,13 @@ REPORT=$SHARED/rehearsal
 mkdir -p "$REPORT" "$SHARED/logs"
 
 stop_cluster() { cluster/local_cluster.sh stop; rm -rf "$RAY_TEMP_DIR"; }
-if [[ $KEEP == 0 ]]; then trap stop_cluster EXIT; fi
+if [[ $VALIDATE == 1 ]]; then trap 'rm -rf "$RAY_TEMP_DIR"' EXIT
+elif [[ $KEEP == 0 ]]; then trap stop_cluster EXIT; fi
 
 if [[ -z "${STANDIN_HELPSTEER2:-}" || -z "${STANDIN_TINYSTORIES:-}" || -z "${STANDIN_GEMMA2:-}" ]]; then
   echo "building the hub stand-ins under $SHARED/standins" >&2
   eval "$(python -m tests.standins "$SHARED/standins")"  # STANDIN_HELPSTEER2, STANDIN_TINYSTORIES, STANDIN_GEMMA2
 fi
-cluster/local_cluster.sh start >"$REPORT/exports.sh"
-# shellcheck disable=SC1091
-source "$REPORT/exports.sh"  # RAY_AUTH_MODE, RAY_DASHBOARD, MLFLOW_TRACKING_URI, COLLAPSE_RAY_SHARED
 
 # Only what this machine forces, per spec (named in cluster/README.md, with the paper's sizes).
 COMMON=(task.use_gpu=false task.num_workers=2 task.sampling_concurrency=2 seeds=1)
@@ -73,12 +73,32 @@ pretraining_tinystories=(task.source="$STANDIN_TINYSTORIES" "grid.task.model=[ti
   task.max_length=128 task.n_test=50 task.micro_batch_size=8 task.sampling_batch_size=32
   chain.n_real=64 chain.n_iterations=2)
 
+set_args() {  # set_args SPEC: fills SETS with the --set pairs of SPEC's job
+  local kv
+  local -n spec_sets=$1
+  SETS=()
+  for kv in "${spec_sets[@]}" "${COMMON[@]}"; do SETS+=(--set "$kv"); done
+}
+
+if [[ $VALIDATE == 1 ]]; then  # the fast test lane's check of these jobs (tests/test_cluster_configs.py)
+  for spec in $SPECS; do
+    set_args "$spec"
+    collapse-ray validate "sweeps/$spec.yaml" "${SETS[@]}"
+  done
+  exit 0
+fi
+
+cluster/local_cluster.sh start >"$REPORT/exports.sh"
+# shellcheck disable=SC1091
+source "$REPORT/exports.sh"  # RAY_AUTH_MODE, RAY_DASHBOARD, MLFLOW_TRACKING_URI, COLLAPSE_RAY_SHARED
+
 submit() {  # submit SPEC: one `ray job submit` of the spec file named SPEC, its output in logs/job-SPEC.log
-  local spec=$1 id rc kv sets=()
-  local -n spec_sets=$spec
-  for kv in "${spec_sets[@]}" "${COMMON[@]}"; do sets+=(--set "$kv"); done
+  local spec=$1 id rc sets
+  set_args "$spec"
+  sets=("${SETS[@]}")
   id="rehearsal-$spec-$(python -c 'import secrets; print(secrets.token_hex(4))')"
   echo "$spec $id" >>"$REPORT/jobs.txt"
+  local -n spec_sets=$spec
   python -c 'import json, sys; print(json.dumps({sys.argv[1]: sys.argv[2:]}))' "$spec" "${spec_sets[@]}" "${COMMON[@]}" \
     >"$REPORT/overrides-$spec.json"
   for _ in 1 2 3 4 5; do  # right after start the job agent can lag the dashboard by a few seconds

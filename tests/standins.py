@@ -71,8 +71,9 @@ def build_tinystories(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_gemma2(folder: Path, helpsteer2: Path, seed: int = 0) -> Path:
-    """A tiny Gemma-2 with its own tokenizer, pre-trained briefly on `helpsteer2`'s train rows."""
+def build_gemma2(folder: Path, helpsteer2: Path, seed: int = 0, pretrain_steps: int = GEMMA2_PRETRAIN_STEPS) -> Path:
+    """A tiny Gemma-2 with its own tokenizer, pre-trained briefly on `helpsteer2`'s train
+    rows (pretrain_steps 0: untrained, for checks that read only its shape)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
@@ -107,9 +108,10 @@ def build_gemma2(folder: Path, helpsteer2: Path, seed: int = 0) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 2-core machine shared with other tests
+    loss = None
     try:
         model.train()
-        for _ in range(GEMMA2_PRETRAIN_STEPS):
+        for _ in range(pretrain_steps):
             batch = [encoded[i] for i in rng.choice(len(encoded), 16, replace=False)]
             width = max(map(len, batch))
             input_ids = torch.full((len(batch), width), ids["<pad>"])
@@ -127,7 +129,8 @@ def build_gemma2(folder: Path, helpsteer2: Path, seed: int = 0) -> Path:
     model.eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "pretraining.json").write_text(json.dumps({"steps": GEMMA2_PRETRAIN_STEPS, "last_loss": loss.item()}))
+    last_loss = None if loss is None else loss.item()
+    (folder / "pretraining.json").write_text(json.dumps({"steps": pretrain_steps, "last_loss": last_loss}))
     return folder
 
 
@@ -159,6 +162,14 @@ def gemma2_standin(tmp_path_factory, helpsteer2_standin) -> Path:
 def standins(helpsteer2_standin, tinystories_standin, gemma2_standin) -> dict[str, Path]:
     """All three stand-ins, each built once per session."""
     return {"helpsteer2": helpsteer2_standin, "tinystories": tinystories_standin, "gemma2": gemma2_standin}
+
+
+@pytest.fixture(scope="session")
+def shaped_standins(tmp_path_factory, helpsteer2_standin, tinystories_standin) -> dict[str, Path]:
+    """The three stand-ins with an untrained Gemma-2 (seconds, not the base model's
+    pre-training): for checks that read only their shape, such as `validate`."""
+    gemma2 = build_gemma2(tmp_path_factory.mktemp("standins") / "gemma2_untrained", helpsteer2_standin, pretrain_steps=0)
+    return {"helpsteer2": helpsteer2_standin, "tinystories": tinystories_standin, "gemma2": gemma2}
 
 
 if __name__ == "__main__":

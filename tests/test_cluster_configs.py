@@ -133,6 +133,22 @@ def test_sweeps_named_in_cluster_docs_exist():
     assert not missing, f"cluster docs name specs that do not exist: {missing}"
 
 
+def test_the_rehearsals_jobs_validate_as_submitted(shaped_standins):
+    """The fast lane's check of the three-node rehearsal (tests/test_rehearsal.py, slow
+    lane): each paper-scale spec with the --set values cluster/rehearse.sh submits it
+    with, through `collapse-ray validate`; nothing starts."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               **{f"STANDIN_{name.upper()}": str(path) for name, path in shaped_standins.items()})
+    done = subprocess.run([str(ROOT / "cluster" / "rehearse.sh"), "--validate"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for spec in ("fig5_value_grid", "sft_helpsteer2", "pretraining_tinystories"):
+        assert f"{spec}: " in done.stdout, (spec, done.stdout)
+
+
 def cluster_section_of_readme() -> str:
     text = (ROOT / "README.md").read_text()
     return text.split("\n## Running on a cluster\n", 1)[1].split("\n## ", 1)[0]
