@@ -66,9 +66,14 @@ def test_streamed_selection_reads_exactly_the_rows_take_selects(tmp_path, local_
 
 @pytest.mark.ray
 @pytest.mark.slow  # a TorchTrainer's start-up: ~30 s on 2 cores
-def test_ray_train_workers_stream_a_selection_from_the_pool_files(tmp_path, local_ray):
+def test_ray_train_workers_stream_a_selection_and_all_reduce_the_held_out_loss(tmp_path, local_ray):
     """The trial hands the workers a read of the selected rows, not the rows: Ray Data
-    tokenizes them and each worker streams its shard; the fit sees every selected row."""
+    tokenizes them and each worker streams its shard; the fit sees every selected row.
+    Each worker evaluates its share of the held-out rows (13: the shares differ in size)
+    and the sums are all-reduced: the trial gets the held-out loss without loading the
+    model. The fit's poll interval is set for its controller only."""
+    import os
+
     from collapse_ray.tasks import PretrainingTask
     from collapse_ray.text import backends
     from collapse_ray.text.models import load_tokenizer
@@ -76,7 +81,7 @@ def test_ray_train_workers_stream_a_selection_from_the_pool_files(tmp_path, loca
     from collapse_ray.text.steps import encode
     from collapse_ray.text.training import FitSettings, token_loss
 
-    task = PretrainingTask(max_length=48, vocab_size=300, n_test=12).with_workdir(tmp_path / "task")
+    task = PretrainingTask(max_length=48, vocab_size=300, n_test=13).with_workdir(tmp_path / "task")
     real = task.real_data(60, [chain_generators(0)[0]])
     pool = ArrayPool([5])
     pool.add(real.train, 0, "real")
@@ -91,8 +96,11 @@ def test_ray_train_workers_stream_a_selection_from_the_pool_files(tmp_path, loca
         epochs=1, micro_batch_size=1, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
         betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch", zero_stage=0,
         precision="fp32")
+    assert backends.HEALTH_CHECK_ENV not in os.environ
     figures = backends.fit_ray_train_texts(settings, texts, placement(task), 48, drop_long=False,
                                            held_out=real.context.held_out)
+    assert backends.HEALTH_CHECK_ENV not in os.environ, "the caller's environment is restored after the fit"
+    assert np.isfinite(figures["eval_seconds"])
     assert figures["train_examples"] == 41, "every selected row was tokenized for the workers"
     assert figures["optimizer_steps"] == 41 // 2, "each worker took its 20 micro-batches of one"
     loaded, tokenizer, device = backends.load_for_inference(settings.output_dir, settings.tokenizer_dir)
