@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-machine rehearsal of the cluster path: a Ray head that accepts `ray job submit`
-# and an MLflow tracking server, both bound to loopback (127.0.0.1) only.
+# and an MLflow tracking server, every server of both bound to loopback (127.0.0.1) only.
 #
 #   cluster/local_cluster.sh start    # start both; prints the exports to use
 #   cluster/local_cluster.sh env      # print the exports again
@@ -13,9 +13,12 @@
 #     -- collapse-ray run sweeps/quickstart.yaml --out "$COLLAPSE_RAY_SHARED/results"
 #
 # Ray 2.60 turns token authentication on for local clusters: this script sets
-# RAY_AUTH_MODE=token and uses $RAY_AUTH_TOKEN, else ~/.ray/auth_token, generating that
-# file (`ray get-auth-token --generate`) when neither exists. `ray job submit` needs the
-# same token (the `env` exports carry RAY_AUTH_MODE; the token stays in its file).
+# RAY_AUTH_MODE=token and uses $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH
+# (default $COLLAPSE_RAY_SHARED/ray_auth_token), which it writes when missing, readable by
+# its owner only (0600), and refuses if others can read it. Other local users reach
+# 127.0.0.1 too: the token is what keeps them out, so it never goes to Ray's own
+# ~/.ray/auth_token (`ray get-auth-token --generate` writes that one 0644). `ray job
+# submit` needs the same token (the `env` exports carry RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH).
 #
 # Settings (environment): COLLAPSE_RAY_SHARED (default /tmp/collapse_ray_shared: the
 # results folder every node would share, the MLflow database and artifacts, logs),
@@ -25,9 +28,14 @@
 # one machine), RAY_WORKER_NUM_CPUS (1 each). Each worker node gets its own temp folder
 # (RAY_TEMP_DIR-wN, else a fresh /tmp/ray-wN.XXXXXX) and its own free ports.
 #
-# Ray 2.60's `ray start` replaces --node-ip-address 127.0.0.1 by the machine's routable
-# address (resolve_ip_for_localhost): the nodes advertise that address; the dashboard,
-# job server and tracking server listen on 127.0.0.1 only.
+# Ray 2.60 has no bind option: a node's servers bind to loopback only when its node IP
+# is a loopback address, and `ray start` rewrites --node-ip-address 127.0.0.1 to the
+# machine's routable address (resolve_ip_for_localhost) unless
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set: a switch meant for macOS and Windows, which
+# also refuses worker nodes (they start through RAY_START_WORKER below). It is
+# undocumented on Linux, so `start` checks every node's IP and stops the cluster if one is
+# off loopback. Clients of this cluster need it too (Ray rewrites 127.0.0.1 in their
+# --address as well): the `env` exports carry it.
 #
 # `stop` ends only what `start` started: the process groups recorded in
 # $COLLAPSE_RAY_SHARED/*.pid. It never runs `ray stop`, which would end every Ray
@@ -40,12 +48,16 @@ DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 LOOPBACK=127.0.0.1
 export RAY_AUTH_MODE=token
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # every Ray process here: node IP 127.0.0.1, servers on loopback
+if [[ -z "${RAY_AUTH_TOKEN:-}" ]]; then export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$SHARED/ray_auth_token}; fi
 
 temp_dir_args=()
 if [[ -n "${RAY_TEMP_DIR:-}" ]]; then temp_dir_args=(--temp-dir "$RAY_TEMP_DIR"); fi
 
 print_env() {
   echo "export RAY_AUTH_MODE=token"
+  echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+  if [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then echo "export RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"; fi
   echo "export RAY_DASHBOARD=http://$LOOPBACK:$DASHBOARD_PORT"
   echo "export MLFLOW_TRACKING_URI=http://$LOOPBACK:$MLFLOW_PORT"
   echo "export COLLAPSE_RAY_SHARED=$SHARED"
@@ -55,12 +67,52 @@ free_port() {  # a loopback port nobody listens on right now
   python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+owners_token_file() {  # the token file: written 0600 from the start when missing; refused if others can read it
+  [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]] || return 0  # the token is in $RAY_AUTH_TOKEN
+  if [[ ! -e "$RAY_AUTH_TOKEN_PATH" ]]; then
+    (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
+  fi
+  local mode owner
+  mode=$(stat -c %a "$RAY_AUTH_TOKEN_PATH") owner=$(stat -c %u "$RAY_AUTH_TOKEN_PATH")
+  if (( 8#$mode & 8#077 )) || [[ "$owner" != "$(id -u)" ]]; then
+    echo "error: RAY_AUTH_TOKEN_PATH $RAY_AUTH_TOKEN_PATH can be read by other users (mode $mode, owner uid $owner); chmod 600 it, as its owner, or name a new file" >&2
+    exit 2
+  fi
+}
+
+# `ray start ARGS` for a worker node (python -c "$RAY_START_WORKER" ARGS). With
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 `ray start --address` refuses ("Multi-node Ray
+# clusters are not supported on Windows and OSX"); that refusal is the only reader of the
+# switch through the CLI module's own name for Ray's constants, so that name alone is
+# shown clusters enabled, and the node IP stays on loopback.
+RAY_START_WORKER='
+import sys
+import types
+
+import ray._private.ray_constants as constants
+import ray.scripts.scripts as scripts
+
+scripts.ray_constants = types.SimpleNamespace(**{**vars(constants), "ENABLE_RAY_CLUSTER": True})
+sys.argv = ["ray", "start", *sys.argv[1:]]
+sys.exit(scripts.main())
+'
+
+check_nodes_on_loopback() {  # every node's IP is a loopback address, or one error line
+  ray list nodes --address "http://$LOOPBACK:$DASHBOARD_PORT" --format json --limit 1000 | python -c '
+import ipaddress, json, sys
+off = sorted({n["node_ip"] for n in json.load(sys.stdin) if not ipaddress.ip_address(n["node_ip"]).is_loopback})
+if off:
+    sys.exit(f"error: Ray nodes on {off}, not loopback, so their servers listen on every interface "
+             "(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 no longer keeps this Ray on 127.0.0.1); the cluster is stopped")
+'
+}
+
 start_worker() {  # start_worker N: worker node N joins the head, with its own temp folder and ports
   local n=$1 temp
   if [[ -n "${RAY_TEMP_DIR:-}" ]]; then temp="$RAY_TEMP_DIR-w$n"; mkdir -p "$temp"; else temp=$(mktemp -d "/tmp/ray-w$n.XXXXXX"); fi
   echo "$temp" >"$SHARED/ray-worker-$n.tempdir"
   # two nodes on one machine must not share a port: every listener a node opens, chosen here
-  setsid ray start --block --address "$LOOPBACK:$RAY_PORT" --node-ip-address "$LOOPBACK" \
+  setsid python -c "$RAY_START_WORKER" --block --address "$LOOPBACK:$RAY_PORT" --node-ip-address "$LOOPBACK" \
     --num-cpus "${RAY_WORKER_NUM_CPUS:-1}" --temp-dir "$temp" \
     --node-manager-port "$(free_port)" --object-manager-port "$(free_port)" \
     --dashboard-agent-listen-port "$(free_port)" --dashboard-agent-grpc-port "$(free_port)" \
@@ -94,9 +146,7 @@ EOF
 
 start() {
   mkdir -p "$SHARED/results" "$SHARED/mlflow-artifacts" "$SHARED/logs"
-  if [[ -z "${RAY_AUTH_TOKEN:-}" && ! -s "$HOME/.ray/auth_token" ]]; then
-    ray get-auth-token --generate >/dev/null
-  fi
+  owners_token_file
   # Ray's own actors (Ray Train's PlacementGroupCleaner) find "their" cluster through the
   # state API; with more than one Ray on the machine auto-detection fails ("Found multiple
   # active Ray instances"), so every process of this cluster is told the address.
@@ -126,6 +176,7 @@ start() {
     for n in $(seq "$RAY_WORKERS"); do start_worker "$n"; done
     wait_for_nodes $((1 + RAY_WORKERS)) 180
   fi
+  if ! check_nodes_on_loopback; then stop; exit 1; fi
   echo "Ray head (+ ${RAY_WORKERS:-0} worker nodes): $LOOPBACK:$RAY_PORT, dashboard and job server http://$LOOPBACK:$DASHBOARD_PORT" >&2
   echo "MLflow tracking server and UI: http://$LOOPBACK:$MLFLOW_PORT (store $SHARED/mlflow.db)" >&2
   echo "Use these exports:" >&2

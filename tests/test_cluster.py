@@ -1,8 +1,9 @@
 """The cluster path for real, on loopback only.
 
-`cluster/local_cluster.sh` starts a Ray head (token authentication on, dashboard and job
-server on 127.0.0.1) and an `mlflow server` (SQLite backend, artifacts proxied by the
-server); a quick sweep goes in with `ray job submit`, exactly as cluster/README.md says;
+`cluster/local_cluster.sh` starts a Ray head (token authentication on, every server on
+127.0.0.1) and an `mlflow server` (SQLite backend, artifacts proxied by the server); a
+quick sweep goes in with `ray job submit`, exactly as cluster/README.md says, while every
+process the script started is sampled for listening sockets (none may be off loopback);
 its runs and per-iteration metrics are read back through the server; and the MLflow UI
 is checked in headless Chromium (Debian's, installed by `make test`).
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import pytest
 
 from collapse_ray.tracking import client_for, results_table
 from tests.helpers import free_ports
+from tests.test_loopback import NOT_INHERITED, describe, processes_of, sample_while
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
@@ -44,16 +46,17 @@ def cluster(tmp_path_factory):
     shared = tmp_path_factory.mktemp("shared")
     ray_temp = tempfile.mkdtemp(prefix="crr", dir="/tmp")  # Ray's socket paths must stay short
     ray_port, dashboard, mlflow_port, client_port, agent_port, metrics_port = free_ports(6)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    home = tmp_path_factory.mktemp("home")  # the script's own token file, not ~/.ray/auth_token: shown here
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}  # the script sets what it needs
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        HOME=str(home),
         COLLAPSE_RAY_SHARED=str(shared),
         RAY_PORT=str(ray_port),
         DASHBOARD_PORT=str(dashboard),
         MLFLOW_PORT=str(mlflow_port),
         RAY_TEMP_DIR=ray_temp,
         RAY_NUM_CPUS="2",
-        RAY_AUTH_TOKEN=secrets.token_hex(16),  # this cluster's own token; ~/.ray is left alone
         RAY_START_ARGS=f"--ray-client-server-port {client_port} --dashboard-agent-listen-port {agent_port} "
         f"--metrics-export-port {metrics_port}",
     )
@@ -62,8 +65,9 @@ def cluster(tmp_path_factory):
         assert started.returncode == 0, started.stdout + started.stderr
         exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.split("\n") if line)
         env.update(exports)  # what `eval "$(cluster/local_cluster.sh env)"` does (RAY_AUTH_MODE=token among them)
-        yield SimpleNamespace(env=env, shared=shared, dashboard=exports["RAY_DASHBOARD"],
-                              tracking=exports["MLFLOW_TRACKING_URI"], dashboard_port=dashboard, mlflow_port=mlflow_port)
+        yield SimpleNamespace(env=env, shared=shared, home=home, ray_temp=ray_temp, dashboard=exports["RAY_DASHBOARD"],
+                              tracking=exports["MLFLOW_TRACKING_URI"], dashboard_port=dashboard, mlflow_port=mlflow_port,
+                              metrics_port=metrics_port)
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(ray_temp, ignore_errors=True)
@@ -76,14 +80,40 @@ def job_submit(cluster, env, *command: str) -> subprocess.CompletedProcess:
     )
 
 
+def cluster_processes(cluster) -> list:
+    """Every process the script started and theirs (the process groups it recorded), the
+    jobs' drivers and workers among them."""
+    pids = [int(path.read_text()) for path in cluster.shared.glob("*.pid")]
+    return processes_of(pids, marker=cluster.ray_temp)
+
+
+def job_submit_sampled(cluster, *command: str) -> tuple[subprocess.CompletedProcess, set]:
+    """`ray job submit` (which waits for the job), and the listeners of the cluster's
+    processes, sampled while the job runs."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        args = ["ray", "job", "submit", "--address", cluster.dashboard, *command]
+        job = subprocess.Popen(args, env=cluster.env, cwd=ROOT, stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + 600
+        try:
+            listeners = sample_while(lambda: job.poll() is None and time.monotonic() < deadline,
+                                     lambda: cluster_processes(cluster))
+        finally:
+            if job.poll() is None:
+                job.kill()
+            job.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, job.returncode, out.read(), err.read()), listeners
+
+
 @pytest.fixture(scope="module")
 def submitted(cluster):
     """The quickstart sweep, submitted the README's way; returns where its results are."""
     results = cluster.shared / "results"
     job_id = f"collapse-ray-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
-    done = job_submit(
-        cluster, cluster.env,
+    done, listeners = job_submit_sampled(
+        cluster,
         "--submission-id", job_id, "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", ".",
         "--", "collapse-ray", "run", "sweeps/quickstart.yaml", "--out", str(results),
         "--tracking-uri", cluster.tracking,
@@ -94,11 +124,11 @@ def submitted(cluster):
     status = subprocess.run(["ray", "job", "status", "--address", cluster.dashboard, job_id],
                             env=cluster.env, capture_output=True, text=True, timeout=120)
     return SimpleNamespace(job_id=job_id, returncode=done.returncode, log=log, status=status.stdout + status.stderr,
-                           results=results, seconds=seconds)
+                           results=results, seconds=seconds, listeners=listeners)
 
 
 def test_ray_job_submit_needs_the_clusters_token(cluster, tmp_path):
-    env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
     refused = job_submit(cluster, env, "--", "python", "-c", "print('should not run')")
     assert refused.returncode != 0
@@ -134,9 +164,28 @@ def test_submitted_sweep_logs_every_iteration_to_the_tracking_server(cluster, su
     assert any((sweep_dir / "tune").iterdir())
 
 
-def test_dashboard_and_tracking_server_listen_on_loopback_only(cluster):
+def test_dashboard_and_tracking_server_listen_on_loopback_only(cluster, submitted):
+    """And every other process the script started: Ray's GCS, raylet, agents (the metrics
+    export port, which answers without a token), workers and the job's driver, sampled
+    while the sweep ran."""
     assert listening_addresses(cluster.dashboard_port) == {"127.0.0.1"}
     assert listening_addresses(cluster.mlflow_port) == {"127.0.0.1"}
+    listeners = submitted.listeners
+    names = {l.process for l in listeners}
+    # the sampling saw the cluster at work, or a clean result would prove nothing
+    assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+    assert any(name.startswith("ray::") and not name.endswith("Agent") for name in names), names
+    assert {cluster.dashboard_port, cluster.mlflow_port, cluster.metrics_port} <= {l.port for l in listeners}
+    print(f"\nlocal_cluster.sh with a job running: {describe(listeners)}")
+    assert all(l.on_loopback for l in listeners), describe(listeners)
+
+
+def test_the_clusters_token_is_in_a_file_only_its_owner_reads(cluster):
+    """Other local users reach 127.0.0.1 too; the token is what keeps them out."""
+    assert not (cluster.home / ".ray" / "auth_token").exists(), "the token went to ~/.ray/auth_token"
+    token = Path(cluster.env["RAY_AUTH_TOKEN_PATH"])  # from the script's exports
+    assert token.is_relative_to(cluster.shared) and token.stat().st_size > 0
+    assert stat.filemode(token.stat().st_mode) == "-rw-------"
 
 
 def test_mlflow_ui_shows_the_sweep_runs_and_their_metric_charts(cluster, submitted, browser):
