@@ -1,6 +1,9 @@
 # The two commands of the README:
 #   make quickstart   set everything up, run the quickstart sweep, draw its figures
-#   make test         set everything up, run the whole test suite (what CI runs)
+#   make test         set everything up, run the fast test lane (at most 15 minutes on 2 cores)
+# and the rest of the suite:
+#   make test-slow    the slow lane: the three-node rehearsal and the tests marked slow_lane
+#   make test-all     both lanes, one after the other (what CI runs)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test browser bench clean
+.PHONY: setup quickstart test test-slow test-all browser bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -33,8 +36,22 @@ quickstart: setup
 
 # DeepSpeed builds its CPU ops into TORCH_EXTENSIONS_DIR, by default shared by every venv on the
 # machine with the venv's path in the build command, so each checkout would rebuild the others'.
+PYTEST := TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch_extensions $(BIN)/python -m pytest
+FAST_LANE := not rehearsal and not slow_lane
+SLOW_LANE := rehearsal or slow_lane
+
 test: setup browser
-	TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch_extensions $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) -m "$(FAST_LANE)" $(PYTEST_ARGS)
+
+test-slow: setup browser
+	$(PYTEST) -m "$(SLOW_LANE)" $(PYTEST_ARGS)
+
+# Both lanes even when the first fails, so one run reports every failure.
+test-all: setup browser
+	@status=0; \
+	$(MAKE) --no-print-directory test || status=1; \
+	$(MAKE) --no-print-directory test-slow || status=1; \
+	exit $$status
 
 # The MLflow-UI test drives Debian's Chromium: installed here when missing, where apt
 # can run (root or passwordless sudo); elsewhere that test skips (and fails under CI=true).

@@ -144,3 +144,11 @@ def browser():
             "--disable-component-update", "--disable-sync"])
         yield chromium
         chromium.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A slow-lane test says why it cannot run in the fast lane (`make test`)."""
+    for item in items:
+        for mark in item.iter_markers("slow_lane"):
+            if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
+                raise pytest.UsageError(f"{item.nodeid}: write @pytest.mark.slow_lane('why it cannot run in the fast lane')")

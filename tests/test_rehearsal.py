@@ -9,7 +9,8 @@ every job succeeds; every cell of every spec is in `collapse-ray results` with e
 iteration; the trials (the node of each one recorded) and their Ray Train workers and
 sampling actors ran on more than one node (Ray's own record); the runs, metrics and tables are on the tracking server.
 
-    python -m pytest tests/test_rehearsal.py -q -m slow
+    make test-slow        # the slow lane: this and the other slow-lane tests
+    .venv/bin/python -m pytest tests/test_rehearsal.py -q
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ STOP = ROOT / "cluster" / "local_cluster.sh"
 SPECS = ("fig5_value_grid", "sft_helpsteer2", "pretraining_tinystories")
 N_NODES = 3
 TIMEOUT_S = 2400  # measured: 21 min for the rehearsal on this 2-core machine at load 16-35
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.rehearsal, pytest.mark.slow, pytest.mark.ray]  # slow lane: `make test-slow`
 
 
 @pytest.fixture(scope="module")
