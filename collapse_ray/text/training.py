@@ -110,7 +110,9 @@ def train_worker(
     held_out: this worker's share of the held-out examples (None: no evaluation); the
     figures then hold `test_loss` (all workers' shares) and `eval_curve`
     ([optimiser step, loss] pairs, every eval_steps steps and at the end).
+    `setup_seconds`: from the call to the first step (imports, model, engine).
     """
+    began = time.perf_counter()
     import torch
 
     from .models import build_model, load_tokenizer
@@ -176,6 +178,7 @@ def train_worker(
         "train_seconds": seconds,
         "tokens_per_s": steady_tokens * world_size / steady if steady_start and steady > 0 else float("nan"),
         "optimizer_steps": float(optimizer_steps),
+        "setup_seconds": start - began,
     }
     if held_out is not None:
         figures.update(test_loss=curve[-1][1], eval_seconds=eval_seconds, eval_curve=curve)
