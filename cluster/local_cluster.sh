@@ -75,7 +75,8 @@ owners_token_file() {  # the token file: written 0600 from the start when missin
   local mode owner
   mode=$(stat -c %a "$RAY_AUTH_TOKEN_PATH") owner=$(stat -c %u "$RAY_AUTH_TOKEN_PATH")
   if (( 8#$mode & 8#077 )) || [[ "$owner" != "$(id -u)" ]]; then
-    echo "error: RAY_AUTH_TOKEN_PATH $RAY_AUTH_TOKEN_PATH can be read by other users (mode $mode, owner uid $owner); chmod 600 it, as its owner, or name a new file" >&2
+    echo "error: RAY_AUTH_TOKEN_PATH $RAY_AUTH_TOKEN_PATH can be read by other users (mode $mode," \
+      "owner uid $owner); chmod 600 it, as its owner, or name a new file" >&2
     exit 2
   fi
 }

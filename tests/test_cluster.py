@@ -66,8 +66,8 @@ def cluster(tmp_path_factory):
         exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.split("\n") if line)
         env.update(exports)  # what `eval "$(cluster/local_cluster.sh env)"` does (RAY_AUTH_MODE=token among them)
         yield SimpleNamespace(env=env, shared=shared, home=home, ray_temp=ray_temp, dashboard=exports["RAY_DASHBOARD"],
-                              tracking=exports["MLFLOW_TRACKING_URI"], dashboard_port=dashboard, mlflow_port=mlflow_port,
-                              metrics_port=metrics_port)
+                              tracking=exports["MLFLOW_TRACKING_URI"], dashboard_port=dashboard,
+                              mlflow_port=mlflow_port, metrics_port=metrics_port)
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(ray_temp, ignore_errors=True)

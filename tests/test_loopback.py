@@ -31,6 +31,7 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "sweeps" / "quickstart.yaml"
+TINY = ("grid.chain.workflow=[replace]", "grid.chain.n_real=[20,50]", "chain.n_iterations=3", "seeds=2")  # 2 trials
 KNOB = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # what the test process's environment may hold that would decide the outcome for the CLI
 # (conftest sets the knob and a token for the session's own Ray)
@@ -109,11 +110,13 @@ def cli_env(home: Path, ray_tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def start_run(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
+    """`collapse-ray run` of the quickstart spec, in a process group of its own; its output
+    goes to tmp_path/run.log."""
     sets = [arg for override in overrides for arg in ("--set", override)]
-    log = open(tmp_path / "run.log", "w")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen([sys.executable, "-m", "collapse_ray.cli", "run", str(QUICKSTART),
-                             "--out", str(tmp_path / "results"), *sets],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "run.log", "w") as log:  # the child keeps its own copy of the file
+        return subprocess.Popen([sys.executable, "-m", "collapse_ray.cli", "run", str(QUICKSTART),
+                                 "--out", str(tmp_path / "results"), *sets],
+                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def token_files_of(processes: Iterable[psutil.Process]) -> dict[str, str]:
@@ -144,13 +147,13 @@ def metrics_ports_in(ray_tmp: Path) -> set[int]:
 
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory):
-    """One tiny quickstart sweep (6 trials of 2 chains x 3 iterations) through the real
+    """One tiny quickstart sweep (2 trials of 2 chains x 3 iterations) through the real
     CLI; its session's listeners and token files, sampled while it ran."""
     tmp = tmp_path_factory.mktemp("embedded")
     home = tmp / "home"
     home.mkdir()
     ray_tmp = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    driver = start_run(tmp, cli_env(home, ray_tmp), "chain.n_iterations=3", "seeds=2")
+    driver = start_run(tmp, cli_env(home, ray_tmp), *TINY)
     tokens: dict[str, str] = {}
     metrics_ports: set[int] = set()
 
@@ -169,7 +172,8 @@ def embedded_run(tmp_path_factory):
         driver.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     yield SimpleNamespace(returncode=driver.returncode, printed=(tmp / "run.log").read_text(), home=home,
-                          listeners=listeners, tokens=tokens, metrics_ports=metrics_ports, seconds=time.perf_counter() - started)
+                          listeners=listeners, tokens=tokens, metrics_ports=metrics_ports,
+                          seconds=time.perf_counter() - started)
 
 
 def test_every_listener_of_the_embedded_ray_is_on_loopback(embedded_run):
@@ -199,9 +203,10 @@ def test_a_token_file_others_can_read_is_refused_before_ray_starts(tmp_path):
     token.write_text("0" * 64)
     token.chmod(0o644)
     env = cli_env(tmp_path, tmp_path, RAY_AUTH_TOKEN_PATH=str(token))
+    sets = [arg for override in TINY for arg in ("--set", override)]
     done = subprocess.run([sys.executable, "-m", "collapse_ray.cli", "run", str(QUICKSTART), "--out",
-                           str(tmp_path / "results"), "--set", "chain.n_iterations=1", "--set", "seeds=1"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "results"), *sets], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: RAY_AUTH_TOKEN_PATH") and done.stderr.count("\n") == 1, done.stderr
     assert "chmod 600" in done.stderr
@@ -210,15 +215,26 @@ def test_a_token_file_others_can_read_is_refused_before_ray_starts(tmp_path):
 
 def test_an_embedded_ray_off_loopback_is_refused(tmp_path):
     """The knob is undocumented on Linux: with it turned the other way (as a Ray that
-    ignores it would behave), the run stops after ray.init with one line, no sweep run."""
+    ignores it would behave), the run stops its Ray after ray.init and says so in one
+    line, before any sweep starts."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="lb", dir="/tmp"))
     try:
-        driver = start_run(tmp_path, cli_env(tmp_path, ray_tmp, **{KNOB: "1"}), "chain.n_iterations=1", "seeds=1")
-        driver.wait(timeout=300)
+        driver = start_run(tmp_path, cli_env(tmp_path, ray_tmp, **{KNOB: "1"}), *TINY)
+        try:
+            driver.wait(timeout=300)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, 9)
+        deadline = time.monotonic() + 30  # Ray's shutdown ends its processes; give them time to go
+        while processes_of([], marker=str(ray_tmp)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [p.pid for p in processes_of([], marker=str(ray_tmp))]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     printed = (tmp_path / "run.log").read_text()
     assert driver.returncode == 1, printed[-3000:]
-    errors = [line for line in printed.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "not a loopback address" in errors[0], printed[-3000:]
+    # (stdout, stderr and Ray's own writers share the log: the line is not looked for at a line start)
+    assert printed.count("error: ") == 1 and "error: the embedded Ray's node IP is " in printed, printed[-3000:]
+    assert "not a loopback address" in printed and "Traceback" not in printed, printed[-3000:]
     assert "finished" not in printed and not (tmp_path / "results" / "quickstart").exists()
+    assert not left, f"the refused Ray's processes are still running: {left}"
