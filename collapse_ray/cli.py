@@ -204,7 +204,10 @@ def _owners_token_file(path: Path) -> Path:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        info = path.stat()
+        try:
+            info = path.stat()
+        except OSError as err:  # e.g. a link to nowhere
+            raise SpecError(f"{TOKEN_PATH} {str(path)!r} cannot be read ({err.strerror})") from None
         if info.st_uid != os.getuid() or info.st_mode & 0o077:
             raise SpecError(f"{TOKEN_PATH} {str(path)!r} can be read by other users (mode "
                             f"{stat.filemode(info.st_mode)}, owner uid {info.st_uid}); chmod 600 it, as its "
