@@ -279,6 +279,8 @@ def test_a_shard_write_killed_part_way_leaves_no_partial_shard_visible(tmp_path)
 
 
 # -- the tracking server away ---------------------------------------------------------------
+@pytest.mark.slow_lane("a tracking server stopped and restarted under a running sweep: ~1-1.5 min; the fast lane's "
+                       "exactly-once checks are tests/test_metric_record.py's")
 def test_a_brief_tracking_outage_loses_and_duplicates_nothing(tmp_path, tracking_server):
     name = "tracking_outage"
     spec = write_spec(tmp_path, name, task=SLOW_TASK, chain=SLOW_CHAIN, seeds=4,
@@ -306,6 +308,8 @@ def test_a_brief_tracking_outage_loses_and_duplicates_nothing(tmp_path, tracking
           f"{table.groupby(['run_key', 'seed']).ngroups}; metrics lost: {lost}; duplicated: {duplicated}")
 
 
+@pytest.mark.slow_lane("a sweep outlasting its tracking server, then its resume: ~1.5 min; the fast lane resumes "
+                       "killed drivers and workers (this file) and refuses unreachable stores (tests/test_preflight.py)")
 def test_a_tracking_server_that_stays_away_fails_loudly_and_resumes(tmp_path, tracking_server, slow_reference):
     name = "tracking_gone"
     spec = write_spec(tmp_path, name, task=SLOW_TASK, chain=SLOW_CHAIN, seeds=4, run={"max_failures": 0})

@@ -40,7 +40,9 @@ def sweep_run_status(uri: str, name: str) -> str:
     return parent.info.status
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGINT (Ctrl-C) in the fast lane; SIGTERM takes the same path, ~1 min more
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow_lane(
+    "the same interrupt path as SIGINT (fast lane), ~1 min"))], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_sweep_says_so_and_resumes(tmp_path, signum):
     name = f"interrupt_{signal.Signals(signum).name.lower()}"
     chain = {**SLOW_CHAIN, "n_iterations": 20}  # two trials one after the other: the signal lands mid-sweep

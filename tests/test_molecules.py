@@ -231,6 +231,8 @@ def test_runs_under_the_workflows(workflow):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.slow_lane("the molecule sweep: ~3-5 min of EGNN fits; this file's chain tests run the same task and "
+                       "loop in-process in the fast lane")
 def test_quick_sweep_end_to_end_replace_loses_the_conformers_accumulate_keeps(sweep_once):
     """sweeps/diffusion_molecules_quick.yaml through Ray Tune, MLflow and the results table
     (the session's one run of it, which tests/test_sweep_ray.py's figure check also reads).
