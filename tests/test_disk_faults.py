@@ -55,6 +55,8 @@ def test_a_read_only_out_is_one_line_before_anything_starts(small_disk, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.slow_lane("a sweep filling a small disk, then its resume, ~45 s; fast lane: a read-only --out is refused "
+                       "before anything starts (this file), a shard write killed part-way (tests/test_faults.py)")
 def test_a_disk_that_fills_mid_sweep_fails_fast_and_resumes(small_disk, tmp_path):
     name = "disk_full"
     chain = {**SLOW_CHAIN, "n_iterations": 20}  # the disk fills at iteration 3, in well under a second

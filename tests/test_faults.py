@@ -176,6 +176,8 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_its_last_finished_itera
 
 
 # -- the driver killed mid-sweep ------------------------------------------------------------
+@pytest.mark.slow_lane("a 40-seed sweep killed and resumed, ~45 s; fast lane: an interrupted driver resumes exactly "
+                       "(tests/test_interrupt.py, SIGINT), a killed Ray worker too (this file)")
 def test_a_killed_driver_resumes_without_redoing_or_duplicating(tmp_path):
     name = "driver_kill"
     spec = write_spec(tmp_path, name, task={"name": "gaussian", "dim": 10, "n_test": 200},

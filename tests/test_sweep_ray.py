@@ -78,6 +78,10 @@ SLOW_LANE_QUICK = {
     "fig5_value_grid_quick": "13 cells' fits and a value pool, ~3-4 min; fast lane: value pools "
                              "(tests/test_lm_protocol.py) and the Fig. 5 figures from a table",
     "diffusion_molecules_quick": "the molecule sweep, ~3-5 min (tests/test_molecules.py, slow lane, reads the same run)",
+    "sft_fig4_subsample_quick": "4 SFT fits, ~45 s; fast lane: SFT chains in sft_models_quick and accumulate_subsample "
+                                "on the language models' pool path (tests/test_lm_pool_stream.py)",
+    "diffusion_points_quick": "5 seeds x 2 workflows of DDPM fits, ~30 s; fast lane: vae_digits_quick through Tune, "
+                              "tests/test_diffusion.py's replace against accumulate in-process",
 }
 QUICK = [pytest.param(name, marks=pytest.mark.slow_lane(SLOW_LANE_QUICK[name])) if name in SLOW_LANE_QUICK else name
          for name in sorted(p.stem for p in (ROOT / "sweeps").glob("*_quick.yaml"))]
@@ -109,6 +113,9 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
     assert pngs and all(p.stat().st_size > 20_000 for p in pngs)
     if name in LM_CHAINS:
         _replace_is_worse_than_accumulate(table, name)
+        # iteration 1 fits the real rows alike in both workflows: one fit, in the sweep's shared folder
+        fits = list(out.glob(f"{spec.name}/*/chains/_shared/fits/*/fit.json"))
+        assert len(fits) == 2 * 2 - 1, fits
     # replace against accumulate in the fast lane (local backend), one check per case, never
     # averaged across them; margins measured over seeds 0-3 / 0-2: SFT at least 0.52 (mean 0.91),
     # pretraining at least 1.12 (mean 1.59), against the 0.2 asked
@@ -118,9 +125,6 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
     if name == "pretraining_ablations_quick":
         for case, cells in table.groupby(["temperature", "epochs", "generation"]):
             _replace_is_worse_than_accumulate(cells, f"{name} {case}")
-        # iteration 1 fits the real rows alike in both workflows: one fit, in the sweep's shared folder
-        fits = list(out.glob(f"{spec.name}/*/chains/_shared/fits/*/fit.json"))
-        assert len(fits) == 2 * 2 - 1, fits
     if name in NEURAL_CHAINS:
         task = spec.points[0].task.name
         assert {p.name for p in pngs} >= {f"{task}_workflows.png", NEURAL_CHAINS[name][2]}
