@@ -32,13 +32,16 @@ def lean() -> bool:
 
 def import_deepspeed():
     """`deepspeed`, imported without the modules a fit never uses (when lean)."""
-    if "deepspeed" in sys.modules or not lean():
+    if not lean():
         import deepspeed
 
         return deepspeed
-    with _imports_refused(NOT_USED_BY_A_FIT):
-        import deepspeed
-    _import_muon_uncompiled()
+    if "deepspeed" not in sys.modules:
+        with _imports_refused(NOT_USED_BY_A_FIT):
+            import deepspeed
+    import deepspeed
+
+    _import_muon_uncompiled()  # also where something else imported deepspeed first
     return deepspeed
 
 
