@@ -376,8 +376,11 @@ def _grid_point(task_raw: Any, chain_raw: Any, swept: tuple[tuple[str, Any], ...
     chain = from_mapping(ChainConfig, cell["chain"], "chain").resolved()  # the cell's one resolution
     if chain.n_real == 0 and not offers(task, FitsEmptyTrainingSet):
         fail("chain.n_real", f"an integer >= 1 for task {task.name}", chain.n_real)
-    if isinstance(task, ChecksChain):  # task-specific size rules
-        task.check_chain(chain, "chain")
+    if isinstance(task, ChecksChain):  # task-specific size rules, named with the task they come from
+        try:
+            task.check_chain(chain, "chain")
+        except SpecError as err:
+            raise SpecError(f"{err} (for task {task.name})", field=err.field, allowed=err.allowed) from None
     return GridPoint(_point_key(task, chain, swept), swept, task, chain)
 
 
