@@ -134,3 +134,15 @@ class TrackingServer:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def tiny_fit_settings(tokenizer_dir: str, output_dir: Path, **changes):
+    """The FitSettings of a one-epoch fit of the `tiny` preset (plain torch, fp32, constant
+    learning rate), with `changes` applied: the tests' small real fits."""
+    from collapse_ray.text.training import FitSettings
+
+    base = dict(model_name="tiny", tokenizer_dir=tokenizer_dir, output_dir=str(output_dir), seed=0, epochs=1,
+                micro_batch_size=1, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
+                betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch",
+                zero_stage=0, precision="fp32")
+    return FitSettings(**{**base, **changes})

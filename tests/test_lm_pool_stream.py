@@ -16,6 +16,8 @@ from collapse_ray.loop import chain_generators
 from collapse_ray.pool import ArrayPool, selected_rows, selection_dataset
 from collapse_ray.workflows import make_workflow
 
+from .helpers import tiny_fit_settings
+
 CHAINS = [7, 3]
 
 
@@ -79,7 +81,7 @@ def test_ray_train_workers_stream_a_selection_and_all_reduce_the_held_out_loss(t
     from collapse_ray.text.models import load_tokenizer
     from collapse_ray.text.settings import placement
     from collapse_ray.text.steps import encode
-    from collapse_ray.text.training import FitSettings, token_loss
+    from collapse_ray.text.training import token_loss
 
     task = PretrainingTask(max_length=48, vocab_size=300, n_test=13).with_workdir(tmp_path / "task")
     real = task.real_data(60, [chain_generators(0)[0]])
@@ -91,11 +93,7 @@ def test_ray_train_workers_stream_a_selection_and_all_reduce_the_held_out_loss(t
     selection = workflow.select(pool.index, 2, [np.random.default_rng(1)])
     texts = selection_dataset(tmp_path / "pool", pool.index, selection, 5, ["text"])
 
-    settings = FitSettings(
-        model_name="tiny", tokenizer_dir=real.context.tokenizer_dir, output_dir=str(tmp_path / "model"), seed=0,
-        epochs=1, micro_batch_size=1, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
-        betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch", zero_stage=0,
-        precision="fp32")
+    settings = tiny_fit_settings(real.context.tokenizer_dir, tmp_path / "model")
     assert backends.HEALTH_CHECK_ENV not in os.environ
     figures = backends.fit_ray_train_texts(settings, texts, placement(task), 48, drop_long=False,
                                            held_out=real.context.held_out)
@@ -121,7 +119,6 @@ def test_ray_data_tokenizes_a_fits_rows_cutting_or_dropping_the_long_ones(tmp_pa
     from collapse_ray.text.models import load_tokenizer
     from collapse_ray.text.settings import placement
     from collapse_ray.text.steps import encode
-    from collapse_ray.text.training import FitSettings
 
     task = PretrainingTask(max_length=24, vocab_size=300, n_test=4).with_workdir(tmp_path / "task")
     real = task.real_data(20, [chain_generators(0)[0]])
@@ -137,11 +134,7 @@ def test_ray_data_tokenizes_a_fits_rows_cutting_or_dropping_the_long_ones(tmp_pa
         assert streamed == sorted(tuple(x) for x in encode(tokenizer, texts, 24, drop_long)), drop_long
         assert len(streamed) == (sum(n <= 24 for n in lengths) if drop_long else len(texts))
 
-    settings = FitSettings(
-        model_name="tiny", tokenizer_dir=tokenizer_dir, output_dir=str(tmp_path / "model"), seed=0, epochs=1,
-        micro_batch_size=1, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
-        betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="torch", zero_stage=0,
-        precision="fp32")
+    settings = tiny_fit_settings(tokenizer_dir, tmp_path / "model")
     only_long = ray.data.from_items([{"text": t} for t, n in zip(texts, lengths) if n > 24])
     figures = backends.fit_ray_train_texts(settings, only_long, placement(task), 24, drop_long=True)
     assert figures == {"train_examples": 0.0}

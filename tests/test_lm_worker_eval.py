@@ -16,6 +16,8 @@ from collapse_ray.tasks import PretrainingTask
 from collapse_ray.text import backends
 from collapse_ray.text.training import token_loss
 
+from .helpers import tiny_fit_settings
+
 LOCAL = {"backend": "local", "sampler": "local", "engine": "torch", "max_length": 64, "vocab_size": 300,
          "n_test": 20, "micro_batch_size": 8}
 
@@ -76,17 +78,13 @@ def test_a_deepspeed_worker_loads_and_builds_only_what_its_fit_uses(tmp_path, lo
 
     from collapse_ray.text.models import load_tokenizer
     from collapse_ray.text.steps import encode
-    from collapse_ray.text.training import FitSettings
 
     task = PretrainingTask(**{**LOCAL, "n_test": 8}).with_workdir(tmp_path)
     real = task.real_data(32, [chain_generators(2)[0]])
     texts = [str(t) for t in np.ravel(real.train["text"])]
     examples = encode(load_tokenizer(real.context.tokenizer_dir), texts, 64, False)
-    settings = FitSettings(
-        model_name="tiny", tokenizer_dir=real.context.tokenizer_dir, output_dir=str(tmp_path / "model"), seed=0,
-        epochs=1, micro_batch_size=4, grad_accum_steps=1, learning_rate=1e-3, warmup_ratio=0.0, warmup_steps=None,
-        betas=(0.9, 0.999), schedule="constant", weight_decay=0.0, max_grad_norm=1.0, engine="deepspeed",
-        zero_stage=2, precision="fp32")
+    settings = tiny_fit_settings(real.context.tokenizer_dir, tmp_path / "model", micro_batch_size=4,
+                                 engine="deepspeed", zero_stage=2)
     extensions, reports = tmp_path / "torch_extensions", tmp_path / "reports"
     extensions.mkdir(), reports.mkdir()
 
