@@ -1,10 +1,11 @@
 """Results tables shaped for figures: reading them, the settings of a row, means and
 standard errors over seeds, and fixing the settings a figure has no axis for.
 
-One rule for every mean in every figure: over the finite values only (a test loss is
-+inf once a fit is degenerate), with `count` the finite values the mean is over and
-`total` all of them, so a figure can say how many chains it left out; `se` is the
-sample standard deviation / sqrt(count), NaN for a single value.
+One rule for every mean in every figure, the one the MLflow charts use too
+(collapse_ray.statistics.mean_se): over the finite values only (a test loss is +inf once a
+fit is degenerate), with `count` the finite values the mean is over and `total` all of
+them, so a figure can say how many chains it left out; `se` is the sample standard
+deviation / sqrt(count), NaN for a single value.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from collapse_ray import statistics
 
 from analysis.style import KNOBS, missing
 
@@ -128,13 +131,11 @@ def summarise_long(rows: pd.DataFrame, keys: Sequence[str], metrics: Sequence[st
     values in that group, over finite values only (see the module docstring)."""
     keys = list(keys)
     long = rows.melt(id_vars=keys, value_vars=list(metrics), var_name="metric", value_name="value")
-    long["value"] = long["value"].astype(np.float64)
-    long["finite"] = long["value"].where(np.isfinite(long["value"]))
     grouped = long.groupby(keys + ["metric"], sort=True, dropna=False)
-    out = grouped["finite"].agg(mean="mean", sd="std", count="count")
-    out["total"] = grouped["value"].size()
-    out["se"] = out["sd"] / np.sqrt(out["count"])
-    return out.drop(columns="sd").reset_index()
+    stats = statistics.mean_se(long["value"].astype(np.float64).to_numpy(), grouped.ngroup().to_numpy(), grouped.ngroups)
+    out = pd.DataFrame({"mean": stats.mean, "count": stats.count, "total": stats.total, "se": stats.se},
+                       index=grouped.size().index)  # ngroup numbers the groups in this order
+    return out.reset_index()
 
 
 def mean_se(rows: pd.DataFrame, keys: Sequence[str], metric: str = "test_loss") -> pd.DataFrame:

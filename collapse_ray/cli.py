@@ -310,26 +310,34 @@ def _run(args) -> int:
     ui_uri = outcome.tracking_uri
     print(f"\n{'finished' if outcome.n_failed == 0 else 'FAILED'}: {outcome.n_trials - outcome.n_failed}/"
           f"{outcome.n_trials} trials in {outcome.seconds:.1f}s")
+    conclusion = outcome.conclusion
+    if conclusion is not None:  # the answer first: the last iteration per cell, and the header's claim
+        for line in conclusion.lines:
+            print(f"  {line}")
     print(f"  sweep folder : {outcome.sweep_dir}")
     print(f"  MLflow store : {ui_uri} (experiment {outcome.experiment!r}, sweep run {outcome.sweep_run_id})")
-    from .tracking import ui_url
+    from .tracking import run_url, ui_url
 
+    port = _free_ui_port()
     if ui_uri.startswith("sqlite:"):
-        print(f"  MLflow UI    : mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port 5000")
-        server = "http://127.0.0.1:5000"
+        print(f"  MLflow UI    : mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1 --port {port}")
+        server = f"http://127.0.0.1:{port}"
     else:
         server = ui_uri if ui_uri.startswith(("http://", "https://")) else "http://<your mlflow ui>"
     if outcome.experiment_id:
         print(f"  open         : {ui_url(server, outcome.experiment_id)}")
-        print("                 (the runs' charts by workflow; or click 'Model training' in the side menu, then "
+        print("                 (a line per cell of this sweep; or click 'Model training' in the side menu, then "
               "Views > collapse-ray)")
+        print(f"  sweep run    : {run_url(server, outcome.experiment_id, outcome.sweep_run_id)}")
     where = (f" --tracking-uri {ui_uri}" if not ui_uri.startswith("sqlite:")
              else "" if args.out == "results" else f" --results-dir {args.out}")
+    if conclusion is not None:
+        print(f"  cell table   : {conclusion.table} (also on the sweep run: cells.csv)")
+        if conclusion.figures:
+            print(f"  figures      : {Path(conclusion.figures[0]).parent}/ ({len(conclusion.figures)} PNG, also on "
+                  "the sweep run: Artifacts, figures/)")
     print(f"  results table: collapse-ray results {outcome.experiment} "
-          f"--out {Path(args.out) / (outcome.experiment + '.csv')}{where}")
-    # analysis/figures.py --sweep draws the figures and logs them on the sweep run (the UI shows them there)
-    print(f"  figures      : python analysis/figures.py --sweep {outcome.experiment}"
-          f"{where or ' --results-dir results'} --out {Path(args.out) / 'figures'}")
+          f"--out {outcome.sweep_dir / (outcome.experiment + '.csv')}{where}")
     if outcome.disk_fault is not None:
         print(f"error: {outcome.n_failed} trials failed on {one_line(outcome.disk_fault)}; free space (or make it "
               "writable) and rerun with --resume", file=sys.stderr)
@@ -338,6 +346,20 @@ def _run(args) -> int:
         print(f"  {outcome.n_failed} trials failed; fix the cause and rerun with --resume", file=sys.stderr)
         return 1
     return 0
+
+
+def _free_ui_port(preferred: int = 5000) -> int:
+    """The port for the printed `mlflow ui` line: 5000 unless something listens there."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    return preferred
 
 
 def _results(args) -> int:

@@ -156,6 +156,7 @@ class SweepOutcome:
     seconds: float
     disk_fault: str | None = None  # why trials failed, when it was a full or read-only disk
     experiment_id: str = ""
+    conclusion: Any = None  # collapse_ray.cells.Conclusion: the answer's lines, figures, table
 
 
 def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
@@ -361,6 +362,7 @@ def _mark_interrupted(sweep_dir: Path, written: dict[str, Any]) -> None:
         return
     state = {**written["state"], "status": "interrupted"}
     _write_json(sweep_dir / SWEEP_FILE, state)
+    _conclude(written)  # the chains finished so far, on the sweep run
     try:
         written["client"].set_terminated(state["sweep_run_id"], "KILLED")
     except Exception as err:  # noqa: BLE001 - the store may be what is away; sweep.json says it
@@ -399,9 +401,7 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
         ensure_experiment,
         grow_sweep_run,
         real_data_datasets,
-        save_sweep_view,
         start_sweep_run,
-        sweep_view_inputs,
     )
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -454,7 +454,7 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
         "trials": [[job.key, job.point.key, list(job.seeds)] for job in jobs],
     }
     _write_json(sweep_dir / SWEEP_FILE, state)
-    written.update(state=state, client=client)
+    written.update(state=state, client=client, spec=spec, jobs=jobs, experiment_id=experiment_id, sweep_dir=sweep_dir)
     say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
 
     try:
@@ -488,7 +488,7 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
                 name=f"tune-{int(time.time())}",
                 storage_path=str(sweep_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                callbacks=[ProgressCallback(len(jobs))],
+                callbacks=[ProgressCallback(len(jobs), started)],
                 verbose=0,
             ),
         )
@@ -515,15 +515,30 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
 
     state["status"] = "finished" if n_failed == 0 else "failed"
     _write_json(sweep_dir / SWEEP_FILE, state)
-    try:  # the UI's saved view: a convenience, which never fails a finished sweep
-        metric_keys, spans_decades = sweep_view_inputs(client, experiment_id, sweep_run_id)
-        save_sweep_view(client, experiment_id, metric_keys, spans_decades,
-                        swept=list(dict.fromkeys(key for point in spec.points for key, _ in point.swept)))
-    except Exception as err:  # noqa: BLE001
-        say(f"  (could not save the MLflow view collapse-ray: {str(err).splitlines()[0][:200]})")
+    conclusion = _conclude(written)
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
     return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed,
-                        time.perf_counter() - started, disk_fault, experiment_id)
+                        time.perf_counter() - started, disk_fault, experiment_id, conclusion)
+
+
+def _conclude(written: dict[str, Any]):
+    """The sweep's cell runs, saved view, per-cell table and figures (collapse_ray.cells): a
+    convenience, which never fails a sweep; None when it could not be made."""
+    from .cells import conclude_sweep
+
+    spec, state = written["spec"], written["state"]
+    try:
+        return conclude_sweep(written["client"], state["tracking_uri"], written["experiment_id"], spec.name,
+                              state["sweep_run_id"], written["jobs"],
+                              list(dict.fromkeys(key for point in spec.points for key, _ in point.swept)),
+                              written["sweep_dir"], spec.description,
+                              figures=os.environ.get(FIGURES_ENV, "1") != "0")
+    except Exception as err:  # noqa: BLE001
+        say(f"  (could not summarise the sweep on its MLflow run: {str(err).splitlines()[0][:200]})")
+        return None
+
+
+FIGURES_ENV = "COLLAPSE_RAY_SWEEP_FIGURES"  # 0: a sweep's end draws no figures (its table and view stay)
 
 
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
@@ -609,10 +624,12 @@ def _write_json(path: Path, data: dict) -> None:
 class ProgressCallback(Callback):
     """One line per finished trial (with an ETA), and per checkpoint of long chains."""
 
-    def __init__(self, n_trials: int):
+    def __init__(self, n_trials: int, sweep_started: float | None = None):
         self.n_trials = n_trials
         self.done = 0
-        self.start = time.time()
+        self.start = time.perf_counter()  # the trials' start, for the ETA
+        # "elapsed" counts from the sweep's start (Ray's start-up too), as the closing line does
+        self.sweep_started = self.start if sweep_started is None else sweep_started
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         total = trial.config["job"]["n_iterations"]
@@ -621,9 +638,10 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.n_trials - self.done)
-        say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} done; elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+        now = time.perf_counter()
+        eta = (now - self.start) / self.done * (self.n_trials - self.done)
+        say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} done; elapsed {now - self.sweep_started:.0f}s, "
+            f"eta {eta:.0f}s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1

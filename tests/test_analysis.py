@@ -4,6 +4,7 @@ lines; and a real sweep's figures logged on its parent MLflow run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -156,17 +157,64 @@ def test_bad_command_lines_are_one_line_and_status_2(argv, says, tmp_path, capsy
     assert not (tmp_path / "nowhere").exists(), "no empty store created"
 
 
+def _results_csv(out: Path, tmp: Path) -> Path:
+    from collapse_ray import cli
+
+    assert cli.main(["results", "quickstart", "--results-dir", str(out), "--out", str(tmp / "q.csv")]) == 0
+    return tmp / "q.csv"
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, capsys):
     """A real quickstart sweep (3 trials of 2 seeds x 3 iterations) in a SQLite store; the
     figure command pointed at it draws the figures and logs them on the parent run."""
     from collapse_ray import cli
-    from collapse_ray.tracking import PARENT_TAG, SWEEP_TAG, client_for
+    from collapse_ray import theory
+    from collapse_ray.tracking import CELL_SEEDS_TAG, PARENT_TAG, SWEEP_TAG, cell_filter, client_for, read_view_state
 
     out = tmp_path / "results"
     assert cli.main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), "--out", str(out), "--set", "seeds=2",
                      "--set", "chain.n_iterations=3", "--set", "grid.chain.n_real=[20]"]) == 0
+    summary = capsys.readouterr().out
+    client = client_for(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    (sweep,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` != ''")
+    sweep_dir = Path(sweep.data.tags[SWEEP_TAG])
+    # issue 26, 3: a plain `collapse-ray run` leaves the figures and the per-cell table on the sweep run
+    drawn = {"fig1_gaussian_d2.png", "fig1_gaussian_overview.png", "fig4_workflows.png"}
+    on_run = {a.path for a in client.list_artifacts(sweep.info.run_id, "figures")}
+    assert on_run == {f"figures/{n}" for n in drawn}, on_run
+    assert {p.name for p in (sweep_dir / "figures").glob("*.png")} == drawn  # in the sweep's own folder
+    assert {"cells.csv", "cells.json"} <= {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    cells = pd.read_csv(sweep_dir / "cells.csv")
+    trace = cells[cells["metric"] == "cov_trace_ratio"].set_index("workflow")
+    assert sorted(trace.index) == ["accumulate", "accumulate_subsample", "replace"]
+    assert (trace["iteration"] == 3).all() and (trace["chains"] == 2).all()
+    assert trace.loc["replace", "closed_form"] == pytest.approx(float(theory.gaussian_replace_trace_ratio(20, np.array([3]))[0]))
+    assert np.isnan(trace.loc["accumulate_subsample", "closed_form"])
+    # issue 26, 4: the terminal ends with that table's answer and the header's claim, judged
+    lines = summary.splitlines()
+    answer = next(line for line in lines if line.strip().startswith("t=3 cov_trace_ratio"))
+    rep = trace.loc["replace"]
+    assert f"replace {rep['mean']:.3g} ± {rep['se']:.3g} (theory {rep['closed_form']:.3g})" in answer, answer
+    assert answer.index("replace") < answer.index("accumulate_subsample") < answer.index("| accumulate ")
+    # issue 26, 1: the saved view shows this sweep's cell runs, one per cell, ungrouped (no
+    # average over unlike cells, no min-max band), each the mean over its seeds
+    state = read_view_state(experiment)
+    assert state["searchFilter"] == cell_filter(sweep.info.run_id) and state["groupBy"] is None
+    assert "aggregateFunction" not in json.dumps(state) and state["runsHiddenMode"] == "SHOW_ALL"
+    cell_runs = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"])
+    assert sorted(r.info.run_name for r in cell_runs) == ["acc nr20", "accsub nr20", "rep nr20"]
+    table = pd.read_csv(_results_csv(out, tmp_path))
+    for run in cell_runs:
+        seeds = table[(table.workflow == run.data.tags["workflow"]) & (table.iteration == 3)]["test_loss"]
+        assert run.data.metrics["test_loss"] == pytest.approx(seeds.mean(), rel=1e-12)
+        assert run.data.metrics["test_loss_se"] == pytest.approx(seeds.std(ddof=1) / np.sqrt(len(seeds)), rel=1e-9)
+        assert run.data.tags[CELL_SEEDS_TAG] == "2" and "run_key" not in run.data.params
+    claim = next(line for line in lines if line.strip().startswith('Expected: "replace'))
+    assert " -> holds: " in claim or " -> does NOT hold: " in claim
+    assert "replace's test_loss above accumulate's in " in claim and "of 1 cells" in claim
     capsys.readouterr()
     figs = tmp_path / "figs"
     assert figures.main(["--sweep", "quickstart", "--results-dir", str(out), "--out", str(figs), "--pdf"]) == 0
@@ -176,18 +224,14 @@ def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, caps
     names = {"fig1_gaussian_d2.png", "fig1_gaussian_overview.png", "fig4_workflows.png"}
     assert sorted(printed[:-1]) == sorted(str(figs / n) for n in names)
 
-    client = client_for(f"sqlite:///{out / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("quickstart")
-    parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` != ''")
-    assert len(parents) == 1
-    parent = parents[0].info.run_id
+    parent = sweep.info.run_id
     assert parent in printed[-1] and "parent run" in printed[-1]
     logged = {a.path for a in client.list_artifacts(parent, "figures")}
     assert logged == {f"figures/{n}" for n in names} | {f"figures/{n.replace('.png', '.pdf')}" for n in names}
     fetched = Path(client.download_artifacts(parent, "figures/fig4_workflows.png", str(tmp_path / "fetched")))
     assert fetched.read_bytes() == (figs / "fig4_workflows.png").read_bytes()
     children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
-    assert len(children) == 3
+    assert len(children) == 6  # 3 chain runs and 3 cell runs
     assert all(not client.list_artifacts(c.info.run_id, "figures") for c in children), "figures on the parent only"
     # an experiment the store does not have: one line naming the ones it does
     capsys.readouterr()

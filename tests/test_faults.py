@@ -93,7 +93,7 @@ def wait_until(condition, timeout: float, what: str, driver: subprocess.Popen | 
 def steps_per_run(uri: str, experiment: str, key: str = "test_loss") -> dict[str, list[int]]:
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`collapse_ray.job_key` != ''")
     # keyed by job key and run id: a trial whose run was opened twice shows as two entries
     return {f"{r.data.tags[JOB_KEY_TAG]} {r.info.run_id}": [m.step for m in client.get_metric_history(r.info.run_id, key)]
             for r in runs}
@@ -165,7 +165,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_its_last_finished_itera
     assert len(steps) == 1 and lost == 0 and duplicated == 0, steps
     client = client_for(uri)
     exp = client.get_experiment_by_name(name)
-    run = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")[0]
+    run = client.search_runs([exp.experiment_id], filter_string="tags.`collapse_ray.job_key` != ''")[0]
     resumed_from = int(run.data.tags[RESUMED_TAG])
     assert killed_after <= resumed_from < SLOW_CHAIN["n_iterations"], (killed_after, resumed_from)
     table = results_table(uri, name)

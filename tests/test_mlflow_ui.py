@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,11 +26,15 @@ from collapse_ray import cli
 from collapse_ray.spec import parse_spec
 from collapse_ray.sweep import check_growable
 from collapse_ray.tracking import (
+    CELL_SEEDS_TAG,
     JOB_KEY_TAG,
     PER_SEED_TABLE,
     VIEW_TAG,
     chain_run_params,
+    cell_filter,
     client_for,
+    read_view_state,
+    run_url,
     sweep_params,
     ui_url,
 )
@@ -149,8 +154,25 @@ def test_growing_a_sweep_gives_the_table_of_the_larger_spec_run_from_scratch(gro
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].data.tags["seeds"] == "0-3"
-    children = [r for r in runs if r not in parents]
+    children = [r for r in runs if JOB_KEY_TAG in r.data.tags]
     assert len(children) == 4  # the first trials (seeds 0-1) and the new seeds' (2-3), per workflow
+
+    # issue 26, 1: the grown sweep's view has one run per cell, its two seed blocks combined:
+    # the mean and standard error over all 4 seeds (not the blocks' average and min-max band)
+    state = read_view_state(experiment)
+    assert state["searchFilter"] == cell_filter(parents[0].info.run_id) and state["groupBy"] is None
+    cells = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"])
+    assert sorted(r.info.run_name for r in cells) == ["accsub", "rep"]
+    table = _table(grown, tmp, "grown")
+    for cell in cells:
+        rows = table[table.workflow == cell.data.tags["workflow"]]
+        assert cell.data.tags[CELL_SEEDS_TAG] == "4"
+        for metric in ("test_loss", "test_loss_se"):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(cell.info.run_id, metric))
+            per_seed = rows.groupby("iteration")["test_loss"]
+            expected = per_seed.mean() if metric == "test_loss" else per_seed.std(ddof=1) / 2
+            assert [s for s, _ in history] == [1, 2, 3, 4, 5]
+            assert [v for _, v in history] == pytest.approx(expected.tolist(), rel=1e-9), metric
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_loss")]
         assert sorted(steps) == [1, 2, 3, 4, 5], (run.data.tags[JOB_KEY_TAG], steps)
@@ -262,3 +284,69 @@ def test_mlflow_ui_opens_the_sweep_as_a_researcher_wants_it(grown_sweep, ui_serv
     assert "seed" in text and "iteration" in text
     page.close()
     print(f"\nscreenshots: {SCREENSHOTS}/ui_sweep_charts.png, ui_sweep_run.png, ui_per_seed_table.png")
+
+
+# --- a value-grid sweep (Fig. 5): its question is a surface ---
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fig5_standin_loss(n_real: int, value_synthetic: int, pool: int) -> float:
+    """A smooth stand-in for the fine-tunes' test loss (falls with real and synthetic rows,
+    pools differ a little): the view and the UI are under test here, not the fits, which
+    the slow lane's fig5_value_grid_quick runs."""
+    return 3.0 - 0.4 * float(np.log1p(n_real / 50)) - 0.1 * float(np.log1p(value_synthetic / 100)) + 0.05 * pool
+
+
+def log_fig5_standin(uri: str) -> tuple[str, str]:
+    """The quick Fig. 5 spec's cells, logged as a sweep's end logs them (cell runs, saved
+    view), from a per-chain table of stand-in losses; returns (experiment id, sweep run id)."""
+    from collapse_ray.cells import cell_means, is_value_grid, log_cell_runs, sweep_cells
+    from collapse_ray.spec import load_spec
+    from collapse_ray.tracking import SWEEP_TAG, VALUE_GRID, ensure_experiment, job_params, save_sweep_view, sweep_view_inputs
+
+    spec = load_spec(ROOT / "sweeps" / "fig5_value_grid_quick.yaml")
+    jobs = spec.jobs()
+    assert is_value_grid(jobs)
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, spec.name)
+    sweep = client.create_run(experiment_id, run_name=f"{spec.name} stand-in", tags={SWEEP_TAG: "standin"})
+    table = pd.DataFrame([{**job_params(job), "seed": seed, "iteration": 1,
+                           "test_loss": fig5_standin_loss(job.point.chain.n_real, job.point.task.value_synthetic,
+                                                          job.point.task.value_pool)}
+                          for job in jobs for seed in job.seeds])
+    cells = sweep_cells(jobs)
+    log_cell_runs(client, experiment_id, sweep.info.run_id, cells, cell_means(table, cells, ["test_loss"]))
+    keys, spans, n_cells = sweep_view_inputs(client, experiment_id, sweep.info.run_id)
+    save_sweep_view(client, experiment_id, sweep.info.run_id, keys, spans,
+                    swept=["chain.n_real", "task.value_synthetic", "task.value_pool"], n_cells=n_cells,
+                    value_grid=VALUE_GRID)
+    return experiment_id, sweep.info.run_id
+
+
+def test_a_value_grid_sweeps_view_is_a_contour_over_its_two_axes(tmp_path, migrated_store):
+    import shutil
+
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, sweep_run_id = log_fig5_standin(uri)
+    client = client_for(uri)
+    state = read_view_state(client.get_experiment(experiment_id))
+    charts = {}
+    for chart in state["compareRunCharts"]:  # the first chart of each type (the SE scatter comes later)
+        charts.setdefault(chart["type"], chart)
+    contour = charts["CONTOUR"]
+    assert (contour["xaxis"], contour["yaxis"], contour["zaxis"]) == (
+        {"key": "chain.n_real", "type": "PARAM"}, {"key": "task.value_synthetic", "type": "PARAM"},
+        {"key": "test_loss", "type": "METRIC"})
+    assert charts["SCATTER"]["xaxis"] == {"key": "chain.n_real", "type": "PARAM"}
+    assert charts["SCATTER"]["yaxis"] == {"key": "test_loss", "type": "METRIC"}
+    assert "LINE" not in charts  # one iteration per chain: line charts would be lone dots
+    # a cell per (n_real, value_synthetic): the two pools and the seed averaged, as the figure does
+    cells = client.search_runs([experiment_id], filter_string=state["searchFilter"])
+    assert len(cells) == 4 * 3 and state["searchFilter"] == cell_filter(sweep_run_id)
+    for cell in cells:
+        n_real, synthetic = int(cell.data.params["chain.n_real"]), int(cell.data.params["task.value_synthetic"])
+        assert "task.value_pool" not in cell.data.params and cell.data.tags[CELL_SEEDS_TAG] == "2"
+        expected = np.mean([fig5_standin_loss(n_real, synthetic, pool) for pool in (0, 1)])
+        assert cell.data.metrics["test_loss"] == pytest.approx(expected, rel=1e-12)

@@ -23,7 +23,7 @@ def metric_steps(uri, experiment, key="test_loss"):
     """Each chain run's logged steps of `key`, by its job key (run names are for the UI)."""
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`collapse_ray.job_key` != ''")
     return {r.data.tags[JOB_KEY_TAG]: sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) for r in runs}
 
 
@@ -49,7 +49,7 @@ def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
     from collapse_ray.sweep import NODE_TAG
 
     exp = client_for(uri).get_experiment_by_name("quickstart")
-    chain_runs = client_for(uri).search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
+    chain_runs = client_for(uri).search_runs([exp.experiment_id], filter_string="tags.`collapse_ray.job_key` != ''")
     assert {r.data.tags.get(NODE_TAG) for r in chain_runs} == {local_ray.get_runtime_context().get_node_id()}
     # MLflow's chart value is the mean over the run's seeds
     client = client_for(uri)
@@ -97,7 +97,7 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
     from collapse_ray.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
-    run = sweep_once(name)
+    run = sweep_once(name, *SAMPLER_OVERRIDES.get(name, ()))
     out, table_path = run.out, run.table_path
     table = run.table()
     expected = sum(len(spec.seeds) * p.chain.n_iterations for p in spec.points)
@@ -134,6 +134,9 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
 
 
 LM_CHAINS = ("pretraining_quick", "sft_quick")  # fits on 2 Ray Train workers with DeepSpeed
+# ... and sample with vLLM (its CPU build) through the on-disk pool: the paper specs'
+# sampler end to end, acceptance rule included (the fast lane runs the HF sampler)
+SAMPLER_OVERRIDES = {name: ("task.sampler=vllm",) for name in LM_CHAINS}
 
 
 # quick neural specs: the metric that shows collapse, the margin the task's own tests
