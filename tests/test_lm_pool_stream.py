@@ -68,12 +68,17 @@ def test_streamed_selection_reads_exactly_the_rows_take_selects(tmp_path, local_
 
 @pytest.mark.ray
 @pytest.mark.slow  # a TorchTrainer's start-up: ~30 s on 2 cores
-def test_ray_train_workers_stream_a_selection_and_all_reduce_the_held_out_loss(tmp_path, local_ray):
+def test_ray_train_workers_stream_a_shuffled_selection_and_all_reduce_the_held_out_loss(tmp_path, local_ray):
     """The trial hands the workers a read of the selected rows, not the rows: Ray Data
     tokenizes them and each worker streams its shard; the fit sees every selected row.
-    Each worker evaluates its share of the held-out rows (13: the shares differ in size)
-    and the sums are all-reduced: the trial gets the held-out loss without loading the
-    model. The fit's poll interval is set for its controller only."""
+
+    In random order: an accumulate fit at iteration 2 reads its real rows, then the
+    samples, from the pool; each worker's first and last quarter of steps hold real rows
+    in their overall share (1/2) within sampling error, as (A)'s shuffled fits. (Without
+    the fit's global shuffle the shares were 1 and 0.) Each worker evaluates its share
+    of the held-out rows (13: the shares differ in size) and the sums are all-reduced:
+    the trial gets the held-out loss without loading the model. The fit's poll interval
+    is set for its controller only."""
     import os
 
     from collapse_ray.tasks import PretrainingTask
@@ -81,30 +86,46 @@ def test_ray_train_workers_stream_a_selection_and_all_reduce_the_held_out_loss(t
     from collapse_ray.text.models import load_tokenizer
     from collapse_ray.text.settings import placement
     from collapse_ray.text.steps import encode
-    from collapse_ray.text.training import token_loss
+    from collapse_ray.text.training import ORDER_FOLDER, row_digest, token_loss
 
     task = PretrainingTask(max_length=48, vocab_size=300, n_test=13).with_workdir(tmp_path / "task")
-    real = task.real_data(60, [chain_generators(0)[0]])
+    real = task.real_data(160, [chain_generators(0)[0]])
+    synthetic = real.train["text"].copy()
+    synthetic[0] = [text[::-1] for text in synthetic[0]]  # stand-in samples, told apart from the real rows
     pool = ArrayPool([5])
     pool.add(real.train, 0, "real")
-    pool.add({"text": real.train["text"][:, ::-1].copy()}, 1, "synthetic")  # stand-in samples
+    pool.add({"text": synthetic}, 1, "synthetic")
     pool.write_shards(tmp_path / "pool")
-    workflow = make_workflow("accumulate_subsample", n_train=41)
-    selection = workflow.select(pool.index, 2, [np.random.default_rng(1)])
+    selection = make_workflow("accumulate").select(pool.index, 2, [np.random.default_rng(1)])
     texts = selection_dataset(tmp_path / "pool", pool.index, selection, 5, ["text"])
 
-    settings = tiny_fit_settings(real.context.tokenizer_dir, tmp_path / "model")
+    settings = tiny_fit_settings(real.context.tokenizer_dir, tmp_path / "model", micro_batch_size=2,
+                                 record_order=True)
     assert backends.HEALTH_CHECK_ENV not in os.environ
     figures = backends.fit_ray_train_texts(settings, texts, placement(task), 48, drop_long=False,
                                            held_out=real.context.held_out)
     assert backends.HEALTH_CHECK_ENV not in os.environ, "the caller's environment is restored after the fit"
     assert np.isfinite(figures["eval_seconds"])
-    assert figures["train_examples"] == 41, "every selected row was tokenized for the workers"
-    assert figures["optimizer_steps"] == 41 // 2, "each worker took its 20 micro-batches of one"
+    assert figures["train_examples"] == 320, "every selected row was tokenized for the workers"
+    assert figures["optimizer_steps"] == 80, "each worker took its 80 micro-batches of two"
     loaded, tokenizer, device = backends.load_for_inference(settings.output_dir, settings.tokenizer_dir)
     assert figures["test_loss"] == pytest.approx(token_loss(loaded, list(real.test), tokenizer.pad_token_id), rel=1e-5)
-    tokenized = encode(load_tokenizer(settings.tokenizer_dir), list(pool.take(selection)["text"][0]), 48, False)
-    assert len(tokenized) == 41
+
+    tokenizer = load_tokenizer(settings.tokenizer_dir)
+    is_real = {row_digest(x): True for x in encode(tokenizer, list(real.train["text"][0]), 48, False)}
+    is_real.update({row_digest(x): False for x in encode(tokenizer, list(synthetic[0]), 48, False)})
+    seen = []
+    for rank in (0, 1):
+        steps = json.loads((tmp_path / "model" / ORDER_FOLDER / f"rank-{rank}.json").read_text())
+        assert len(steps) == 80
+        quarter = len(steps) // 4
+        for part in (steps[:quarter], steps[-quarter:]):
+            rows = [is_real[d] for batch in part for d in batch]
+            # 40 rows drawn without replacement from 320, half real: sd <= 0.08; 4 sd
+            assert abs(np.mean(rows) - 0.5) < 4 * np.sqrt(0.25 / len(rows)), (rank, np.mean(rows))
+        seen += [d for batch in steps for d in batch]
+    assert sorted(seen) == sorted(row_digest(x) for x in encode(tokenizer, list(pool.take(selection)["text"][0]), 48,
+                                                                False)), "each row once, on one worker"
 
 
 @pytest.mark.ray
@@ -139,6 +160,51 @@ def test_ray_data_tokenizes_a_fits_rows_cutting_or_dropping_the_long_ones(tmp_pa
     figures = backends.fit_ray_train_texts(settings, only_long, placement(task), 24, drop_long=True)
     assert figures == {"train_examples": 0.0}
     assert not (tmp_path / "model").exists(), "no trainer ran"
+
+
+@pytest.mark.ray
+def test_both_fit_paths_hand_the_workers_their_rows_in_a_seeded_random_order(tmp_path, local_ray):
+    """The rows path (examples in memory) and the on-disk path (a pool read) put a fit's
+    rows in random order before Ray Data cuts the workers' blocks: rows that arrive
+    real-first are mixed in every block, the same for a seed whatever the input's
+    blocks were, different for another seed. (The Ray Train test above checks what the
+    workers then consume.)"""
+    import pyarrow as pa
+    import ray.data
+
+    from collapse_ray.tasks import PretrainingTask
+    from collapse_ray.text import backends
+    from collapse_ray.text.models import load_tokenizer
+    from collapse_ray.text.steps import encode
+
+    task = PretrainingTask(max_length=32, vocab_size=300, n_test=2).with_workdir(tmp_path / "task")
+    real = task.real_data(100, [chain_generators(0)[0]])
+    texts = list(real.train["text"][0]) + [t[::-1] for t in real.train["text"][0]]  # real rows first
+    tokenizer_dir = real.context.tokenizer_dir
+    examples = encode(load_tokenizer(tokenizer_dir), texts, 32, False)
+    real_rows = {tuple(x) for x in examples[:100]}
+
+    def blocks(dataset) -> list[list[tuple]]:
+        return [[tuple(x) for x in ray.get(ref)["input_ids"].to_pylist()] for ref in dataset.get_internal_block_refs()]
+
+    def rows_from_the_pool(n_blocks: int):
+        rows = [{"text": t, "iteration": int(i >= 100), "source": "synthetic" if i >= 100 else "real", "row": i % 100}
+                for i, t in enumerate(texts)]
+        return ray.data.from_items(rows, override_num_blocks=n_blocks)
+
+    def balanced(blocks_: list[list[tuple]]) -> bool:
+        assert len(blocks_) == 4 and sorted(r for b in blocks_ for r in b) == sorted(tuple(x) for x in examples)
+        # 50 rows of 200 in a block, half real: sd <= 0.071
+        return all(abs(np.mean([r in real_rows for r in block]) - 0.5) < 4 * 0.071 for block in blocks_)
+
+    assert balanced(blocks(backends.examples_dataset(examples, 3, num_workers=2))), "rows path"
+    assert not np.array_equal(backends.fit_order(200, 3), backends.fit_order(200, 4))
+    on_disk = blocks(backends.tokenized_dataset(rows_from_the_pool(1), tokenizer_dir, 32, False, 2, shuffle_seed=3))
+    assert balanced(on_disk), "on-disk path"
+    assert blocks(backends.tokenized_dataset(rows_from_the_pool(5), tokenizer_dir, 32, False, 2,
+                                             shuffle_seed=3)) == on_disk, "one order per seed, whatever the blocks"
+    table = pa.Table.from_pylist(rows_from_the_pool(1).take_all())
+    assert not np.array_equal(np.argsort(backends.shuffle_keys(table, 3)), np.argsort(backends.shuffle_keys(table, 4)))
 
 
 # -- the chain loop with the pool on disk (loop.PoolOnDiskTask) ----------------------------

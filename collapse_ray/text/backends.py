@@ -5,6 +5,11 @@
   Dataset and each worker streams its equal shard. The held-out examples travel with
   the loop's config: each worker evaluates every world_size-th one and the sums are
   all-reduced (training.held_out_loss), so `test_loss` comes back with the figures.
+  Every fit's rows are shuffled globally first, seeded by the fit (`fit_order`,
+  `shuffle_keys`): a selection is read in pool order (real rows, then each iteration's
+  samples), and Ray Data's blocks, the split between workers and the local shuffle
+  buffer would keep that order, so an accumulate fit would see its real rows first and
+  end on the newest samples. (A) shuffles the whole concatenation every fit.
 - `sample_ray_data`: Ray Data batch inference, one task per chunk of samples, each
   generating with the KV cache on an actor that loaded the fitted model once.
 - `fit_local` / `sample_local`: the same code in this process (debugging, benchmarks).
@@ -117,14 +122,21 @@ def _ray_train_loop(config: dict) -> None:
 def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement,
                   held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     import pyarrow as pa
+    dataset = examples_dataset(examples, settings.seed, placement.num_workers)
+    return _train_on_dataset(settings, dataset, len(examples), placement, held_out)
+
+
+def examples_dataset(examples: Sequence[np.ndarray], shuffle_seed: int, num_workers: int):
+    """Token id arrays in memory as the workers' Ray Dataset: in a seeded random order
+    (fit_order), 2 blocks a worker, materialised here, before the workers hold the
+    CPUs: Ray Data tasks that started later would wait for a CPU forever (the workers
+    hold them until the fit ends)."""
     import ray.data
 
-    table = pa.table({"input_ids": pa.array([np.asarray(x, dtype=np.int32) for x in examples], type=pa.list_(pa.int32()))})
+    ordered = [np.asarray(examples[i], dtype=np.int32) for i in fit_order(len(examples), shuffle_seed)]
     quiet_ray_data()
-    # materialised here, before the workers hold the CPUs: Ray Data tasks that started
-    # later would wait for a CPU forever (the workers hold them until the fit ends)
-    dataset = ray.data.from_arrow(table).repartition(2 * placement.num_workers).materialize()
-    return _train_on_dataset(settings, dataset, len(examples), placement, held_out)
+    table = pa.table({"input_ids": pa.array(ordered, type=pa.list_(pa.int32()))})
+    return ray.data.from_arrow(table).repartition(2 * num_workers).materialize()
 
 
 def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_length: int, drop_long: bool,
@@ -139,7 +151,8 @@ def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_
     from dataclasses import replace
 
     start = time.perf_counter()
-    dataset = tokenized_dataset(texts, settings.tokenizer_dir, max_length, drop_long, placement.num_workers)
+    dataset = tokenized_dataset(texts, settings.tokenizer_dir, max_length, drop_long, placement.num_workers,
+                                shuffle_seed=settings.seed)
     n = dataset.count()
     if n == 0:
         return {"train_examples": 0.0}
@@ -149,27 +162,77 @@ def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_
     return {**figures, "data_seconds": data_seconds}
 
 
-def tokenized_dataset(texts, tokenizer_dir: str, max_length: int, drop_long: bool, num_workers: int):
+def fit_order(n: int, seed: int) -> np.ndarray:
+    """The order a fit on rows in memory streams its n examples in: a permutation
+    seeded by the fit."""
+    return np.random.default_rng([seed, 0x5EED]).permutation(n)
+
+
+def tokenized_dataset(texts, tokenizer_dir: str, max_length: int, drop_long: bool, num_workers: int,
+                      shuffle_seed: int | None = None):
     """`texts` (a Ray Dataset of `text` rows) tokenized by Ray Data tasks into
     `input_ids` rows (BOS + ids + EOS; long rows cut, or dropped with drop_long), cut
     into 2 blocks a worker and materialised in the object store: before the workers
     hold the CPUs (see fit_ray_train), and its count sizes every worker's equal number
-    of micro-batches."""
+    of micro-batches. With `shuffle_seed` the rows are first put in a seeded random
+    order by a global sort on `shuffle_keys`: the same order whatever Ray Data's
+    blocks were, so a fit stays reproducible and shared fits stay shared."""
     from functools import partial
 
     quiet_ray_data()
-    tokens = texts.map_batches(partial(_tokenize_batch, tokenizer_dir, max_length, drop_long), batch_format="pyarrow")
-    return tokens.repartition(2 * num_workers).materialize()
+    tokens = texts.map_batches(partial(_tokenize_batch, tokenizer_dir, max_length, drop_long, shuffle_seed),
+                               batch_format="pyarrow")
+    blocks = 2 * num_workers
+    if shuffle_seed is not None:
+        # the keys are uniform: even boundaries cut equal blocks, with no sampling pass
+        boundaries = [k * (2**63 // blocks) for k in range(1, blocks)]
+        tokens = tokens.sort(SHUFFLE_KEY, boundaries=boundaries).select_columns(["input_ids"])
+    return tokens.repartition(blocks).materialize()
 
 
-def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, batch):
+SHUFFLE_KEY = "shuffle_key"
+
+
+
+def shuffle_keys(batch, seed: int) -> np.ndarray:
+    """One int64 >= 0 per row, a seeded hash of the row's identity: its pool position
+    (iteration, source, row) where the rows come from the pool, else its text (equal
+    texts then sort together: only where the rows carry no position). Sorting by the
+    keys is a uniformly random order for each seed."""
+    import hashlib
+    from ..pool import SOURCES
+
+    if all(c in batch.column_names for c in ("iteration", "source", "row")):
+        identity = ((batch["iteration"].to_numpy().astype(np.uint64) << np.uint64(33))
+                    | (np.asarray([SOURCES.index(s) for s in batch["source"].to_pylist()], np.uint64) << np.uint64(32))
+                    | batch["row"].to_numpy().astype(np.uint64))
+    else:
+        identity = np.asarray([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+                               for t in batch["text"].to_pylist()], dtype=np.uint64)
+    mixed = _splitmix64(identity ^ _splitmix64(np.full(len(identity), seed, dtype=np.uint64)))
+    return (mixed >> np.uint64(1)).astype(np.int64)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele et al. 2014): a bijective mix of 64-bit words."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)).astype(np.uint64)
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)).astype(np.uint64)
+        return x ^ (x >> np.uint64(31))
+
+
+def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, shuffle_seed: int | None, batch):
     import pyarrow as pa
 
     from .models import load_tokenizer
-    from .steps import encode
+    from .steps import kept_and_encoded
 
-    examples = encode(load_tokenizer(tokenizer_dir), batch["text"].to_pylist(), max_length, drop_long)
-    return pa.table({"input_ids": pa.array(examples, type=pa.list_(pa.int32()))})
+    kept, examples = kept_and_encoded(load_tokenizer(tokenizer_dir), batch["text"].to_pylist(), max_length, drop_long)
+    columns = {"input_ids": pa.array(examples, type=pa.list_(pa.int32()))}
+    if shuffle_seed is not None:
+        columns[SHUFFLE_KEY] = pa.array(shuffle_keys(batch, shuffle_seed)[kept])
+    return pa.table(columns)
 
 
 def _train_on_dataset(settings: FitSettings, dataset, n_examples: int, placement: Placement,

@@ -67,19 +67,25 @@ def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarra
     """BOS + token ids + EOS; longer examples are cut to max_length or dropped.
 
     The BOS makes the first tokens learnable: sampling starts from BOS alone."""
+    return kept_and_encoded(tokenizer, texts, max_length, drop_long)[1]
+
+
+def kept_and_encoded(tokenizer, texts, max_length: int, drop_long: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """encode's examples, and the positions in `texts` they came from."""
     if len(texts) == 0:
-        return []
+        return np.empty(0, dtype=np.int64), []
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    out = []
-    for ids in encoded:
+    kept, out = [], []
+    for i, ids in enumerate(encoded):
         ids = [bos] + ids + [tokenizer.eos_token_id]
         if len(ids) > max_length:
             if drop_long:
                 continue
             ids = ids[:max_length]
+        kept.append(i)
         out.append(np.asarray(ids, dtype=np.int32))
-    return out
+    return np.asarray(kept, dtype=np.int64), out
 
 
 def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: TextContext) -> FittedLM:
@@ -234,7 +240,7 @@ def sample_settings(settings: LanguageModelSettings, model: FittedLM, generation
         model_dir=model.model_dir, tokenizer_dir=model.tokenizer_dir, temperature=settings.temperature,
         top_p=settings.top_p, max_new_tokens=settings.max_length - 1, batch_size=settings.sampling_batch_size,
         generation=generation, first_tokens=context.first_tokens if context else (),
-        first_token_counts=context.first_token_counts if context else (),
+        first_token_counts=context.first_token_counts if context else (), seeding=settings.sampler_seeding,
     )
 
 

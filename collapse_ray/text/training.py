@@ -15,6 +15,7 @@ steps (the within-fit curve). The trial gets the number back and never loads the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,6 +29,12 @@ import numpy as np
 
 IGNORE = -100  # label of padding positions
 FIGURES_FILE = "train_figures.json"  # beside the saved model: how its fit went
+ORDER_FOLDER = "data_order"  # with record_order: rank-R.json, per micro-step the row_digest of each row
+
+
+def row_digest(example: np.ndarray) -> str:
+    """A short name of one example's token ids (what record_order writes)."""
+    return hashlib.blake2b(np.asarray(example, dtype=np.int32).tobytes(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class FitSettings:
     precision: str  # fp32 | bf16 | fp16
     threads_per_worker: int = 0  # 0: leave torch's default
     eval_steps: int = 0  # held-out loss every eval_steps optimiser steps (0: only at the end)
+    record_order: bool = False  # each worker writes the rows it trained on, step by step (ORDER_FOLDER)
 
 
 def collate(batch: Sequence[np.ndarray], pad_id: int):
@@ -137,7 +145,7 @@ def train_worker(
     engine = _Engine(settings, model, optimizer, scheduler, world_size, device)
 
     tokens, losses, start, steady_start, steady_tokens = 0, [], time.perf_counter(), None, 0
-    step, curve, eval_seconds = 0, [], 0.0
+    step, curve, eval_seconds, order = 0, [], 0.0, []
 
     def evaluate_now() -> None:
         nonlocal eval_seconds
@@ -153,6 +161,8 @@ def train_worker(
         for batch in epoch_batches(epoch):
             if taken == micro_steps:
                 break
+            if settings.record_order:
+                order.append([row_digest(x) for x in batch])
             inputs = {k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
             loss = engine.step_on(inputs)
             losses.append(loss)
@@ -182,7 +192,14 @@ def train_worker(
     }
     if held_out is not None:
         figures.update(test_loss=curve[-1][1], eval_seconds=eval_seconds, eval_curve=curve)
-    engine.save(settings.output_dir, rank, figures)
+    files = {}
+    if settings.record_order:  # every worker's, saved by rank 0 with the model
+        orders = [order]
+        if world_size > 1:
+            orders = [None] * world_size
+            torch.distributed.all_gather_object(orders, order)
+        files = {f"{ORDER_FOLDER}/rank-{r}.json": json.dumps(o) for r, o in enumerate(orders)}
+    engine.save(settings.output_dir, rank, figures, files)
     return figures
 
 
@@ -257,21 +274,22 @@ class _Engine:
             return self.ds
         return getattr(self.model, "module", self.model)
 
-    def save(self, output_dir: str, rank: int, figures: dict) -> None:
+    def save(self, output_dir: str, rank: int, figures: dict, files: dict[str, str]) -> None:
         module = self.ds.module if self.ds is not None else getattr(self.model, "module", self.model)
         if self.ds is not None and self.settings.zero_stage == 3:
             from .lean_deepspeed import import_deepspeed
 
             with import_deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 if rank == 0:
-                    _save(module, output_dir, figures)
+                    _save(module, output_dir, figures, files)
             return
         if rank == 0:
-            _save(module, output_dir, figures)
+            _save(module, output_dir, figures, files)
 
 
-def _save(module, output_dir: str, figures: dict) -> None:
-    """The model and its training figures, renamed into place together."""
+def _save(module, output_dir: str, figures: dict, files: dict[str, str]) -> None:
+    """The model, its training figures and `files` (relative path -> text), renamed
+    into place together."""
     import torch
 
     out = Path(output_dir)
@@ -279,6 +297,9 @@ def _save(module, output_dir: str, figures: dict) -> None:
     module = module.to(torch.float32)
     module.save_pretrained(tmp, safe_serialization=True)
     (tmp / FIGURES_FILE).write_text(json.dumps(figures))
+    for name, text in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_text(text)
     if out.exists():  # left by an attempt that crashed after saving
         shutil.rmtree(out)
     os.replace(tmp, out)
