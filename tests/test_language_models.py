@@ -17,7 +17,7 @@ from collapse_ray.spec import ChainConfig, parse_spec
 from collapse_ray.tasks import PretrainingTask, SFTTask
 from collapse_ray.tasks.sft import format_example, parse_example
 from collapse_ray.text import corpora
-from collapse_ray.text.models import PAPER_PARAMETERS_M, PAPER_VOCAB, PRESETS, model_config, n_parameters
+from collapse_ray.text.models import PAPER_PARAMETERS, PAPER_VOCAB, PRESETS, model_config, n_parameters
 from collapse_ray.text.steps import encode
 from collapse_ray.text.training import IGNORE, collate, lr_lambda, micro_steps_per_epoch, token_loss
 from collapse_ray.validation import SpecError
@@ -43,20 +43,20 @@ def test_sft_format_parses_back_with_removeprefix_not_lstrip():
     assert parse_example("user: \nassistant: b") is None, "an empty prompt"
 
 
-@pytest.mark.parametrize("preset", sorted(PAPER_PARAMETERS_M))
-def test_presets_match_the_paper_sizes(preset):
+@pytest.mark.parametrize("preset", sorted(PAPER_PARAMETERS))
+def test_presets_have_the_papers_parameter_counts_exactly(preset):
+    """(B)'s counts, to the parameter, with its 8000-token vocabulary."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_config(model_config(preset, PAPER_VOCAB, 0))
-    millions = n_parameters(model) / 1e6
-    assert abs(millions - PAPER_PARAMETERS_M[preset]) / PAPER_PARAMETERS_M[preset] < 0.02, millions
+    assert n_parameters(model) == PAPER_PARAMETERS[preset]
 
 
 def test_tiny_preset_is_small():
     from transformers import AutoModelForCausalLM
 
     assert n_parameters(AutoModelForCausalLM.from_config(model_config("tiny", 1024, 0))) < 300_000
-    assert set(PRESETS) >= {"tiny", *PAPER_PARAMETERS_M}
+    assert set(PRESETS) >= {"tiny", *PAPER_PARAMETERS}
 
 
 def test_collate_masks_padding_even_where_pad_is_eos():

@@ -4,8 +4,8 @@ A model is named by a preset (built from scratch with transformers' GPT-2 or Lla
 configuration), a local folder written by `save_pretrained`, or a hub id
 (`google/gemma-2-2b`) on machines that can reach the hub; the last two go through the
 same `from_pretrained` call. (B)'s sizes with their 8000-token vocabulary:
-    gpt2_9m 8.9M, llama2_12m 12.6M, llama2_42m 41.8M, llama2_126m 125.6M parameters
-(tests check these counts). `tiny` fits a generation in about a minute on 2 CPU cores;
+    gpt2_9m 8,890,880, llama2_12m 12,488,960, llama2_42m 41,755,136, llama2_126m 125,553,408
+parameters (tests check these counts exactly). `tiny` fits a generation in about a minute on 2 CPU cores;
 `tiny_wide` (twice as wide) stands in for a larger model in the quick variants.
 """
 
@@ -20,14 +20,17 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # a second CPU-scale size, for the quick variants of figures with a line per model
     "tiny_wide": ("gpt2", {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 256}),
     "gpt2_9m": ("gpt2", {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_positions": 2048}),
-    "llama2_12m": ("llama", {"hidden_size": 288, "intermediate_size": 768, "num_hidden_layers": 8,
-                             "num_attention_heads": 6, "max_position_embeddings": 512}),
+    # (B)'s 12,488,960 parameters: d 256, feed-forward 1024, 8 layers, untied embeddings
+    "llama2_12m": ("llama", {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 8,
+                             "num_attention_heads": 8, "max_position_embeddings": 512}),
     "llama2_42m": ("llama", {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8,
                              "num_attention_heads": 8, "max_position_embeddings": 1024}),
     "llama2_126m": ("llama", {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                               "num_attention_heads": 12, "max_position_embeddings": 1024}),
 }
-PAPER_PARAMETERS_M = {"gpt2_9m": 8.9, "llama2_12m": 12.5, "llama2_42m": 41.8, "llama2_126m": 125.6}
+# (B)'s parameter counts, which the presets match exactly with PAPER_VOCAB tokens
+PAPER_PARAMETERS = {"gpt2_9m": 8_890_880, "llama2_12m": 12_488_960, "llama2_42m": 41_755_136,
+                    "llama2_126m": 125_553_408}
 PAPER_VOCAB = 8000
 SPECIAL = "<|endoftext|>"  # BOS, EOS and padding of the locally trained tokenizers
 
