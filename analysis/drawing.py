@@ -47,6 +47,38 @@ def save(fig: Figure, path: Path, pdf: bool = False) -> Path:
     return path
 
 
+def layout_problems(fig: Figure, tolerance: float = 1.0) -> list[str]:
+    """Texts that overlap another text or fall outside the canvas, as drawn (matplotlib's
+    tight bounding boxes, in pixels): what a reader would see clipped or printed over."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox
+    from matplotlib.axis import Tick
+    from matplotlib.text import Text
+
+    ticks = {id(t) for axes in fig.axes for axis in (axes.xaxis, axes.yaxis)
+             for tick in axis.get_major_ticks() + axis.get_minor_ticks() for t in (tick.label1, tick.label2)}
+    candidates = {id(t): t for t in fig.findobj(Text) if id(t) not in ticks}
+    for axes in fig.axes:  # tick labels: only those of ticks drawn (inside the view limits)
+        for axis in (axes.xaxis, axes.yaxis):
+            for tick in axis._update_ticks():
+                candidates.update({id(t): t for t in (tick.label1, tick.label2)})
+    texts = [(t, t.get_window_extent(renderer)) for t in candidates.values()
+             if t.get_visible() and str(t.get_text()).strip() and t.get_figure(root=True) is fig]
+    problems = []
+    for text, box in texts:
+        if (box.x0 < canvas.x0 - tolerance or box.y0 < canvas.y0 - tolerance
+                or box.x1 > canvas.x1 + tolerance or box.y1 > canvas.y1 + tolerance):
+            problems.append(f"{text.get_text()!r} falls outside the canvas")
+    for i, (a, box_a) in enumerate(texts):
+        for b, box_b in texts[i + 1:]:
+            width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if width > tolerance and height > tolerance:
+                problems.append(f"{a.get_text()!r} overlaps {b.get_text()!r}")
+    return problems
+
+
 # -- panels -----------------------------------------------------------------------
 def panel_grid(fig: Figure, n_rows: int, n_columns: int, *, titles: Sequence[str] = (),
                ylabels: Sequence[str] = (), xlabel: str | None = XLABEL, title_size: float = 10,

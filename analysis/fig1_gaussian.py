@@ -42,13 +42,14 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from analysis import drawing, style, tables  # noqa: E402
+from analysis import closed_forms, drawing, style, tables  # noqa: E402
 
 WORKFLOWS = style.CLASSIC
 METRICS = ("mean_sq_error", "cov_trace_ratio", "cov_det_ratio", "test_loss")
 SUMMARY_METRICS = METRICS + ("cov_log_det_ratio",)
 # A line is one (dim, sigma2, n_real, n_synthetic, workflow); a point adds iteration.
 LINE_KEYS = ["dim", "sigma2", "n_real", "n_synthetic", "workflow"]
+N_STYLES = ("-", (0, (5, 2)), ":", "-.", (0, (1, 1)))  # sample sizes by line style; colour is the workflow
 GROUP_KEYS = LINE_KEYS + ["iteration"]
 YLABELS = {
     "mean_sq_error": r"$\|\hat\mu_t - \mu_0\|^2$",
@@ -80,12 +81,14 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- plotting ---------------------------------------------------------------------
-def plot_panel(ax, panel: pd.DataFrame, metric: str, colours: dict, log: bool) -> tuple[bool, np.ndarray]:
-    """One metric under one workflow: data mean +- SE and closed forms, one colour per n;
-    returns whether a closed form was drawn, and the values drawn (for the row's limits)."""
-    drawn, any_theory = drawing.draw_lines(ax, panel, ["sigma2", "n_real", "n_synthetic"],
-                                           lambda g: (colours[(g["n_real"], g["n_synthetic"], g["sigma2"])], "-"),
-                                           log, theory=("gaussian", metric), limit=True)
+def plot_panel(ax, panel: pd.DataFrame, metric: str, line_styles: dict, log: bool) -> tuple[bool, np.ndarray]:
+    """One metric under one workflow: data mean +- SE and closed forms, in the workflow's
+    colour, one line style per n; returns whether a closed form was drawn, and the values
+    drawn (for the row's limits)."""
+    drawn, any_theory = drawing.draw_lines(
+        ax, panel, ["sigma2", "n_real", "n_synthetic", "workflow"],
+        lambda g: (style.colour(g["workflow"]), line_styles[(g["n_real"], g["n_synthetic"], g["sigma2"])]),
+        log, theory=("gaussian", metric), limit=True)
     notes = []
     for (_, n_real, _), line in panel.groupby(["sigma2", "n_real", "n_synthetic"], sort=True):
         line = line.sort_values("iteration")
@@ -129,7 +132,7 @@ def plot_dimension(summary: pd.DataFrame, dim: int) -> Figure:
     workflows = [w for w in WORKFLOWS if w in set(data["workflow"])]
     metrics = [m for m in METRICS if m in set(data["metric"])]
     keys = sorted(set(zip(data["n_real"], data["n_synthetic"], data["sigma2"])))
-    colours = style.n_colours(keys)
+    line_styles = {k: N_STYLES[i % len(N_STYLES)] for i, k in enumerate(keys)}
     many_sigma2 = data["sigma2"].nunique() > 1
     labels = {k: style.series_label(k[0], k[1], k[2], many_sigma2) for k in keys}
     fig = drawing.figure((3.6 * len(workflows) + 0.6, 2.6 * len(metrics)))
@@ -148,16 +151,18 @@ def plot_dimension(summary: pd.DataFrame, dim: int) -> Figure:
             ax = axes[i, j]
             if log:
                 ax.set_yscale("log")
-            theory, values = plot_panel(ax, row[row["workflow"] == workflow], metric, colours, log)
+            theory, values = plot_panel(ax, row[row["workflow"] == workflow], metric, line_styles, log)
             has_theory |= theory
             drawn.append(values)
             ax.grid(True, which="major", alpha=0.3)
         if log:
             drawing.log_limits(axes[i, 0], np.concatenate(drawn))  # shared by the row
     has_limit = "accumulate" in workflows and "cov_trace_ratio" in metrics
-    handles = drawing.colour_handles(colours, labels) + [drawing.band_handle("Monte-Carlo mean ± 1 SE")]
+    handles = [Line2D([], [], color=style.colour(w), lw=2, label=style.title(w)) for w in workflows]
+    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.6, label=labels[k]) for k, ls in line_styles.items()]
+    handles.append(drawing.band_handle("Monte-Carlo mean ± 1 SE"))
     handles += drawing.theory_handles(has_theory, r"accumulate limit $t\to\infty$" if has_limit else None)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(keys) + 3, 6), fontsize=9, frameon=False)
+    drawing.legend_below(fig, handles)
     return fig
 
 
@@ -189,38 +194,40 @@ DENSITY_ITERATIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 DENSITY_N_TARGET = 32  # small enough that replace visibly narrows and drifts in 100 iterations
 
 
-def density_chain(n: int, sigma2: float, n_iterations: int, workflow: str, seed: int = 0) -> pd.DataFrame:
-    """One 1-D chain (the same draws as the sweep's seed `seed` at d = 1): its fitted
-    mean and variance per iteration, through the real loop and task."""
+def density_chain(n: int, sigma2: float, n_iterations: int, workflow: str, seed: int = 0,
+                  dim: int = 1) -> pd.DataFrame:
+    """One chain at dimension `dim`: its fitted mean and variance of the first coordinate
+    per iteration, through the real loop and task."""
     from collapse_ray.loop import run_chain
     from collapse_ray.spec import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
-    task = _DensityProbe(GaussianTask(dim=1, sigma2=sigma2, n_test=10))
+    task = _DensityProbe(GaussianTask(dim=dim, sigma2=sigma2, n_test=10))
     chain = ChainConfig(workflow=workflow, n_real=n, n_iterations=n_iterations).resolved()
     return run_chain(task, chain, [seed]).table[["iteration", "fit_mean", "fit_var"]]
 
 
-def plot_densities(axes, summary: pd.DataFrame) -> None:
-    """(A)'s Fig. 1 top row: the fitted 1-D densities of one chain across iterations,
-    replace and accumulate, over the true N(0, sigma^2)."""
-    ones = summary[summary["dim"] == 1] if (summary["dim"] == 1).any() else summary
-    n = overview_n(ones, int(ones["dim"].min()), target=DENSITY_N_TARGET) or DENSITY_N_TARGET
-    sigma2 = float(ones["sigma2"].iloc[0])
+def plot_densities(axes, summary: pd.DataFrame, dim: int) -> None:
+    """(A)'s Fig. 1 top row: one chain's fitted densities across iterations, replace and
+    accumulate, over the truth: the sweep's own d and n (the n nearest 32 it ran; for
+    d > 1 the first coordinate's marginal)."""
+    rows = summary[summary["dim"] == dim]
+    n = overview_n(rows, dim, target=DENSITY_N_TARGET) or DENSITY_N_TARGET
+    sigma2 = float(rows["sigma2"].iloc[0])
     last = int(summary["iteration"].max())
     shown = [t for t in DENSITY_ITERATIONS if t <= last] + ([last] if last not in DENSITY_ITERATIONS else [])
     colours = style.ramp(shown, "viridis", 0.0, 0.9, single=0.0)
     x = np.linspace(-4 * np.sqrt(sigma2), 4 * np.sqrt(sigma2), 600)
     peak = 1 / np.sqrt(2 * np.pi * sigma2)
+    where = f"d = {dim}, n = {n}" + (", coordinate 1" if dim > 1 else "")
     for ax, workflow in zip(axes, ("replace", "accumulate")):
-        fits = density_chain(n, sigma2, last, workflow).set_index("iteration")
+        fits = density_chain(n, sigma2, last, workflow, dim=dim).set_index("iteration")
         for t in shown:
             mean, var = fits.loc[t, "fit_mean"], fits.loc[t, "fit_var"]
             ax.plot(x, np.exp(-0.5 * (x - mean) ** 2 / var) / np.sqrt(2 * np.pi * var), color=colours[t], lw=1.4)
         ax.plot(x, peak * np.exp(-0.5 * x**2 / sigma2), color="k", ls=(0, (4, 2)), lw=1.2)
         ax.set_ylim(0, 3 * peak)  # a collapsed fit's spike is cut off here
-        ax.set_title(f"{style.title(workflow)}: one chain's fitted densities\n(d = 1, n = {n}, seed 0)",
-                     fontsize=10)
+        ax.set_title(f"{style.title(workflow)}: one chain's fitted densities\n({where}, seed 0)", fontsize=10)
         ax.set_xlabel("x")
         ax.set_ylabel("density")
         ax.grid(True, alpha=0.3)
@@ -230,46 +237,52 @@ def plot_densities(axes, summary: pd.DataFrame) -> None:
 
 
 def plot_overview(summary: pd.DataFrame, densities: bool = True) -> Figure:
-    """(A)'s Fig. 1: the fitted 1-D densities across iterations (top, one chain each of
-    replace and accumulate), then trace ratio and normalised mean error vs t:
-    colour = d, replace solid, accumulate dashed, accumulate-subsample dotted."""
-    dims = sorted(summary["dim"].unique())
-    colours = style.ramp(dims, "plasma", 0.0, 0.8, single=0.3)
-    present = set(summary["workflow"])
-    styles = {w: style.LINE_STYLES[w] for w in ("replace", "accumulate", "accumulate_subsample") if w in present}
+    """(A)'s Fig. 1 for one d (the sweep's largest): the fitted 1-D densities across
+    iterations (top, one chain each of replace and accumulate), then the trace ratio and
+    the normalised mean error against t: one colour per workflow, one line style per n,
+    mean over seeds +- 1 SE and the closed forms where known (fig1_gaussian_d*.png has
+    every d)."""
+    dim = int(summary["dim"].max())
+    data = summary[(summary["dim"] == dim) & (summary["n_real"] == summary["n_synthetic"])]
+    workflows = [w for w in WORKFLOWS if w in set(data["workflow"])]
+    ns = sorted(int(n) for n in data["n_real"].unique())
+    line_styles = {n: N_STYLES[i % len(N_STYLES)] for i, n in enumerate(ns)}
     panels = [("cov_trace_ratio", YLABELS["cov_trace_ratio"]),
               ("mean_sq_error", r"$\|\hat\mu_t - \mu_0\|^2$ / ($d\,\sigma^2$)")]
-    fig = drawing.figure((9.5, 7.2 if densities else 3.8))
+    fig = drawing.figure((10.0, 8.0 if densities else 4.6))
     if densities:
         grid = fig.subplots(2, 2)
-        plot_densities(grid[0], summary)
+        plot_densities(grid[0], summary, dim)
         axes = grid[1]
     else:
         axes = fig.subplots(1, 2)
-    handles = []
-    for d in dims:
-        n = overview_n(summary, d)
-        if n is None:
-            continue
-        handles.append(Line2D([], [], color=colours[d], lw=2, label=f"d = {d} (n = {n})"))
-        for ax, (metric, _) in zip(axes, panels):
-            for workflow, ls in styles.items():
-                line = summary[(summary["dim"] == d) & (summary["n_real"] == n) & (summary["n_synthetic"] == n)
-                               & (summary["workflow"] == workflow) & (summary["metric"] == metric)]
+    any_theory = False
+    for ax, (metric, ylabel) in zip(axes, panels):
+        for workflow in workflows:
+            for n in ns:
+                line = data[(data["workflow"] == workflow) & (data["n_real"] == n) & (data["metric"] == metric)]
                 for sigma2, one in line.groupby("sigma2"):
-                    one = one.sort_values("iteration")
-                    scale = d * sigma2 if metric == "mean_sq_error" else 1.0
-                    ax.plot(one["iteration"], one["mean"] / scale, color=colours[d], ls=ls, lw=1.6)
-    for ax, (_, ylabel) in zip(axes, panels):
+                    scale = dim * sigma2 if metric == "mean_sq_error" else 1.0
+                    one = one.assign(mean=one["mean"] / scale, se=one["se"] / scale)
+                    drawing.draw_line(ax, one, style.colour(workflow), line_styles[n], log=True)
+                    cfg = one.iloc[0].to_dict()
+                    curve = closed_forms.expected("gaussian", metric, workflow, cfg,
+                                                  np.sort(one["iteration"].to_numpy()))
+                    if curve is not None:
+                        ax.plot(np.sort(one["iteration"].to_numpy()), curve / scale, color=style.darker(style.colour(workflow)),
+                                ls=drawing.THEORY_DASH, lw=1.0, zorder=4)
+                        any_theory = True
         ax.set_yscale("log")
         ax.set_xlabel(style.XLABEL)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-    # one n per d (the closest to 100) keeps the panel readable; fig1_gaussian_d*.png has every n
-    axes[0].set_title("Gaussian: covariance trace ratio (n closest to 100)", fontsize=10)
-    axes[1].set_title("Gaussian: squared error of the mean (n closest to 100)", fontsize=10)
-    handles += [Line2D([], [], color="0.3", ls=ls, label=w) for w, ls in styles.items()]
-    fig.legend(handles=handles, loc="outside right center", fontsize=9, frameon=False)
+    axes[0].set_title(f"covariance trace ratio (d = {dim})", fontsize=10)
+    axes[1].set_title(f"squared error of the mean (d = {dim})", fontsize=10)
+    handles = [Line2D([], [], color=style.colour(w), lw=2, label=style.title(w)) for w in workflows]
+    handles += [Line2D([], [], color="0.3", ls=line_styles[n], lw=1.6, label=f"n = {n}") for n in ns]
+    handles.append(drawing.band_handle())
+    handles += drawing.theory_handles(any_theory, None)
+    drawing.legend_below(fig, handles)
     return fig
 
 

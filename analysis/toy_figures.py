@@ -52,6 +52,15 @@ def n_colours(frame: pd.DataFrame) -> tuple[dict, dict]:
     return style.n_colours(keys), {k: style.series_label(k[0], k[1]) for k in keys}
 
 
+N_STYLES = ("-", (0, (5, 2)), ":", "-.", (0, (1, 1)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def n_styles(frame: pd.DataFrame) -> tuple[dict, dict]:
+    """A line style per (n_real, n_synthetic), smallest n solid, and labels (colour is the workflow)."""
+    keys = sorted(set(zip(frame["n_real"].astype(int), frame["n_synthetic"].astype(int))))
+    return {k: N_STYLES[i % len(N_STYLES)] for i, k in enumerate(keys)}, {k: style.series_label(k[0], k[1]) for k in keys}
+
+
 def by_n(colours: dict, ls: str = "-"):
     """A draw_lines style: colour by n, one line style."""
     return lambda g: (colours[(int(g["n_real"]), int(g["n_synthetic"]))], ls)
@@ -71,17 +80,20 @@ KDE_LAYOUTS = ("panels", "grid")
 
 
 def plot_kde(summary: pd.DataFrame, bandwidth: str, layout: str = "panels") -> Figure:
-    """(A)'s Fig. 2 at one bandwidth: test NLL vs iteration. layout "panels": one panel
-    per dataset; colour = n, solid = replace, dashed = accumulate, dotted =
-    accumulate-subsample. layout "grid", (A)'s own: datasets in rows, workflows in
-    columns, colour = n, log y."""
+    """(A)'s Fig. 2 at one bandwidth: test NLL vs iteration, colour = workflow, line style
+    = n. layout "panels": one panel per dataset. layout "grid", (A)'s own: datasets in
+    rows, workflows in columns, log y."""
     data = summary[(summary["bandwidth"] == bandwidth) & summary["workflow"].isin(CLASSIC)]
     data, notes = fix_settings(data, KDE_FREE, {"dataset": DATASETS})
     data = metric_rows(data, "test_loss")
     found = set(data["dataset"])
     datasets = [d for d in DATASETS if d in found] + sorted(found - set(DATASETS))
-    colours, labels = n_colours(data)
+    n_line_styles, labels = n_styles(data)
     workflows = present(data)
+    # one colour per workflow (as every figure), the sample size by line style
+    handles = [Line2D([], [], color=style.colour(w), lw=2, label=style.title(w)) for w in workflows]
+    handles += [Line2D([], [], color="0.3", ls=ls, lw=1.6, label=labels[k]) for k, ls in n_line_styles.items()]
+    handles.append(band_handle())
     if layout == "grid":
         fig = drawing.figure((3.2 * len(workflows) + 0.6, 2.5 * len(datasets) + 1.0))
         axes = drawing.panel_grid(fig, len(datasets), len(workflows), sharex=True, sharey="row",
@@ -89,7 +101,6 @@ def plot_kde(summary: pd.DataFrame, bandwidth: str, layout: str = "panels") -> F
                                   ylabels=[f"{d.replace('_', ' ')}\ntest NLL" for d in datasets])
         cells = [[(data[(data["dataset"] == d) & (data["workflow"] == w)], True) for w in workflows]
                  for d in datasets]
-        handles = colour_handles(colours, labels) + [band_handle()]
         title = f"KDE refitted on its own samples, bandwidth {bandwidth_text(bandwidth)} ((A)'s layout)"
     else:
         fig = drawing.figure((max(3.3 * len(datasets) + 0.4, 6.2), 3.9))
@@ -97,22 +108,17 @@ def plot_kde(summary: pd.DataFrame, bandwidth: str, layout: str = "panels") -> F
                                   ylabels=["test NLL (held-out real data)"])
         panels = [data[data["dataset"] == d] for d in datasets]
         cells = [[(panel, drawing.wants_log(panel["mean"].to_numpy(dtype=float))) for panel in panels]]
-        handles = colour_handles(colours, labels)
-        handles += [Line2D([], [], color="0.3", ls=style.LINE_STYLES[w], lw=1.6, label=style.title(w))
-                    for w in workflows]
-        handles.append(band_handle())
         title = f"KDE refitted on its own samples, bandwidth {bandwidth_text(bandwidth)}"
         if len(datasets) == 1:
             title = title.replace(", bandwidth", ",\nbandwidth")
 
     def line_style(group):
-        return colours[(int(group["n_real"]), int(group["n_synthetic"]))], style.LINE_STYLES[group["workflow"]]
+        return style.colour(group["workflow"]), n_line_styles[(int(group["n_real"]), int(group["n_synthetic"]))]
 
     for row_axes, row_cells in zip(axes, cells):
         row_values = []
         for ax, (panel, log) in zip(row_axes, row_cells):
-            drawn, _ = drawing.draw_lines(ax, panel, N_LINE + ["workflow"],
-                                          line_style if layout == "panels" else by_n(colours), log)
+            drawn, _ = drawing.draw_lines(ax, panel, N_LINE + ["workflow"], line_style, log)
             row_values.append(drawn)
             nonfinite_note(ax, panel)
         if layout == "grid":  # a shared y per dataset: every panel of the row gets the row's limits

@@ -459,6 +459,9 @@ def save_sweep_view(client, experiment_id: str, sweep_run_id: str, metric_keys: 
         for key in errors:
             charts.append({**base("SCATTER", "se", f"{key} against {value_grid.x}"),
                            "xaxis": {"key": value_grid.x, "type": "PARAM"}, "yaxis": {"key": key, "type": "METRIC"}})
+        for key in [*means, *errors]:  # the UI would add a line chart of lone dots per metric: marked deleted
+            chart(key, "means" if key in means else "se")
+            charts[-1]["deleted"] = True
     else:
         for key in means:
             chart(key, "means", log=key == "test_loss" and spans_decades)

@@ -218,39 +218,50 @@ def test_mlflow_ui_opens_the_sweep_as_a_researcher_wants_it(grown_sweep, ui_serv
     assert VIEW_TAG in experiment.tags
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r is not parent]
+    children = [r for r in runs if JOB_KEY_TAG in r.data.tags]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # the sweep's figures, drawn from the sweep and logged on its run (as `make quickstart` does)
-    from analysis import figures
-
-    assert figures.main(["--sweep", "tinyui", "--results-dir", str(grown), "--out", str(grown / "figures")]) == 0
-    pngs = sorted(p.name for p in (grown / "figures").glob("*.png"))
+    # (the sweep's end drew them into its own folder and logged them: issue 26, 3)
+    pngs = sorted(p.name for p in (Path(parent.data.tags["collapse_ray.sweep_dir"]) / "figures").glob("*.png"))
     assert pngs and {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} >= {f"figures/{n}" for n in pngs}
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
 
-    # the link of the closing summary: model-training view, charts of the chain runs grouped
-    # by workflow, test_loss first, the standard errors folded away
+    # the link of the closing summary: model-training view, a line per cell of this sweep (its
+    # two seed blocks in one run), test_loss first, the standard errors folded away
     page.goto(ui_url(ui_server, experiment.experiment_id), wait_until="load")
     page.get_by_text("Model metrics").first.wait_for(timeout=120_000)
     page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    page.get_by_text("2 matching runs").first.wait_for(timeout=60_000)  # the cells, not the 4 chain runs
     page.screenshot(path=str(SCREENSHOTS / "ui_sweep_charts.png"))
     text = page.inner_text("body")
-    assert "Group by: workflow" in text and "Group: replace" in text and "Group: accumulate_subsample" in text
-    assert "Sessions" not in text and "Judges" not in text  # not the GenAI view
+    assert "Group: " not in text and "Sessions" not in text and "Judges" not in text  # ungrouped; not the GenAI view
     titles = text[text.index("Model metrics"):].split("\n")
     charts = [line for line in titles if line in {"test_loss", "cov_trace_ratio", "cov_det_ratio", "mean_sq_error"}]
     assert charts and charts[0] == "test_loss", charts
     assert "Standard errors (over seeds)" in text and "test_loss_se" not in text  # folded section
-    # legend entries are the workflow groups; the metric-less sweep run has none
-    assert "replace (test_loss)" in text and "accumulate_subsample (test_loss)" in text
+    assert "rep (test_loss)" in text and "accsub (test_loss)" in text  # a legend entry per cell
     assert f"{parent.info.run_name} (" not in text and "Additional runs (" not in text
 
+    # a value-grid sweep's view (Fig. 5's cells, logged into this store as a sweep's end logs
+    # them): the contour of test_loss over n_real and value_synthetic, and loss against n_real
+    fig5_experiment, _ = log_fig5_standin(f"sqlite:///{grown / 'mlflow.db'}")
+    page.goto(ui_url(ui_server, fig5_experiment), wait_until="load")
+    page.get_by_text("chain.n_real vs. task.value_synthetic vs. test_loss").first.wait_for(timeout=120_000)  # its title
+    page.locator(".js-plotly-plot .contour").first.wait_for(timeout=120_000)  # plotly's contour trace, drawn
+    page.get_by_text("12 matching runs").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(SCREENSHOTS / "ui_value_grid_contour.png"))
+    text = page.inner_text("body")
+    assert "chain.n_real vs. test_loss" in text and "rep nr150 vs100" in text  # the scatter; a cell's name
+    assert "Step" not in text  # no line charts of one point each
+
     # the sweep run: its name, its description (the spec's header), commit, version, source, data
-    page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}", wait_until="load")
+    # (the printed link opens it in the model-training layout: the Runs breadcrumb, not GenAI's Evaluations)
+    page.goto(run_url(ui_server, experiment.experiment_id, parent.info.run_id), wait_until="load")
     page.get_by_text(parent.info.run_name).first.wait_for(timeout=120_000)
     page.get_by_text("does replace collapse").first.wait_for(timeout=60_000)
     page.screenshot(path=str(SCREENSHOTS / "ui_sweep_run.png"))
     text = page.inner_text("body")
+    assert "Evaluation runs" not in text and "Sessions" not in text and "Model training" in text
     assert parent.info.run_name.startswith("tinyui ") and "tinyui.yaml" in text
     assert parent.data.tags["collapse_ray.version"] == collapse_ray.__version__
     assert "mlflow.source.git.commit" in parent.data.tags
@@ -341,7 +352,7 @@ def test_a_value_grid_sweeps_view_is_a_contour_over_its_two_axes(tmp_path, migra
         {"key": "test_loss", "type": "METRIC"})
     assert charts["SCATTER"]["xaxis"] == {"key": "chain.n_real", "type": "PARAM"}
     assert charts["SCATTER"]["yaxis"] == {"key": "test_loss", "type": "METRIC"}
-    assert "LINE" not in charts  # one iteration per chain: line charts would be lone dots
+    assert all(c["deleted"] for c in state["compareRunCharts"] if c["type"] == "LINE")  # lone dots: kept away
     # a cell per (n_real, value_synthetic): the two pools and the seed averaged, as the figure does
     cells = client.search_runs([experiment_id], filter_string=state["searchFilter"])
     assert len(cells) == 4 * 3 and state["searchFilter"] == cell_filter(sweep_run_id)

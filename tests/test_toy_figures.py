@@ -195,3 +195,33 @@ def test_kde_bandwidth_study_and_a_layout(tmp_path):
     lines = panels.axes[0].get_lines()
     assert len(lines) == 2 * 2  # per n, per workflow: the workflow as the line style, n as the colour
     assert {line.get_linestyle() for line in lines} == {"-", "--"}
+
+
+def test_every_figure_of_the_quick_sweeps_has_no_overlapping_or_clipped_text(tables, tmp_path, monkeypatch):
+    """Issue 26, 5: each figure drawn from tables of the quick sweeps' shape (and a
+    quickstart-shaped Gaussian one), checked as drawn: no text over another, none past the
+    canvas (matplotlib's tight bounding boxes)."""
+    from analysis import drawing
+
+    gaussian = results_table({"task": {"name": "gaussian", "dim": 2, "n_test": 20}, "chain": {"n_iterations": 5},
+                              "seeds": 3, "grid": {"chain.workflow": CLASSIC, "chain.n_real": [20, 50]}})
+    problems, drawn = {}, []
+    real_save = drawing.save
+
+    def checked_save(fig, path, pdf=False):
+        problems[path.name] = drawing.layout_problems(fig)
+        drawn.append(path.name)
+        return real_save(fig, path, pdf)
+
+    monkeypatch.setattr(drawing, "save", checked_save)
+    monkeypatch.setattr(figures, "save", checked_save)
+    from analysis import fig1_gaussian
+
+    for name, table in [*tables.items(), ("gaussian", gaussian)]:
+        figures.draw_all(table, tmp_path / name)
+    assert {"fig1_gaussian_overview.png", "fig1_gaussian_d2.png", "fig4_workflows.png", "discrete_diversity.png",
+            "linear_regression_theory.png", "mixing_policies_gaussian.png"} <= set(drawn), drawn
+    assert any(n.startswith("fig2_kde_bw") for n in drawn), drawn
+    bad = {name: found for name, found in problems.items() if found}
+    assert not bad, bad
+    assert fig1_gaussian.drawing.save is checked_save  # the Fig. 1 module saves through the same check
