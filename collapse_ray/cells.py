@@ -118,11 +118,22 @@ def last_iteration_table(means: pd.DataFrame, cells: Sequence[Cell]) -> pd.DataF
         if record.metric.endswith("_se"):
             continue
         theory = closed_form(cell, record.metric, int(record.iteration))
-        rows.append({"cell": cell.name, "workflow": cell.workflow, **{k: v for k, v in cell.swept if k != "chain.workflow"},
+        # a swept value under its field name (MLflow's table view reads a dotted column as nested)
+        rows.append({"cell": cell.name, "workflow": cell.workflow,
+                     **{k.split(".", 1)[1]: v for k, v in cell.swept if k not in ("chain.workflow", "task.name")},
                      "iteration": int(record.iteration), "metric": record.metric, "mean": record.mean, "se": record.se,
                      "chains": int(record.count), "of": int(record.total),
                      "closed_form": np.nan if theory is None else theory})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame if frame.empty else frame.sort_values(["metric", "cell"], kind="stable", ignore_index=True)
+
+
+TABLE_FIELDS = frozenset({"cell", "workflow", "iteration", "metric", "mean", "se", "chains", "of", "closed_form"})
+
+
+def setting_columns(last: pd.DataFrame) -> list[str]:
+    """The swept values (other than the workflow) of a last_iteration_table."""
+    return [c for c in last.columns if c not in TABLE_FIELDS]
 
 
 def _number(value: float) -> str:
@@ -153,11 +164,11 @@ def answer_lines(last: pd.DataFrame, cells: Sequence[Cell], description: str = "
     if metric not in set(last["metric"]):
         metric = "test_loss" if "test_loss" in set(last["metric"]) else sorted(set(last["metric"]))[0]
     shown = last[last["metric"] == metric]
-    others = [k for k in shown.columns if "." in k and k != "chain.workflow"]
+    others = setting_columns(shown)
     groups = shown.groupby(others, sort=False, dropna=False) if others else [((), shown)]
     for values, group in groups:
         values = values if isinstance(values, tuple) else (values,)
-        setting = " ".join(f"{k.split('.', 1)[1]}={_number(v) if isinstance(v, float) else v}"
+        setting = " ".join(f"{k}={_number(v) if isinstance(v, float) else v}"
                            for k, v in zip(others, values))
         parts = []
         group = group.sort_values("workflow", key=lambda w: w.map(_workflow_rank), kind="stable")
@@ -189,7 +200,7 @@ def claim_checks(last: pd.DataFrame, metric: str) -> list[tuple[str, int, int]]:
         held = (theory["mean"] - theory["closed_form"]).abs() <= WITHIN_SE * theory["se"] + 1e-12
         checks.append((f"{metric}'s closed form within {WITHIN_SE:g} SE", int(held.sum()), len(theory)))
     loss = last[last["metric"] == "test_loss"]
-    others = [k for k in loss.columns if "." in k and k != "chain.workflow"]
+    others = setting_columns(loss)
     pairs = held = 0
     for _, group in (loss.groupby(others, dropna=False) if others else [((), loss)]):
         by = dict(zip(group["workflow"], group["mean"]))

@@ -601,7 +601,7 @@ def test_readme_points_to_the_cluster_guide():
     text = (ROOT / "README.md").read_text()
     titles = re.findall(r"^## (.+)$", text, re.MULTILINE)
     assert "Running on a cluster" in titles
-    assert titles.index("Running on a cluster") > titles.index("Two commands")  # after the basics
+    assert titles.index("Running on a cluster") > titles.index("Quickstart: run it, read the answer")  # after the basics
     section = cluster_section_of_readme()
     assert "cluster/README.md" in section
     assert "cluster/local_cluster.sh start" in section
