@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under --out)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="SWEEP_DIR",
-                   help="finish the newest unfinished sweep of this spec (or the one in SWEEP_DIR)")
+                   help="continue the newest sweep of this spec (or the one in SWEEP_DIR): finish an unfinished "
+                        "one, or grow a finished one by the seeds and iterations the spec adds")
 
     p = sub.add_parser("results", help="write one long table (CSV or Parquet) of a sweep's results")
     p.add_argument("experiment", help="experiment (sweep) name, e.g. quickstart")

@@ -44,6 +44,7 @@ from .validation import (
     INT_BITS,
     SpecError,
     as_flat_dict,
+    did_you_mean,
     check_min,
     describe,
     fail,
@@ -246,7 +247,8 @@ def _refuse_swept_overrides(set_keys: Sequence[str], grid, cases) -> None:
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
     if parts[0] not in TOP_LEVEL_KEYS or not all(parts):
-        raise SpecError(f"{where}: unknown key {describe(key)}; keys start with one of: {', '.join(TOP_LEVEL_KEYS)}")
+        raise SpecError(f"{where}: unknown key {describe(key)}{did_you_mean(key.split('.')[0] if isinstance(key, str) else key, TOP_LEVEL_KEYS)}; "
+                        f"keys start with one of: {', '.join(TOP_LEVEL_KEYS)}")
     if parts[0] == "grid" and len(parts) > 1:  # grid keys are themselves dotted
         grid = raw.get("grid")
         if grid is None:
@@ -300,7 +302,8 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         set_keys.append(key)
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if unknown:
-        raise SpecError(f"spec: unknown key {describe(unknown[0])}; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
+        raise SpecError(f"spec: unknown key {describe(unknown[0])}{did_you_mean(unknown[0], TOP_LEVEL_KEYS)}; "
+                        f"allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
 
     name = raw.get("name", default_name)
     require(isinstance(name, str) and name.strip() not in ("", ".", "..") and name.isprintable()

@@ -232,8 +232,11 @@ def find_resumable(out_root: Path, name: str, resolved: dict | None = None) -> P
         saved = read_sweep_file(path.parent)
         if saved.get("status") != "finished" or (resolved is not None and saved["spec"] != resolved):
             return path.parent.resolve()
-    raise SpecError(f"--resume: no unfinished sweep named {name!r} under {out_root} (and the spec asks for "
-                    "nothing more than the finished ones ran)")
+    if not candidates:  # nothing ever ran: the user wants a plain run
+        raise SpecError(f"--resume: no sweep named {name!r} has run under {out_root}; to start it, run without "
+                        "--resume")
+    raise SpecError(f"--resume: every sweep named {name!r} under {out_root} finished and the spec asks for no more "
+                    "seeds or iterations than they ran; to run it again from scratch, drop --resume")
 
 
 GROWABLE = "seeds (added) and chain.n_iterations (raised)"
@@ -640,8 +643,10 @@ class ProgressCallback(Callback):
         self.done += 1
         now = time.perf_counter()
         eta = (now - self.start) / self.done * (self.n_trials - self.done)
-        say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} done; elapsed {now - self.sweep_started:.0f}s, "
-            f"eta {eta:.0f}s")
+        # a trial a resumed or grown sweep had finished before reran nothing: say so, not "done"
+        what = "already finished, kept" if (trial.last_result or {}).get("skipped") else "done"
+        say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} {what}; elapsed "
+            f"{now - self.sweep_started:.0f}s, eta {eta:.0f}s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1

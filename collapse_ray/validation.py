@@ -83,8 +83,23 @@ def key_name(key: Any) -> str:
     return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else describe(key)
 
 
+def did_you_mean(got: Any, choices: typing.Iterable[Any]) -> str:
+    """" (did you mean 'x'?)" for a string close to one of `choices` (difflib), else ""."""
+    import difflib
+
+    if not isinstance(got, str):
+        return ""
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(got, names, n=1, cutoff=0.6) or [
+        n for n in names if got.lower() == n.lower()]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def fail(field: str, allowed: str, got: Any) -> typing.NoReturn:
-    raise SpecError(f"{field} must be {allowed}; got {describe(got)}", field=field, allowed=allowed)
+    hint = ""
+    if allowed.startswith("one of {") and allowed.endswith("}"):
+        hint = did_you_mean(got, (c.strip() for c in allowed[len("one of {"):-1].split(",")))
+    raise SpecError(f"{field} must be {allowed}; got {describe(got)}{hint}", field=field, allowed=allowed)
 
 
 def require(condition: bool, field: str, allowed: str, got: Any) -> None:
@@ -167,7 +182,7 @@ def from_mapping(cls: type, data: Any, where: str, **fixed: Any) -> Any:
     for key, value in data.items():
         if not isinstance(key, str) or key not in fields:
             allowed = ", ".join(sorted(fields))
-            raise SpecError(f"{where}: unknown key {describe(key)}; allowed keys: {allowed}")
+            raise SpecError(f"{where}: unknown key {describe(key)}{did_you_mean(key, fields)}; allowed keys: {allowed}")
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     missing = [
         name

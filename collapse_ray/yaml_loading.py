@@ -119,7 +119,12 @@ def load_yaml_file(path: Path) -> tuple[str, Any]:
     except SpecError:
         raise
     except OSError as err:
-        raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror or err}") from None
+        hint = ""
+        if isinstance(err, FileNotFoundError) and Path(path).parent.is_dir():  # a mistyped name: the folder's specs
+            from .validation import did_you_mean
+
+            hint = did_you_mean(Path(path).name, sorted(p.name for p in Path(path).parent.glob("*.y*ml")))
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror or err}{hint}") from None
     except ValueError as err:  # e.g. a NUL in the path
         raise SpecError(f"spec file {str(path)!r} cannot be read: {err}") from None
     try:

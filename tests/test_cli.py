@@ -216,3 +216,38 @@ def test_run_names_say_the_cell_and_differ_within_the_table_width():
 def test_the_spec_header_is_its_description(tmp_path):
     assert load_spec(write_spec(tmp_path)).description == "A tiny sweep: does replace drift?\n\nExpected: it does."
     assert load_spec(ROOT / "sweeps" / "quickstart.yaml").description.startswith("Quickstart: does a fitted Gaussian")
+
+
+def test_resume_with_nothing_ever_run_says_to_drop_resume(tmp_path, capsys):
+    """Issue 26, 7: a newcomer's `--resume` before any run is told what to run instead."""
+    spec = tmp_path / "fresh.yaml"
+    spec.write_text("name: fresh\ntask: {name: gaussian, dim: 2}\nchain: {n_real: 20, n_iterations: 2}\nseeds: 1\n")
+    assert cli.main(["run", str(spec), "--resume", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no sweep named 'fresh' has run" in err and "run without --resume" in err
+    assert not (tmp_path / "out" / "fresh").exists()
+
+
+def test_run_help_says_resume_also_grows_a_finished_sweep(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "grow a finished one" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--set", "grid.chain.workflow=[acumulate]"], "got 'acumulate' (did you mean 'accumulate'?)"),
+    (["--set", "task.name=gausian"], "(did you mean 'gaussian'?)"),
+    (["--set", "task.dimm=3"], "unknown key 'dimm' (did you mean 'dim'?)"),
+    (["--set", "chian.n_real=3"], "(did you mean 'chain'?)"),
+])
+def test_a_mistyped_value_or_key_gets_a_did_you_mean(argv, hint, capsys):
+    """Issue 26, 7: unknown workflows, tasks and keys name the closest allowed one."""
+    assert cli.main(["validate", str(ROOT / "sweeps" / "quickstart.yaml"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and hint in err, err
+
+
+def test_a_mistyped_spec_path_names_the_closest_spec_in_its_folder(capsys):
+    assert cli.main(["validate", str(ROOT / "sweeps" / "quickstar.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(did you mean 'quickstart.yaml'?)" in err, err

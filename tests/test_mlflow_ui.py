@@ -8,6 +8,8 @@ asks users to see there.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -129,21 +131,26 @@ def grown_sweep(tmp_path_factory, local_ray):
     spec = tmp / "tinyui.yaml"
     spec.write_text(SPEC)
     grown, fresh = tmp / "grown", tmp / "fresh"
-    seconds = {}
+    seconds, outputs = {}, {}
     for step, out, args in [("base", grown, ()), ("more seeds", grown, ("--resume", "--set", "seeds=4")),
                             ("more iterations", grown, ("--resume", *GROWN)), ("from scratch", fresh, GROWN)]:
         started = time.perf_counter()
-        code = cli.main(["run", str(spec), "--out", str(out), *args])
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            code = cli.main(["run", str(spec), "--out", str(out), *args])
         seconds[step] = time.perf_counter() - started
+        outputs[step] = printed.getvalue()
         assert code == 0, step
     print(f"\ngrowing tinyui, seconds per step: {seconds}")
-    return grown, fresh, seconds, tmp
+    return grown, fresh, seconds, tmp, outputs
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_growing_a_sweep_gives_the_table_of_the_larger_spec_run_from_scratch(grown_sweep):
-    grown, fresh, seconds, tmp = grown_sweep
+    grown, fresh, seconds, tmp, outputs = grown_sweep
+    # the trials the first run finished are said to be kept when the sweep grows, not "done" again
+    kept = [line for line in outputs["more seeds"].splitlines() if "already finished, kept" in line]
+    assert len(kept) == 2 and all("seeds0-1" in line for line in kept), outputs["more seeds"]
     grown_table, fresh_table = _table(grown, tmp, "grown"), _table(fresh, tmp, "fresh")
     assert len(fresh_table) == 2 * 4 * 5  # workflows x seeds x iterations
     pd.testing.assert_frame_equal(grown_table, fresh_table, check_exact=True)  # bit for bit

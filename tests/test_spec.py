@@ -47,7 +47,7 @@ def test_fig1_spec_is_the_papers_grid():
         ({"chain": {"n_iterations": 0}}, "chain.n_iterations must be an integer >= 1; got 0"),
         ({"chain": {"n_real": 2.5}}, "chain.n_real must be an integer; got 2.5"),
         ({"chain": {"n_real": "ten"}}, "chain.n_real must be an integer; got 'ten'"),
-        ({"chain": {"n_reals": 3}}, "chain: unknown key 'n_reals'; allowed keys:"),
+        ({"chain": {"n_reals": 3}}, "chain: unknown key 'n_reals' (did you mean 'n_real'?); allowed keys:"),
         ({"task": {"name": "gausian"}}, "task.name must be one of {gaussian"),
         ({"task": {"name": "gaussian", "dim": 0}}, "task.dim must be an integer >= 1; got 0"),
         ({"task": {"name": "gaussian", "sigma2": -1.0}}, "task.sigma2 must be a number in (0, inf); got -1.0"),
