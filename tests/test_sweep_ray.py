@@ -70,11 +70,12 @@ def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
 # Quick specs whose end-to-end run is slow-lane only, and why (each still validates in the
 # fast lane: tests/test_spec.py loads every spec).
 SLOW_LANE_QUICK = {
-    "pretraining_quick": "3 Ray Train + DeepSpeed fits and 2 Ray Data sampling passes, ~3 min; fast lane: one Ray "
+    "pretraining_quick": "3 Ray Train + DeepSpeed fits and 2 vLLM sampling passes, ~3-4 min; fast lane: one Ray "
                          "Train + DeepSpeed worker loop (tests/test_lm_worker_eval.py), a streamed selection's fit "
                          "(tests/test_lm_pool_stream.py), replace against accumulate in pretraining_ablations_quick",
-    "sft_quick": "sft on pretraining_quick's Ray Train path, ~3 min; fast lane: its one branch of its own (long rows "
-                 "dropped by Ray Data, tests/test_lm_pool_stream.py), replace against accumulate in sft_models_quick",
+    "sft_quick": "sft on pretraining_quick's Ray Train path and vLLM sampler, ~3-4 min; fast lane: its one branch of "
+                 "its own (long rows dropped by Ray Data, tests/test_lm_pool_stream.py), replace against accumulate in "
+                 "sft_models_quick (HF sampler); the vLLM requests in tests/test_vllm_sampler.py",
     "fig5_value_grid_quick": "13 cells' fits and a value pool, ~3-4 min; fast lane: value pools "
                              "(tests/test_lm_protocol.py) and the Fig. 5 figures from a table",
     "diffusion_molecules_quick": "the molecule sweep, ~3-5 min (tests/test_molecules.py, slow lane, reads the same run)",
