@@ -61,6 +61,15 @@ def n_styles(frame: pd.DataFrame) -> tuple[dict, dict]:
     return {k: N_STYLES[i % len(N_STYLES)] for i, k in enumerate(keys)}, {k: style.series_label(k[0], k[1]) for k in keys}
 
 
+def by_workflow_and_n(line_styles: dict):
+    """A draw_lines style (group by N_LINE + workflow): the workflow's colour, n's line style."""
+    return lambda g: (style.colour(g["workflow"]), line_styles[(int(g["n_real"]), int(g["n_synthetic"]))])
+
+
+def n_handles(line_styles: dict, labels: dict) -> list:
+    return [Line2D([], [], color="0.3", ls=ls, lw=1.6, label=labels[k]) for k, ls in line_styles.items()]
+
+
 def by_n(colours: dict, ls: str = "-"):
     """A draw_lines style: colour by n, one line style."""
     return lambda g: (colours[(int(g["n_real"]), int(g["n_synthetic"]))], ls)
@@ -290,7 +299,7 @@ def plot_discrete(summary: pd.DataFrame) -> Figure:
     data, notes = fix_settings(data, DISCRETE_FREE)
     workflows = present(data)
     ks = sorted(data["n_outcomes"].astype(int).unique())
-    colours, labels = n_colours(data)
+    line_styles, labels = n_styles(data)
     rows = [(k, m) for k in ks for m in ("gini_simpson", "n_zero_mass")]
     fig = drawing.figure((3.5 * len(workflows) + 0.4, 2.5 * len(rows) + 0.9))
     axes = drawing.panel_grid(fig, len(rows), len(workflows), sharex=True, sharey="row",
@@ -301,13 +310,13 @@ def plot_discrete(summary: pd.DataFrame) -> Figure:
     for i, (k, metric) in enumerate(rows):
         for ax, workflow in zip(axes[i], workflows):
             panel = data[(data["n_outcomes"] == k) & (data["workflow"] == workflow) & (data["metric"] == metric)]
-            _, drawn_theory = drawing.draw_lines(ax, panel, N_LINE, by_n(colours), theory=("discrete", metric),
-                                                 limit=True)
+            _, drawn_theory = drawing.draw_lines(ax, panel, N_LINE + ["workflow"], by_workflow_and_n(line_styles),
+                                                 theory=("discrete", metric), limit=True)
             any_theory |= drawn_theory
             any_limit |= any(closed_forms.limit("discrete", metric, workflow, line.iloc[0].to_dict()) is not None
                              for _, line in panel.groupby(N_LINE))
             ax.grid(True, alpha=0.3)
-    handles = colour_handles(colours, labels) + [band_handle()]
+    handles = n_handles(line_styles, labels) + [band_handle()]
     handles += drawing.theory_handles(any_theory, r"accumulate limit $t\to\infty$" if any_limit else None)
     legend_below(fig, handles)
     fig.suptitle("Discrete distributions refitted by counting: diversity\n"
@@ -455,7 +464,7 @@ def fig4_slice(task: str, summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def plot_fig4(summaries: Mapping[str, pd.DataFrame]) -> Figure:
     """(A)'s Fig. 4: columns replace, accumulate-subsample, accumulate; a row per task
     (Gaussian: covariance trace ratio; KDE: test NLL; linear regression: test MSE);
-    colour = n, y shared along a row; closed forms dashed where known."""
+    colour = workflow, line style = n, y shared along a row; closed forms dashed where known."""
     tasks = [t for t in FIG4_TASKS if t in summaries]
     slices = [fig4_slice(task, summaries[task]) for task in tasks]
     fig = drawing.figure((3.4 * len(CLASSIC) + 1.6, 2.9 * len(tasks) + 0.5))
@@ -464,13 +473,13 @@ def plot_fig4(summaries: Mapping[str, pd.DataFrame]) -> Figure:
                               ylabels=[f"{title}\n{FIG4_YLABELS[task]}" for task, (_, title) in zip(tasks, slices)])
     any_theory = False
     for i, (task, (data, _)) in enumerate(zip(tasks, slices)):
-        colours, labels = n_colours(data)
+        line_styles, labels = n_styles(data)
         log = task == "gaussian" or drawing.wants_log(data["mean"].to_numpy(dtype=float))
         row_values = []
         for ax, workflow in zip(axes[i], CLASSIC):
             panel = data[data["workflow"] == workflow]
-            drawn, drawn_theory = drawing.draw_lines(ax, panel, N_LINE, by_n(colours), log,
-                                                     theory=(task, FIG4_METRICS[task]))
+            drawn, drawn_theory = drawing.draw_lines(ax, panel, N_LINE + ["workflow"], by_workflow_and_n(line_styles),
+                                                     log, theory=(task, FIG4_METRICS[task]))
             any_theory |= drawn_theory
             row_values += drawn
             if panel.empty:
@@ -479,7 +488,7 @@ def plot_fig4(summaries: Mapping[str, pd.DataFrame]) -> Figure:
                 nonfinite_note(ax, panel)
         for ax in axes[i]:
             finish_axis(ax, row_values, log)
-        axes[i, -1].legend(handles=colour_handles(colours, labels), loc="upper left", bbox_to_anchor=(1.02, 1.0),
+        axes[i, -1].legend(handles=n_handles(line_styles, labels), loc="upper left", bbox_to_anchor=(1.02, 1.0),
                            fontsize=8, frameon=False)
     legend_below(fig, [band_handle()] + drawing.theory_handles(any_theory, None))
     fig.suptitle("Replace, accumulate-subsample (fixed training-set size) and accumulate", fontsize=11)

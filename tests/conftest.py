@@ -17,6 +17,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_TOKEN", os.urandom(32).hex())
 # There is no hub here: say so before `datasets`/`huggingface_hub` are imported (they read
 # these once, at import), so a hub id fails at once instead of after ~23 s of retries.
+# A sweep's end draws its figures (seconds of matplotlib per sweep, ~1-2 min over the fast
+# lane's sweeps); the tests that check those figures turn this back on (test_analysis's
+# quickstart run, test_mlflow_ui's grown sweep). The cell runs, view and table stay on.
+os.environ.setdefault("COLLAPSE_RAY_SWEEP_FIGURES", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

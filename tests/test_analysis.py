@@ -166,7 +166,7 @@ def _results_csv(out: Path, tmp: Path) -> Path:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, capsys):
+def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, capsys, monkeypatch):
     """A real quickstart sweep (3 trials of 2 seeds x 3 iterations) in a SQLite store; the
     figure command pointed at it draws the figures and logs them on the parent run."""
     from collapse_ray import cli
@@ -174,6 +174,7 @@ def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, caps
     from collapse_ray.tracking import CELL_SEEDS_TAG, PARENT_TAG, SWEEP_TAG, cell_filter, client_for, read_view_state
 
     out = tmp_path / "results"
+    monkeypatch.setenv("COLLAPSE_RAY_SWEEP_FIGURES", "1")  # as a user's run draws them (conftest turns them off)
     assert cli.main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), "--out", str(out), "--set", "seeds=2",
                      "--set", "chain.n_iterations=3", "--set", "grid.chain.n_real=[20]"]) == 0
     summary = capsys.readouterr().out

@@ -132,14 +132,22 @@ def grown_sweep(tmp_path_factory, local_ray):
     spec.write_text(SPEC)
     grown, fresh = tmp / "grown", tmp / "fresh"
     seconds, outputs = {}, {}
-    for step, out, args in [("base", grown, ()), ("more seeds", grown, ("--resume", "--set", "seeds=4")),
-                            ("more iterations", grown, ("--resume", *GROWN)), ("from scratch", fresh, GROWN)]:
-        started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            code = cli.main(["run", str(spec), "--out", str(out), *args])
-        seconds[step] = time.perf_counter() - started
-        outputs[step] = printed.getvalue()
-        assert code == 0, step
+    drawing = os.environ.get("COLLAPSE_RAY_SWEEP_FIGURES")
+    os.environ["COLLAPSE_RAY_SWEEP_FIGURES"] = "1"  # the grown sweep draws its figures, as a user's does
+    try:
+        for step, out, args in [("base", grown, ()), ("more seeds", grown, ("--resume", "--set", "seeds=4")),
+                                ("more iterations", grown, ("--resume", *GROWN)), ("from scratch", fresh, GROWN)]:
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                code = cli.main(["run", str(spec), "--out", str(out), *args])
+            seconds[step] = time.perf_counter() - started
+            outputs[step] = printed.getvalue()
+            assert code == 0, step
+    finally:
+        if drawing is None:
+            del os.environ["COLLAPSE_RAY_SWEEP_FIGURES"]
+        else:
+            os.environ["COLLAPSE_RAY_SWEEP_FIGURES"] = drawing
     print(f"\ngrowing tinyui, seconds per step: {seconds}")
     return grown, fresh, seconds, tmp, outputs
 
