@@ -275,7 +275,7 @@ def is_value_grid(jobs: Sequence[ChainJob]) -> bool:
 
 def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: str, sweep_run_id: str,
                    jobs: Sequence[ChainJob], swept: Sequence[str], sweep_dir, description: str = "",
-                   figures: bool = True) -> Conclusion:
+                   figures: bool = True) -> Conclusion | None:
     """At a sweep's end (finished, failed or interrupted): its cell runs, the saved view over
     them, the last iteration's per-cell table and the figures (in the sweep folder and on
     the sweep run), and the lines the terminal shows."""
@@ -285,7 +285,12 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
 
     from .tracking import (LOGGED_ARTIFACTS_TAG, VALUE_GRID, results_table, save_sweep_view, sweep_view_inputs)
 
-    table = results_table(tracking_uri, experiment, sweep_run_id)
+    from .validation import SpecError
+
+    try:
+        table = results_table(tracking_uri, experiment, sweep_run_id)
+    except SpecError:  # no chain finished (an interrupt came first): nothing to summarise
+        return None
     cells = sweep_cells(jobs)
     means = cell_means(table, cells, metric_columns(table, jobs))
     log_cell_runs(client, experiment_id, sweep_run_id, cells, means)
