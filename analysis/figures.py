@@ -9,7 +9,8 @@ parent run (artifacts folder `figures/`), so the MLflow UI shows them beside the
     python analysis/figures.py --sweep quickstart --results-dir results --out results/figures
 
 (--sweep reads the newest sweep of that experiment from --tracking-uri, else
-$MLFLOW_TRACKING_URI, else RESULTS_DIR/mlflow.db; --out defaults to RESULTS_DIR/figures.)
+$MLFLOW_TRACKING_URI, else RESULTS_DIR/mlflow.db; --out defaults to the sweep's own folder's
+figures/, where `collapse-ray run` drew them, so no sweep's figures overwrite another's.)
 
 Each TABLE is what `collapse-ray results EXPERIMENT --out TABLE` wrote (.csv or .parquet);
 the tables are read and concatenated. The same chain (run_key, seed, iteration, with the
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --sweep: the folder `collapse-ray run --out` wrote (its mlflow.db); "
                              "default: results")
     parser.add_argument("--out", default=None,
-                        help="folder for the PNG files (created if needed); with --sweep default RESULTS_DIR/figures")
+                        help="folder for the PNG files (created if needed); with --sweep default the sweep's own folder's "
+                             "figures/ (SWEEP_FOLDER/figures)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store the sweeps logged to, for --sweep and for figures made of logged pictures "
                              "(sample grids); default: $MLFLOW_TRACKING_URI, else results/mlflow.db when it exists")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             sweep = sweep_run.read_sweep(sweep_run.tracking_uri_for(args.results_dir, args.tracking_uri), args.sweep)
             table, tracking_uri = known_tasks(tables.one_sweep_per_chain(sweep.table)), sweep.tracking_uri
-            out = Path(args.out) if args.out else Path(args.results_dir) / "figures"
+            out = Path(args.out) if args.out else sweep_run.sweep_folder(sweep, Path(args.results_dir)) / "figures"
         else:
             if not args.out:
                 raise InputError("--out is required with results tables (the folder for the figures)")

@@ -74,3 +74,14 @@ def log_figures(sweep: Sweep, paths: Sequence[Path], pdf: bool = False) -> list[
             client.log_artifact(sweep.parent_run_id, str(file), FIGURES_FOLDER)
             logged.append(f"{FIGURES_FOLDER}/{file.name}")
     return logged
+
+
+def sweep_folder(sweep: Sweep, results_dir: Path) -> Path:
+    """The sweep's own folder (its run's collapse_ray.sweep_dir tag), where `collapse-ray
+    run` drew its figures; RESULTS_DIR/<experiment>/<run id> when that folder is not here."""
+    from collapse_ray.tracking import SWEEP_TAG, client_for
+
+    recorded = client_for(sweep.tracking_uri).get_run(sweep.parent_run_id).data.tags.get(SWEEP_TAG)
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return Path(results_dir) / sweep.experiment / sweep.parent_run_id

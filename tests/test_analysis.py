@@ -234,6 +234,11 @@ def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, caps
     children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
     assert len(children) == 6  # 3 chain runs and 3 cell runs
     assert all(not client.list_artifacts(c.info.run_id, "figures") for c in children), "figures on the parent only"
+    # without --out the figures go to the sweep's own folder, never a folder all sweeps share
+    capsys.readouterr()
+    assert figures.main(["--sweep", "quickstart", "--results-dir", str(out)]) == 0
+    redrawn = capsys.readouterr().out.splitlines()[:-1]
+    assert sorted(redrawn) == sorted(str(sweep_dir / "figures" / n) for n in names) and not (out / "figures").exists()
     # an experiment the store does not have: one line naming the ones it does
     capsys.readouterr()
     assert figures.main(["--sweep", "nosuch", "--results-dir", str(out), "--out", str(figs)]) == 2
