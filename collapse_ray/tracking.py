@@ -13,12 +13,15 @@ Parameters use the spec's dotted keys on parent and chain runs alike (`chain.n_r
 out. What a grown sweep changes (`chain.n_iterations`, the seeds) are tags, since MLflow
 parameters cannot change once logged.
 
-The UI: MLflow 3.17 opens an experiment in its GenAI view whatever the experiment says
-(its GenAI / Model training switch decides; the `mlflow.experimentKind` tag is set but
-not read there), so `ui_url` gives a link with `workflowType=machine_learning` and the
-saved view "collapse-ray" (test loss first, grouped by workflow, log axis where the
-values span decades, standard errors in a folded section), which `save_sweep_view`
-writes as an experiment tag the UI reads.
+The UI: MLflow 3.17 opens an experiment and a run page in its GenAI layout whatever the
+experiment says (its GenAI / Model training switch decides; the `mlflow.experimentKind`
+tag is set but not read there), so `ui_url` and `run_url` give links with
+`workflowType=machine_learning`; `ui_url`'s opens the saved view "collapse-ray" (the
+newest sweep's cell runs, one line per cell, test loss first, log axis where the values
+span decades, standard errors in a folded section; a value grid's contour), which
+`save_sweep_view` writes as an experiment tag the UI reads. Cell runs (collapse_ray.cells)
+are children of the sweep run tagged collapse_ray.role = cell; they hold means only, so
+`results_table` reads the chain runs alone.
 """
 
 from __future__ import annotations
@@ -367,9 +370,11 @@ def ensure_experiment(client, name: str, artifact_root: Path | None = None) -> s
     return experiment_id
 
 
-# MLflow's experiment-type tag. 3.17's UI follows its own GenAI / Model training switch
-# instead (measured: a tagged experiment still opens in the GenAI view), which the
-# `workflowType` parameter of ui_url's link sets; other MLflow versions read the tag.
+# MLflow's experiment-type tag. 3.17's UI bundle reads it only when its workflow-type
+# switch is off, and the build has it on (the flag is a constant true): the layout comes
+# from the link's `workflowType` parameter, else the browser's last choice (localStorage
+# mlflow.workflowType, GenAI by default). Measured in Chromium: a run page without the
+# parameter opens under GenAI's "Evaluations", with it under "Runs". Other versions may read the tag.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 VIEW_KEY = "collapse-ray"  # the saved view's key: experiment tag mlflow.sharedViewState.<key>
