@@ -35,12 +35,17 @@ def test_procedural_corpora_are_deterministic_and_split_apart():
     assert set(pairs) == {"prompt", "response"} and all(pairs["response"])
 
 
-def test_sft_format_parses_back_with_removeprefix_not_lstrip():
+def test_sft_samples_are_accepted_by_As_rule_with_removeprefix_not_lstrip():
+    """(A): starts with "user: ", splits on "assistant: " into exactly two parts, both
+    stripped (empty ones kept); the prompt loses the prefix, not lstrip's characters."""
     text = format_example("sing a song about users", "ok: user")
     assert parse_example(text) == ("sing a song about users", "ok: user")  # lstrip("user: ") would eat the "s"
     assert parse_example("user: a\nassistant: b\nassistant: c") is None, "two assistant parts"
+    assert parse_example("user: a assistant: b") == ("a", "b"), "split on 'assistant: ', newline or not"
     assert parse_example("assistant: b") is None and parse_example("user: a") is None
-    assert parse_example("user: \nassistant: b") is None, "an empty prompt"
+    assert parse_example(" user: a\nassistant: b") is None, "must start with 'user: '"
+    assert parse_example("user: \nassistant: b ") == ("", "b"), "an empty prompt is kept, as (A) keeps it"
+    assert parse_example("user: a user: b\nassistant: c") == ("a user: b", "c"), "(A) counts only the split"
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER_PARAMETERS))
@@ -293,3 +298,45 @@ def test_paper_scale_and_value_grid_rules_are_validated():
         parse_spec({"task": {"name": "sft", "precision": "fp16"}, "run": run})
     parse_spec({"task": {"name": "sft", "engine": "torch", "precision": "bf16"}, "run": run})
     parse_spec({"task": {"name": "sft", "precision": "fp16", "use_gpu": True, "zero_stage": 3}, "run": run})
+    with pytest.raises(SpecError, match="task.zero_stage must be 1, 2 or 3 with task.precision bf16_pure"):
+        parse_spec({"task": {"name": "sft", "precision": "bf16_pure", "zero_stage": 0}, "run": run})
+    parse_spec({"task": {"name": "sft", "engine": "torch", "precision": "bf16_pure"}, "run": run})
+
+
+def test_gemma_2s_parameter_counts_and_memory_per_gpu_are_checked_before_a_sweep_starts():
+    """The three Gemma-2 sizes, counted exactly from their published architecture on the
+    meta device (no download); a GPU spec whose fit or sampler needs more memory per GPU
+    than task.gpu_memory_gb is refused in one line that says what takes the memory."""
+    from collapse_ray.text import memory
+
+    assert {m: memory.architecture(m, 0).parameters for m in memory.HUB_ARCHITECTURES} == {
+        "google/gemma-2-2b": 2_614_341_888, "google/gemma-2-9b": 9_241_705_984, "google/gemma-2-27b": 27_227_128_320}
+    gpu = {"name": "sft", "use_gpu": True, "max_length": 512, "micro_batch_size": 4, "grad_accum_steps": 4}
+    run = {"cpus_per_trial": 0.01}
+
+    def task(**kw):
+        return {"task": {**gpu, **kw}, "run": run}
+
+    # (A)'s placements on 80 GB GPUs: 2B ZeRO-2 x 8, 9B ZeRO-3 x 8, 27B ZeRO-3 x 16 (micro-batch 2)
+    parse_spec(task(model="google/gemma-2-2b", zero_stage=2, num_workers=8, gpu_memory_gb=80))
+    parse_spec(task(model="google/gemma-2-2b", zero_stage=2, num_workers=8, gpu_memory_gb=40))  # Fig. 5's >= 40 GB
+    parse_spec(task(model="google/gemma-2-9b", zero_stage=3, num_workers=8, gpu_memory_gb=80))
+    parse_spec(task(model="google/gemma-2-27b", zero_stage=3, num_workers=16, micro_batch_size=2, gpu_memory_gb=80))
+    # 27B with ZeRO-2 on 8 GPUs: 2 bytes of bf16 weights a parameter stay whole on each GPU (54 GB), plus the shards
+    with pytest.raises(SpecError, match=r"task.gpu_memory_gb must be enough for the fit: google/gemma-2-27b "
+                                        r"\(27,227,128,320 parameters, bf16, ZeRO-2 over 8 workers\) needs 1\d\d\.\d GiB"):
+        parse_spec(task(model="google/gemma-2-27b", zero_stage=2, num_workers=8, gpu_memory_gb=80))
+    # 9B under DDP (ZeRO-0): 16 bytes a parameter on every GPU
+    with pytest.raises(SpecError, match=r"needs 1\d\d\.\d GiB \(weights 17\.2, gradients 17\.2, optimiser 103\.3"):
+        parse_spec(task(model="google/gemma-2-9b", zero_stage=0, num_workers=8, gpu_memory_gb=80))
+    # pure bf16 halves the optimiser: 9B ZeRO-1 x 8 fits 80 GB in bf16_pure, not in mixed bf16
+    parse_spec(task(model="google/gemma-2-9b", zero_stage=1, num_workers=8, gpu_memory_gb=80, precision="bf16_pure"))
+    with pytest.raises(SpecError, match="enough for the fit"):
+        parse_spec(task(model="google/gemma-2-9b", zero_stage=1, num_workers=8, gpu_memory_gb=48, precision="bf16"))
+    # sampling 27B in fp32 (the HF sampler of an fp32 fit) needs 101 GiB of weights
+    with pytest.raises(SpecError, match=r"enough for the sampler: google/gemma-2-27b's weights in fp32 take 101\.4 GiB"):
+        parse_spec(task(model="google/gemma-2-27b", zero_stage=3, num_workers=64, micro_batch_size=1, gpu_memory_gb=80,
+                        precision="fp32", sampler="ray_data"))
+    with pytest.raises(SpecError, match="task.gpu_memory_gb must be set only for models whose size is known"):
+        parse_spec(task(model="someone/unknown-7b", gpu_memory_gb=80))
+    parse_spec({"task": {"name": "sft", "gpu_memory_gb": 1}, "run": run})  # no GPU: nothing to check

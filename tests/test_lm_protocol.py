@@ -16,7 +16,7 @@ from collapse_ray.tasks.sft import format_example
 from collapse_ray.text import backends, corpora
 from collapse_ray.text.models import load_tokenizer
 from collapse_ray.text.settings import resolved_warmup_ratio
-from collapse_ray.text.steps import FittedLM, fit_texts, prepare_tokenizer
+from collapse_ray.text.steps import FittedLM, encode, fit_texts, prepare_tokenizer
 from collapse_ray.text.training import FitSettings, lr_lambda, warmup_length
 from collapse_ray.validation import SpecError
 
@@ -76,7 +76,9 @@ def test_warmup_steps_or_a_ratio_never_both():
                     precision="fp32")
         return FitSettings(**{**base, **kw})
 
-    assert warmup_length(fit_settings(), 19) == 0, "a 5% ratio is no warm-up below 20 steps"
+    # HF Trainer's get_warmup_steps, which (A) runs: math.ceil(steps * warmup_ratio)
+    assert [warmup_length(fit_settings(), n) for n in (1, 19, 20, 21, 34)] == [1, 1, 1, 2, 2]
+    assert warmup_length(fit_settings(warmup_ratio=0.0), 19) == 0
     assert warmup_length(fit_settings(warmup_ratio=0.0, warmup_steps=16), 10) == 16
     factor = lr_lambda("constant", 16, 10)
     assert [factor(s) for s in (0, 7, 15)] == pytest.approx([1 / 16, 0.5, 1.0])
@@ -100,17 +102,26 @@ def test_sft_uses_adamw_default_betas_and_drops_long_rows(tmp_path):
 
 
 POOLS = {**LOCAL, "n_test": 10, "epochs": 4, "learning_rate": 3e-3, "value_pool_size": 30, "value_pool_real": 400,
-         "n_value_pools": 2}
+         "n_value_pools": 2, "warmup_steps": 16}
 
 
 @pytest.mark.slow  # two fine-tunes and their samplers: ~30 s on 2 idle cores
 def test_value_pools_are_built_once_each_from_its_own_fine_tune(tmp_path):
+    """...each warming up for 5% of its steps, as (A)'s iteration-1 fine-tunes, not for
+    the cells' 16 steps."""
+    import json
+
     shared = tmp_path / "chains" / "_shared"
     pools = [SFTTask(**POOLS, value_pool=p) for p in (0, 1)]
     for task in pools:
         task.prepare_sweep(shared)
     files = sorted(shared.glob("value_pool-*/pool.parquet"))
     assert len(files) == 2, "one pool per value_pool, not per cell"
+    pool_fits = list(shared.glob("value_pool-*/models/*/fit.json"))
+    assert len(pool_fits) == 2
+    for fit in pool_fits:
+        figures = json.loads(fit.read_text())
+        assert figures["warmup_steps"] == np.ceil(0.05 * figures["optimizer_steps"]) != 16, figures
     stamps = [f.stat().st_mtime_ns for f in files]
     for task in pools:  # a later cell (or a resumed sweep) finds them
         SFTTask(**{**POOLS, "value_pool": task.value_pool}).prepare_sweep(shared)
@@ -127,6 +138,42 @@ def test_value_pools_are_built_once_each_from_its_own_fine_tune(tmp_path):
     assert rows[0, 10][:20] == rows[1, 10][:20], "the real rows do not depend on the pool"
     assert rows[0, 30][20:] != rows[1, 30][20:], "two pools, two samplers"
     assert len(list(shared.glob("value_pool-*/pool.parquet"))) == 2, "cells read the pools, never rebuild them"
+
+
+def test_a_cell_takes_the_first_pool_rows_that_fit(tmp_path):
+    """As (A): the pool's long rows are dropped before its first value_synthetic rows are
+    taken, so a cell trains on exactly n_real + value_synthetic rows; a pool without
+    enough rows that fit says so in one line."""
+    cell = SFTTask(**{**POOLS, "value_pool_size": 12, "value_synthetic": 6}).with_workdir(tmp_path / "cells" / "c")
+    shared = tmp_path / "shared"
+    path = cell.value_pool_path(shared)
+    path.parent.mkdir(parents=True)
+    long = " and".join(["x"] * 80)
+    pool = [format_example(f"q{i}", long if i % 2 else f"a{i}") for i in range(12)]  # every other row too long
+    pq.write_table(pa.table({"text": pool}), path)
+    real = cell.with_shared_dir(shared).real_data(20, [chain_generators(0)[0]])
+    texts = list(real.train["text"][0])
+    assert texts[20:] == pool[0:12:2], "the first six that fit, in pool order"
+    tokenizer = load_tokenizer(real.context.tokenizer_dir)
+    assert len(encode(tokenizer, texts, 64, drop_long=True)) == 26, "none dropped at the fit"
+    with pytest.raises(ValueError, match=r"value pool 0: 6 of its 12 rows fit in max_length=64 tokens; "
+                                         r"value_synthetic=7 were asked for"):
+        SFTTask(**{**POOLS, "value_pool_size": 12, "value_synthetic": 7}).with_workdir(
+            tmp_path / "cells" / "d").with_shared_dir(shared).real_data(20, [chain_generators(0)[0]])
+
+
+def test_sampling_gives_up_after_its_rounds_in_one_line(tmp_path, monkeypatch):
+    """Sampling goes on until n samples are accepted, as (A)'s loop; an untrained model,
+    whose samples never parse, is given up on after MAX_SAMPLING_ROUNDS rounds."""
+    from collapse_ray.tasks import sft
+
+    monkeypatch.setattr(sft, "MAX_SAMPLING_ROUNDS", 1)
+    task = SFTTask(**{**LOCAL, "n_test": 4, "sampling_batch_size": 32}).with_workdir(tmp_path)
+    real = task.real_data(20, [chain_generators(0)[0]])
+    untrained = fit_texts(task, task.workdir, [], real.context)
+    with pytest.raises(RuntimeError, match=r"sft sampler: 0 of 2 samples accepted after 1 rounds \((\d+) drawn") as err:
+        task.sample(untrained, 2, [np.random.default_rng(0)], real.context)
+    assert "\n" not in str(err.value)
 
 
 def test_value_pool_grid_is_validated():

@@ -49,8 +49,9 @@ from ..validation import SpecError, check_min, fail, require
 from .protocol import SHARED_FOLDER, Metrics, RealData, Rows
 
 USER, ASSISTANT = "user: ", "\nassistant: "
-MAX_SAMPLING_ROUNDS = 30
-MAX_DRAWS_PER_SAMPLE = 20  # a model that parses under 1 in 20 is not worth waiting on
+MAX_SAMPLING_ROUNDS = 64
+"""Sampling rounds before a pool that still lacks accepted samples is given up on
+(each round asks for what is missing at the acceptance rate so far, at most 11x)."""
 
 
 def format_example(prompt: str, response: str) -> str:
@@ -58,13 +59,17 @@ def format_example(prompt: str, response: str) -> str:
 
 
 def parse_example(text: str) -> tuple[str, str] | None:
-    """(prompt, response) if `text` has exactly one user and one assistant part."""
-    if not text.startswith(USER) or text.count(USER.strip()) != 1 or text.count(ASSISTANT) != 1:
+    """(prompt, response) by (A)'s acceptance rule: the sample starts with "user: " and
+    splits on "assistant: " into exactly two parts; both are stripped (and may be
+    empty, as (A)'s). One difference: (A) takes the prompt as `lstrip("user: ")`, which
+    strips any leading u, s, e, r, colon or space ("users ask" -> "ask"); the prefix
+    alone is removed here."""
+    if not text.startswith(USER):
         return None
-    prompt, response = text.removeprefix(USER).split(ASSISTANT)  # removeprefix: lstrip eats characters
-    if not prompt.strip() or not response.strip():
+    parts = text.split(ASSISTANT.strip("\n"))
+    if len(parts) != 2:
         return None
-    return prompt, response
+    return parts[0].removeprefix(USER).strip(), parts[1].strip()
 
 
 @dataclass(frozen=True)
@@ -92,14 +97,17 @@ class SFTTask(LanguageModelSettings):
     value_pool: int = 0
     """Value grid: the pool this cell draws from (0 .. n_value_pools - 1; a grid axis)."""
     value_synthetic: int = 0
-    """Value grid: first rows of the pool added to this cell's training set."""
+    """Value grid: first rows of the pool that fit in max_length, added to this cell's training set."""
+    value_pool_warmup_ratio: float = 0.05
+    """Value grid: warm-up of each pool's own fine-tune, as (A)'s iteration-1 fine-tunes."""
 
     # an empty training set is meaningful here: the base model, evaluated untrained
     fits_empty_training_set: ClassVar[bool] = True
     # the value-grid fields shape a cell's training set, which keys its fit already: a
     # cell with no synthetic rows fits what the same n_real fits in every pool's column
     not_in_fit: ClassVar[frozenset[str]] = LanguageModelSettings.not_in_fit | {
-        "value_pool_size", "value_pool_real", "n_value_pools", "value_pool", "value_synthetic"}
+        "value_pool_size", "value_pool_real", "n_value_pools", "value_pool", "value_synthetic",
+        "value_pool_warmup_ratio"}
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -112,6 +120,8 @@ class SFTTask(LanguageModelSettings):
                 f"< n_value_pools ({self.n_value_pools})", self.value_pool)
         if self.value_pool_size:
             check_min(self.value_pool_real, 1, f"{where}.value_pool_real")
+        require(0 <= self.value_pool_warmup_ratio < 1, f"{where}.value_pool_warmup_ratio", "a number in [0, 1)",
+                self.value_pool_warmup_ratio)
 
     def check_chain(self, chain, where: str) -> None:
         if chain.n_fresh_real and self.source != corpora.PROCEDURAL:
@@ -164,14 +174,14 @@ class SFTTask(LanguageModelSettings):
             # in a sweep the driver built the pool in the folder it gave (prepare_sweep,
             # with_shared_dir); alone, the chain builds it beside its own chain folders
             shared = self.shared_dir if self.shared_dir is not None else self.workdir.parent.parent / SHARED_FOLDER
-            texts = texts + self._value_pool(shared, self.value_synthetic)
+            texts = texts + self._value_pool_rows(shared, tokenizer)
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 
     def prepare_sweep(self, shared_dir: Path) -> None:
         """Called by the sweep's driver for every cell before any starts: builds this
         cell's synthetic pool if no earlier cell's call did (one writer, no lock)."""
         if self.value_pool_size:
-            self._value_pool(shared_dir, 0)
+            self._built_value_pool(shared_dir)
 
     def _load_fitting(self, split: str, ask: int | None) -> list[str]:
         """Formatted examples of `split`: the first `ask` of the procedural stream, or
@@ -205,23 +215,43 @@ class SFTTask(LanguageModelSettings):
                              f"max_length={self.max_length} tokens; {n} were asked for (n_test: all takes every one)")
         return kept[:n]
 
-    def _value_pool(self, shared_dir: Path, n: int) -> list[str]:
-        """The first n rows of synthetic pool `value_pool`, built if it is missing.
-
-        Its folder is keyed by everything that makes the pool (not by the cell's
-        n_real, value_synthetic or chain seed); the file appears whole, by rename."""
+    def value_pool_path(self, shared_dir: Path) -> Path:
+        """Pool `value_pool`'s file: its folder is keyed by everything that makes the
+        pool (not by the cell's n_real, value_synthetic or chain seed)."""
         pool_task = replace(self, value_synthetic=0, n_value_pools=1)
-        path = Path(shared_dir) / f"value_pool-{settings.config_digest(pool_task)}" / "pool.parquet"
+        return Path(shared_dir) / f"value_pool-{settings.config_digest(pool_task)}" / "pool.parquet"
+
+    def _built_value_pool(self, shared_dir: Path) -> Path:
+        """Pool `value_pool`'s file, built if it is missing (it appears whole, by rename)."""
+        path = self.value_pool_path(shared_dir)
         if not path.exists():
-            self._build_value_pool(pool_task, path)
-        return pq.read_table(path).column("text").to_pylist()[:n]
+            self._build_value_pool(replace(self, value_synthetic=0, n_value_pools=1), path)
+        return path
+
+    def _value_pool_rows(self, shared_dir: Path, tokenizer) -> list[str]:
+        """The first value_synthetic rows of the pool that fit in max_length tokens, as
+        (A) drops the long rows of its synthetic set before taking its first ones."""
+        texts = pq.read_table(self._built_value_pool(shared_dir)).column("text").to_pylist()
+        kept, at = [], 0
+        while len(kept) < self.value_synthetic and at < len(texts):
+            chunk = texts[at : at + 2 * (self.value_synthetic - len(kept)) + 64]
+            at += len(chunk)
+            lengths = [len(ids) + 2 for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+            kept += [t for t, k in zip(chunk, lengths) if k <= self.max_length]
+        if len(kept) < self.value_synthetic:
+            raise ValueError(f"value pool {self.value_pool}: {len(kept)} of its {len(texts)} rows fit in max_length="
+                             f"{self.max_length} tokens; value_synthetic={self.value_synthetic} were asked for "
+                             f"(raise task.value_pool_size)")
+        return kept[: self.value_synthetic]
 
     def _build_value_pool(self, pool_task: SFTTask, path: Path) -> None:
         """Pool p: a fine-tune on the first value_pool_real real rows (seed p), sampled
-        (seed p) until value_pool_size samples parse, as (A)'s pools 0, 1, 2."""
+        (seed p) until value_pool_size samples are accepted, as (A)'s pools 0, 1, 2:
+        (A) samples them from its iteration-1 fine-tunes, which warm up for
+        value_pool_warmup_ratio of their steps (not the cells' warm-up)."""
         folder = path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        fitter = pool_task.with_workdir(folder)
+        fitter = replace(pool_task, warmup_steps=None, warmup_ratio=self.value_pool_warmup_ratio).with_workdir(folder)
         seed = self.value_pool
         loaded = self._load_fitting("train", self._first_ask(self.value_pool_real))
         tokenizer_dir = steps.prepare_tokenizer(fitter, fitter.workdir, loaded)
@@ -244,13 +274,15 @@ class SFTTask(LanguageModelSettings):
         return [text for batch in self._accepted_batches(model, n, seed) for text in batch]
 
     def _accepted_batches(self, model, n: int, seed: int):
-        """Sample until n samples parse (rounds sized by the acceptance rate so far),
-        yielding the parsed ones batch by batch as they are drawn: n in all, in order."""
+        """Sample until n samples are accepted (parse_example), as (A), in rounds sized
+        by the acceptance rate so far, yielding the accepted ones batch by batch as they
+        are drawn: n in all, in order. A model that has not given n in
+        MAX_SAMPLING_ROUNDS rounds is given up on, in one line that says how far it got."""
         accepted, drawn = 0, 0
         seeds = np.random.SeedSequence(seed).generate_state(MAX_SAMPLING_ROUNDS)
         sample_settings, placement = steps.sample_settings(self, model), settings.placement(self)
         for round_seed in seeds:
-            if accepted >= n or drawn >= MAX_DRAWS_PER_SAMPLE * n:
+            if accepted >= n:
                 break
             rate = max(accepted / drawn, 0.1) if drawn else 1.0
             ask = int(np.ceil((n - accepted) / rate * 1.1))
@@ -262,8 +294,9 @@ class SFTTask(LanguageModelSettings):
                 if accepted >= n:  # the rest of the round would be cut off
                     break
         if accepted < n:
-            raise RuntimeError(f"sft sampler: {accepted} of {drawn} samples parsed as one user and one "
-                               f"assistant part; {n} were needed (is the model trained enough to keep the format?)")
+            raise RuntimeError(f"sft sampler: {accepted} of {n} samples accepted after {MAX_SAMPLING_ROUNDS} rounds "
+                               f"({drawn} drawn; a sample must start with {USER!r} and split on 'assistant: ' into two "
+                               f"parts): is the model trained enough to keep the format?")
 
     def sample_real(self, n: int, rngs: Sequence[np.random.Generator], context: Any = None) -> Rows:
         pairs = [corpora.procedural_instruction(rngs[0]) for _ in range(n)]
