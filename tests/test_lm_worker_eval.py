@@ -47,6 +47,84 @@ def test_the_fit_returns_the_held_out_loss_and_its_curve(tmp_path, monkeypatch):
     assert PretrainingTask(**LOCAL).iteration_series(fitted) == {}, "no curve without eval_steps"
 
 
+def test_the_untrained_model_is_evaluated_where_and_as_fits_are(tmp_path, monkeypatch):
+    """A value-grid cell with no rows (n_real = value_synthetic = 0) gets its held-out
+    loss from the fit's own code (backends.evaluate: the fit's workers, precision and
+    loss; here the in-process backend), not from the trial loading the model in fp32;
+    and it is kept under the fit's key, so a second cell that needs it reads it."""
+    from collapse_ray.tasks import SFTTask
+
+    task = SFTTask(**LOCAL).with_workdir(tmp_path)
+    real = task.real_data(60, [chain_generators(0)[0]])
+    untrained = task.fit({"text": np.empty((1, 0), dtype=object)}, real.context)
+    assert untrained.figures["setup_seconds"] > 0, "figures from the fit's worker"
+    assert untrained.figures["optimizer_steps"] == 1 and untrained.figures["train_tokens"] == 0
+    loaded, tokenizer, device = backends.load_for_inference(untrained.model_dir, untrained.tokenizer_dir)
+    assert untrained.figures["test_loss"] == pytest.approx(token_loss(loaded, list(real.test), tokenizer.pad_token_id),
+                                                           rel=1e-6)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the trial loaded the model to evaluate it")
+
+    monkeypatch.setattr(backends, "load_for_inference", no_loading)
+    assert task.evaluate(untrained, real.test)["test_loss"][0] == untrained.figures["test_loss"]
+    again = task.fit({"text": np.empty((1, 0), dtype=object)}, real.context)
+    assert again.figures["eval_seconds"] == untrained.figures["eval_seconds"], "stored, not evaluated twice"
+
+
+def test_As_held_out_loss_is_the_mean_of_its_batches_token_means(tmp_path):
+    """eval_loss batch_mean, (A)'s HF Trainer figure: batches of eval_batch_size rows in
+    datasets' shuffle(seed=0) order, the last partial one dropped (dataloader_drop_last),
+    each batch's token mean weighted by its rows; not the token-weighted mean."""
+    from collapse_ray.text.training import eval_batches, loss_sums
+
+    task = PretrainingTask(**{**LOCAL, "eval_loss": "batch_mean", "eval_batch_size": 3, "epochs": 3,
+                              "learning_rate": 3e-3}).with_workdir(tmp_path)
+    real = task.real_data(64, [chain_generators(0)[0]])
+    fitted = task.fit(real.train, real.context)
+    loaded, tokenizer, device = backends.load_for_inference(fitted.model_dir, fitted.tokenizer_dir)
+    batches = eval_batches(len(real.test), 3)
+    assert [len(b) for b in batches] == [3] * 6 and len(set(np.concatenate(batches))) == 18, "20 rows: 2 dropped"
+    assert not np.array_equal(np.concatenate(batches), np.arange(18)), "in the seeded order"
+    means = [np.divide(*loss_sums(loaded, [real.test[i] for i in b], tokenizer.pad_token_id)) for b in batches]
+    assert fitted.figures["test_loss"] == pytest.approx(np.mean(means), rel=1e-6)
+    token_mean = token_loss(loaded, list(real.test), tokenizer.pad_token_id)
+    assert abs(fitted.figures["test_loss"] - token_mean) > 1e-3, (fitted.figures["test_loss"], token_mean)
+
+
+def test_pure_bf16_keeps_weights_and_adam_states_in_bf16_on_both_engines(tmp_path):
+    """precision bf16_pure, as (A)'s models loaded in bf16: weights, gradients and AdamW's
+    moments in bf16 (DeepSpeed: no fp32 master copy), where bf16 keeps fp32 masters."""
+    import torch
+
+    from collapse_ray.text import training
+    from collapse_ray.text.models import build_model, load_tokenizer
+
+    task = PretrainingTask(**LOCAL).with_workdir(tmp_path)
+    real = task.real_data(8, [chain_generators(0)[0]])
+    tokenizer = load_tokenizer(real.context.tokenizer_dir)
+    batch = training.collate(list(real.test[:2]), tokenizer.pad_token_id)
+    if not torch.distributed.is_initialized():
+        backends._init_single_process_group("cpu")  # what fit_local does for DeepSpeed
+    for engine, precision in (("torch", "bf16_pure"), ("deepspeed", "bf16_pure"), ("deepspeed", "bf16")):
+        settings = tiny_fit_settings(real.context.tokenizer_dir, tmp_path / engine, engine=engine, zero_stage=1,
+                                     precision=precision)
+        model = build_model("tiny", tokenizer, 0)
+        if precision == "bf16_pure":
+            model = model.to(torch.bfloat16)  # as train_worker does
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        run = training._Engine(settings, model, optimizer, scheduler, 1, "cpu")
+        run.step_on(batch)
+        inner = run.ds.optimizer.optimizer if engine == "deepspeed" else optimizer  # DeepSpeed's ZeRO wraps AdamW
+        states = {v.dtype for state in inner.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim}
+        masters = {p.dtype for group in inner.param_groups for p in group["params"]}  # what AdamW updates
+        weights = {p.dtype for p in run.model.parameters()}
+        expected = torch.bfloat16 if precision == "bf16_pure" else torch.float32
+        assert weights == {torch.bfloat16}, (engine, precision, weights)
+        assert states == {expected} and masters == {expected}, (engine, precision, states, masters)
+
+
 def test_the_curve_is_logged_once_per_iteration_to_the_chain_run(tmp_path, sqlite_uri):
     from collapse_ray import tracking
 

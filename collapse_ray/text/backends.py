@@ -62,6 +62,14 @@ def fit(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placem
     return figures
 
 
+def evaluate(settings: FitSettings, placement: Placement, held_out: Sequence[np.ndarray]) -> dict[str, float]:
+    """The held-out figures of settings.model_name untrained, computed where and as a
+    fit's are (its workers, its precision, its loss): a fit on no examples."""
+    if placement.backend == "local":
+        return fit_local(settings, [], held_out)
+    return _train_on_dataset(settings, None, 0, placement, held_out)
+
+
 def fit_local(settings: FitSettings, examples: Sequence[np.ndarray],
               held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     """One process. DeepSpeed still wants a process group: a single-member one, kept
@@ -103,7 +111,7 @@ def _ray_train_loop(config: dict) -> None:
 
     settings: FitSettings = config["settings"]
     ctx = ray.train.get_context()
-    shard = ray.train.get_dataset_shard("train")
+    shard = ray.train.get_dataset_shard("train") if config["n_examples"] else None  # none to evaluate only
 
     def epoch_batches(epoch: int):
         for batch in shard.iter_batches(
@@ -114,15 +122,13 @@ def _ray_train_loop(config: dict) -> None:
 
     device = str(ray.train.torch.get_device())
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    held_out = config["held_out"]
-    mine = None if held_out is None else held_out[rank::world_size]
-    figures = train_worker(settings, config["n_examples"], epoch_batches, rank, world_size, device, held_out=mine)
+    figures = train_worker(settings, config["n_examples"], epoch_batches, rank, world_size, device,
+                           held_out=config["held_out"])
     ray.train.report(figures)  # for Ray Train's own logs
 
 
 def fit_ray_train(settings: FitSettings, examples: Sequence[np.ndarray], placement: Placement,
                   held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
-    import pyarrow as pa
     dataset = examples_dataset(examples, settings.seed, placement.num_workers)
     return _train_on_dataset(settings, dataset, len(examples), placement, held_out)
 
@@ -132,6 +138,7 @@ def examples_dataset(examples: Sequence[np.ndarray], shuffle_seed: int, num_work
     (fit_order), 2 blocks a worker, materialised here, before the workers hold the
     CPUs: Ray Data tasks that started later would wait for a CPU forever (the workers
     hold them until the fit ends)."""
+    import pyarrow as pa
     import ray.data
 
     ordered = [np.asarray(examples[i], dtype=np.int32) for i in fit_order(len(examples), shuffle_seed)]
@@ -194,13 +201,13 @@ def tokenized_dataset(texts, tokenizer_dir: str, max_length: int, drop_long: boo
 SHUFFLE_KEY = "shuffle_key"
 
 
-
 def shuffle_keys(batch, seed: int) -> np.ndarray:
     """One int64 >= 0 per row, a seeded hash of the row's identity: its pool position
     (iteration, source, row) where the rows come from the pool, else its text (equal
     texts then sort together: only where the rows carry no position). Sorting by the
     keys is a uniformly random order for each seed."""
     import hashlib
+
     from ..pool import SOURCES
 
     if all(c in batch.column_names for c in ("iteration", "source", "row")):
@@ -252,7 +259,7 @@ def _train_on_dataset(settings: FitSettings, dataset, n_examples: int, placement
             resources_per_worker={"CPU": placement.cpus_per_worker, **({"GPU": 1} if placement.use_gpu else {})},
         ),
         torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
-        datasets={"train": dataset},
+        datasets={"train": dataset} if dataset is not None else {},
         run_config=RunConfig(name=f"fit-{out.name}", storage_path=str(out.parent / "ray_train")),
     )
     # The controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's

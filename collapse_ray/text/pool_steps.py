@@ -26,7 +26,7 @@ from ..pool import PoolSelection, ShardTarget, ShardWriter
 from ..tasks.protocol import RealData
 from . import backends
 from .settings import LanguageModelSettings, placement
-from .steps import (FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_model,
+from .steps import (FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_fit,
                     publish_fit, stored_fit)
 
 TEXT = ("text",)
@@ -81,11 +81,10 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
         return {**figures, "fit_seconds": time.perf_counter() - start}
 
     figures = publish_fit(out, fit_into, Path(workdir))
-    if figures is None:  # the initial model
+    if figures is None:  # every row dropped: the initial model
         from .models import load_tokenizer
 
-        return FittedLM(initial_model(settings, load_tokenizer(context.tokenizer_dir), context, out),
-                        context.tokenizer_dir, {})
+        return initial_fit(settings, load_tokenizer(context.tokenizer_dir), context, out, Path(workdir))
     return FittedLM(str(out), context.tokenizer_dir, figures)
 
 

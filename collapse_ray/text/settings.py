@@ -80,8 +80,19 @@ class LanguageModelSettings:
     (step: optimiser step); 0: only at the end of the fit (test_loss)."""
     zero_stage: int = 1
     """DeepSpeed's ZeRO stage (0-3); engine deepspeed only (check_engine)."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto: bf16 on GPUs that support it, else fp32."""
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16_pure"] = "auto"
+    """auto: bf16 on GPUs that support it (decided on the worker's own GPU), else fp32.
+    bf16 and fp16 are mixed precision (fp32 master weights and Adam states); bf16_pure
+    keeps weights, gradients and Adam states in bf16, as (A)'s models loaded in bf16
+    (at lr 8e-6 most updates then round away)."""
+    gpu_memory_gb: float | None = None
+    """The memory of each GPU the spec runs on (GiB): with use_gpu, a fit or sampler
+    estimated to need more per GPU is refused before anything starts (text/memory.py)."""
+    eval_loss: Literal["token_mean", "batch_mean"] = "token_mean"
+    """Held-out loss: the mean over all target tokens, or (A)'s HF Trainer figure, the
+    mean over eval_batch_size-row batches (in a seeded order) of each batch's token mean."""
+    eval_batch_size: int = 16
+    """Rows per held-out batch ((A): per_device_eval_batch_size 16); eval_loss batch_mean."""
     # -- sampling --
     temperature: float = 1.0
     """Softmax temperature of sampling (1: the model's own distribution)."""
@@ -122,7 +133,8 @@ class LanguageModelSettings:
     grid's cells without synthetic rows) fit once; None: fits stay in the workdir."""
 
     not_in_fit: ClassVar[frozenset[str]] = frozenset({
-        "temperature", "top_p", "sampling_batch_size", "sampler", "sampler_seeding", "sampling_concurrency"})
+        "temperature", "top_p", "sampling_batch_size", "sampler", "sampler_seeding", "sampling_concurrency",
+        "gpu_memory_gb"})
     """Fields a fit does not read (the sampling ones): left out of the fit's key. Everything
     else enters it, cpus_per_worker too (Ray sets a worker's threads from it, and threads
     change the order of float sums), so a new field keys fits apart until it is listed
@@ -151,6 +163,8 @@ class LanguageModelSettings:
         check_min(self.corpus_seed, 0, f"{where}.corpus_seed")
         check_min(self.eval_steps, 0, f"{where}.eval_steps")
         check_engine(self, where)
+        check_min(self.eval_batch_size, 1, f"{where}.eval_batch_size")
+        check_memory(self, where)
         for name in ("learning_rate", "temperature", "cpus_per_worker"):
             check_finite_positive(getattr(self, name), f"{where}.{name}")
         if self.warmup_ratio is not None:
@@ -207,7 +221,8 @@ def check_engine(settings: LanguageModelSettings, where: str) -> None:
     - fp16: DeepSpeed's loss scaler only (torch autocast in fp16 without one would
       underflow; the plain-torch loop has none), and on GPUs (DeepSpeed's CPU path has
       no fp16 optimizer);
-    - bf16 and fp32 with either engine; auto: bf16 on a GPU that has it, else fp32.
+    - bf16 and fp32 with either engine; auto: bf16 on a GPU that has it, else fp32;
+    - bf16_pure with either engine, with DeepSpeed from ZeRO-1 on.
     """
     require(settings.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage", "one of {0, 1, 2, 3}", settings.zero_stage)
     if settings.engine == "torch":
@@ -219,6 +234,38 @@ def check_engine(settings: LanguageModelSettings, where: str) -> None:
     if settings.precision == "fp16":
         require(settings.use_gpu, f"{where}.precision", "auto, fp32 or bf16 without a GPU (task.use_gpu: false)",
                 settings.precision)
+    if settings.precision == "bf16_pure" and settings.engine == "deepspeed":
+        require(settings.zero_stage >= 1, f"{where}.zero_stage", "1, 2 or 3 with task.precision bf16_pure "
+                "(DeepSpeed keeps bf16 master weights and optimiser states in its ZeRO optimisers only)",
+                settings.zero_stage)
+
+
+def check_memory(settings: LanguageModelSettings, where: str) -> None:
+    """With use_gpu and gpu_memory_gb: the fit's and the sampler's estimated memory per
+    GPU (text/memory.py) within the GPU's."""
+    if not settings.use_gpu or settings.gpu_memory_gb is None:
+        return
+    from . import memory
+
+    check_finite_positive(settings.gpu_memory_gb, f"{where}.gpu_memory_gb")
+    try:
+        arch = memory.architecture(settings.model, settings.vocab_size)
+    except ValueError as err:
+        fail(f"{where}.gpu_memory_gb", "set only for models whose size is known", f"{err}")
+    precision = "bf16" if settings.precision == "auto" else settings.precision
+    stage = settings.zero_stage if settings.engine == "deepspeed" else 0
+    sampling = "bf16" if settings.sampler == "vllm" or precision != "fp32" else "fp32"
+    need = memory.estimate(arch, precision, stage, settings.num_workers, settings.micro_batch_size,
+                           settings.max_length, sampling)
+    gpu = settings.gpu_memory_gb * memory.GIB
+    if need.fit > gpu:
+        fail(f"{where}.gpu_memory_gb", f"enough for the fit: {settings.model} ({arch.parameters:,} parameters, "
+             f"{precision}, ZeRO-{stage} over {settings.num_workers} workers) needs {need.describe_fit()} per GPU "
+             "(raise zero_stage or num_workers, or lower micro_batch_size)", settings.gpu_memory_gb)
+    if need.sampler_weights > memory.SAMPLER_MEMORY_SHARE * gpu:
+        fail(f"{where}.gpu_memory_gb", f"enough for the sampler: {settings.model}'s weights in {sampling} take "
+             f"{need.sampler_weights / memory.GIB:.1f} GiB of the {memory.SAMPLER_MEMORY_SHARE:.0%} of a GPU "
+             "a sampling actor uses", settings.gpu_memory_gb)
 
 
 def check_sampler(settings: LanguageModelSettings, where: str) -> None:
@@ -266,14 +313,12 @@ def resolved_warmup_ratio(settings: LanguageModelSettings) -> float:
 
 
 def resolved_precision(settings: LanguageModelSettings) -> str:
+    """The fit's precision: auto is fp32 without a GPU, and decided on a GPU worker by
+    its own GPU (training.device_precision), not by the trial, which may run on a
+    machine without one."""
     if settings.precision != "auto":
         return settings.precision
-    if settings.use_gpu:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16"
-    return "fp32"
+    return "auto" if settings.use_gpu else "fp32"
 
 
 def fit_digest(settings: LanguageModelSettings) -> str:

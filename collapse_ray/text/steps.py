@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +100,12 @@ def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: Te
     texts = [str(t) for t in texts]
     key = fit_key(settings, "\x00".join(texts), context)
     out = fits_folder(settings, workdir) / key
-    if (stored := stored_fit(out)) is not None:
-        return FittedLM(str(out), context.tokenizer_dir, stored)
     tokenizer = load_tokenizer(context.tokenizer_dir)
     examples = encode(tokenizer, texts, settings.max_length, drop_long=settings.long_rows == "drop")
     if not examples:  # nothing to train on (a value-grid cell with no data): the initial model
-        return FittedLM(initial_model(settings, tokenizer, context, out), context.tokenizer_dir, {})
+        return initial_fit(settings, tokenizer, context, out, Path(workdir))
+    if (stored := stored_fit(out)) is not None:
+        return FittedLM(str(out), context.tokenizer_dir, stored)
 
     def fit_into(folder: Path) -> dict:
         fit_settings = fit_settings_for(settings, context, folder, key, len(examples))
@@ -187,8 +187,26 @@ def fit_settings_for(settings: LanguageModelSettings, context: TextContext, out:
         warmup_ratio=resolved_warmup_ratio(settings), warmup_steps=settings.warmup_steps,
         betas=(settings.adam_beta1, settings.adam_beta2), schedule=settings.schedule, weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm, engine=settings.engine, zero_stage=settings.zero_stage,
-        precision=resolved_precision(settings), eval_steps=settings.eval_steps,
+        precision=resolved_precision(settings), eval_steps=settings.eval_steps, eval_loss=settings.eval_loss,
+        eval_batch_size=settings.eval_batch_size,
     )
+
+
+def initial_fit(settings: LanguageModelSettings, tokenizer, context: TextContext, out: Path, owner: Path) -> FittedLM:
+    """A fit on no rows: the initial model, its held-out figures computed by the fit's
+    own code where fits run (backends.evaluate: the workers, the fits' precision and
+    loss), kept beside the fits under the fit's key."""
+    model_dir = initial_model(settings, tokenizer, context, out)
+    if context.held_out is None:
+        return FittedLM(model_dir, context.tokenizer_dir, {})
+    evaluated = out.with_name(f"{out.name}-untrained")
+    if (figures := stored_fit(evaluated)) is None:
+        def evaluate_into(folder: Path) -> dict:
+            fit_settings = replace(fit_settings_for(settings, context, folder, out.name, None), model_name=model_dir)
+            return backends.evaluate(fit_settings, placement(settings), context.held_out)
+
+        figures = publish_fit(evaluated, evaluate_into, owner)
+    return FittedLM(model_dir, context.tokenizer_dir, figures)
 
 
 def initial_model(settings: LanguageModelSettings, tokenizer, context: TextContext, out: Path) -> str:

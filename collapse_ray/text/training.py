@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +57,12 @@ class FitSettings:
     max_grad_norm: float
     engine: str  # deepspeed | torch
     zero_stage: int
-    precision: str  # fp32 | bf16 | fp16
+    precision: str  # fp32 | bf16 | fp16 | bf16_pure | auto (decided on the worker: device_precision)
     threads_per_worker: int = 0  # 0: leave torch's default
     eval_steps: int = 0  # held-out loss every eval_steps optimiser steps (0: only at the end)
     record_order: bool = False  # each worker writes the rows it trained on, step by step (ORDER_FOLDER)
+    eval_loss: str = "token_mean"  # token_mean | batch_mean (held_out_loss)
+    eval_batch_size: int = 16  # rows per held-out batch, batch_mean
 
 
 def collate(batch: Sequence[np.ndarray], pad_id: int):
@@ -84,10 +86,10 @@ def micro_steps_per_epoch(n_examples: int, world_size: int, micro_batch_size: in
 
 def warmup_length(settings: FitSettings, optimizer_steps: int) -> int:
     """Warm-up length: fixed steps ((A)'s Fig. 5: 16, so tiny fits still warm up), or
-    a share of the fit (a 5% ratio is 0 steps below 20)."""
+    a share of the fit, rounded up as HF Trainer's get_warmup_steps (which (A) runs)."""
     if settings.warmup_steps is not None:
         return settings.warmup_steps
-    return int(settings.warmup_ratio * optimizer_steps)
+    return math.ceil(settings.warmup_ratio * optimizer_steps)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -115,9 +117,11 @@ def train_worker(
 
     epoch_batches(epoch) yields this worker's micro-batches (lists of token id arrays)
     for an epoch, in its shuffled order; it may yield more than the worker takes.
-    held_out: this worker's share of the held-out examples (None: no evaluation); the
-    figures then hold `test_loss` (all workers' shares) and `eval_curve`
+    held_out: the held-out examples (None: no evaluation), each worker evaluating its
+    share (held_out_loss); the figures then hold `test_loss` and `eval_curve`
     ([optimiser step, loss] pairs, every eval_steps steps and at the end).
+    n_examples 0: no step, only the evaluation, and no model saved (only the figures):
+    the initial model, evaluated exactly as a fitted one.
     `setup_seconds`: from the call to the first step (imports, model, engine).
     """
     began = time.perf_counter()
@@ -127,8 +131,12 @@ def train_worker(
 
     if settings.threads_per_worker:
         torch.set_num_threads(settings.threads_per_worker)
+    if settings.precision == "auto":  # decided here, on the worker's own device
+        settings = replace(settings, precision=device_precision(device))
     tokenizer = load_tokenizer(settings.tokenizer_dir)
     model = build_model(settings.model_name, tokenizer, settings.seed).to(device)
+    if settings.precision == "bf16_pure":
+        model = model.to(torch.bfloat16)
     torch.manual_seed(settings.seed + 1 + rank)  # dropout streams differ per worker
 
     micro_steps = micro_steps_per_epoch(n_examples, world_size, settings.micro_batch_size)
@@ -151,7 +159,7 @@ def train_worker(
         nonlocal eval_seconds
         began = time.perf_counter()
         loss = held_out_loss(engine.eval_module(), held_out, tokenizer.pad_token_id, settings.micro_batch_size,
-                             device, world_size, engine.dtype)
+                             device, rank, world_size, engine.dtype, settings.eval_loss, settings.eval_batch_size)
         curve.append([step // settings.grad_accum_steps, loss])
         eval_seconds += time.perf_counter() - began
 
@@ -188,10 +196,16 @@ def train_worker(
         "train_seconds": seconds,
         "tokens_per_s": steady_tokens * world_size / steady if steady_start and steady > 0 else float("nan"),
         "optimizer_steps": float(optimizer_steps),
+        "warmup_steps": float(warmup),
         "setup_seconds": start - began,
     }
     if held_out is not None:
         figures.update(test_loss=curve[-1][1], eval_seconds=eval_seconds, eval_curve=curve)
+    if n_examples == 0:
+        if rank == 0:
+            Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(settings.output_dir) / FIGURES_FILE).write_text(json.dumps(figures))
+        return figures
     files = {}
     if settings.record_order:  # every worker's, saved by rank 0 with the model
         orders = [order]
@@ -203,6 +217,15 @@ def train_worker(
     return figures
 
 
+def device_precision(device: str) -> str:
+    """precision auto: bf16 on a GPU that has it, else fp32."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
 def deepspeed_config(settings: FitSettings, world_size: int) -> dict:
     """The DeepSpeed config of a fit: batch sizes, clipping, the ZeRO stage and
     precision (the combinations text.settings.check_engine accepts)."""
@@ -212,7 +235,10 @@ def deepspeed_config(settings: FitSettings, world_size: int) -> dict:
         "train_batch_size": settings.micro_batch_size * settings.grad_accum_steps * world_size,
         "gradient_clipping": settings.max_grad_norm,
         "zero_optimization": {"stage": settings.zero_stage},
-        "bf16": {"enabled": settings.precision == "bf16"},
+        # bf16_pure: no fp32 master copy, Adam's moments in bf16 too (ZeRO 1-3 only)
+        "bf16": {"enabled": settings.precision in ("bf16", "bf16_pure"),
+                 **({"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+                    if settings.precision == "bf16_pure" else {})},
         "fp16": {"enabled": settings.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -246,7 +272,8 @@ class _Engine:
             if world_size > 1:
                 self.model = torch.nn.parallel.DistributedDataParallel(model)
             if settings.precision == "bf16":
-                self.dtype = torch.bfloat16
+                self.dtype = torch.bfloat16  # autocast over fp32 weights
+            # bf16_pure: the weights are bf16 already (train_worker), and AdamW keeps its states in their dtype
 
     def step_on(self, inputs) -> float:
         import torch
@@ -275,27 +302,25 @@ class _Engine:
         return getattr(self.model, "module", self.model)
 
     def save(self, output_dir: str, rank: int, figures: dict, files: dict[str, str]) -> None:
+        """The model in its training precision (bf16 weights stay bf16: a 27B model is
+        54 GB, not 108). ZeRO-3's shards are gathered one layer at a time into rank 0's
+        CPU memory (DeepSpeed's consolidated 16-bit state dict), never whole on a GPU."""
         module = self.ds.module if self.ds is not None else getattr(self.model, "module", self.model)
+        state = None
         if self.ds is not None and self.settings.zero_stage == 3:
-            from .lean_deepspeed import import_deepspeed
-
-            with import_deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                if rank == 0:
-                    _save(module, output_dir, figures, files)
-            return
+            state = self.ds._zero3_consolidated_16bit_state_dict()  # every rank takes part
         if rank == 0:
-            _save(module, output_dir, figures, files)
+            _save(module, output_dir, figures, files, state)
 
 
-def _save(module, output_dir: str, figures: dict, files: dict[str, str]) -> None:
-    """The model, its training figures and `files` (relative path -> text), renamed
-    into place together."""
-    import torch
-
+def _save(module, output_dir: str, figures: dict, files: dict[str, str], state: dict | None = None) -> None:
+    """The model (`state`: its weights, where the module holds only shards), its
+    training figures and `files` (relative path -> text), renamed into place together."""
     out = Path(output_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    module = module.to(torch.float32)
-    module.save_pretrained(tmp, safe_serialization=True)
+    if state is not None:
+        module.config.dtype = next(iter(state.values())).dtype
+    module.save_pretrained(tmp, safe_serialization=True, state_dict=state)
     (tmp / FIGURES_FILE).write_text(json.dumps(figures))
     for name, text in files.items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -313,18 +338,38 @@ def token_loss(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: i
     return total / max(count, 1)
 
 
-def held_out_loss(model, shard: Sequence[np.ndarray], pad_id: int, batch_size: int, device: str,
-                  world_size: int, dtype=None) -> float:
-    """token_loss over every worker's shard: the sums all-reduced (one call per worker,
-    an empty shard included)."""
+def held_out_loss(model, held_out: Sequence[np.ndarray], pad_id: int, batch_size: int, device: str, rank: int,
+                  world_size: int, dtype=None, eval_loss: str = "token_mean", eval_batch_size: int = 16) -> float:
+    """The held-out loss, each worker evaluating its share and the sums all-reduced (one
+    call per worker, an empty share included). eval_loss token_mean: over every target
+    token (token_loss), the workers taking every world_size-th example; batch_mean:
+    (A)'s HF Trainer figure, the mean of each eval_batch_size-row batch's token mean
+    weighted by its rows, over `eval_batches`, the workers taking every
+    world_size-th batch."""
     import torch
 
-    total, count = loss_sums(model, shard, pad_id, batch_size, device, dtype)
+    if eval_loss == "token_mean":
+        total, count = loss_sums(model, held_out[rank::world_size], pad_id, batch_size, device, dtype)
+    else:
+        total, count = 0.0, 0
+        for batch in eval_batches(len(held_out), eval_batch_size)[rank::world_size]:
+            loss, tokens = loss_sums(model, [held_out[i] for i in batch], pad_id, len(batch), device, dtype)
+            total, count = total + len(batch) * loss / max(tokens, 1), count + len(batch)
     if world_size > 1:
         sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(sums)
         total, count = float(sums[0]), int(sums[1])
     return total / max(count, 1)
+
+
+def eval_batches(n: int, batch_size: int, seed: int = 0) -> list[np.ndarray]:
+    """(A)'s held-out batches: the set in the order `datasets`' shuffle(seed=0) gives it
+    (numpy's default_rng(seed).permutation), cut into batch_size rows, the last partial
+    batch dropped (its dataloader_drop_last: True); all of it when n < batch_size."""
+    order = np.random.default_rng(seed).permutation(n)
+    if n < batch_size:
+        return [order] if n else []
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
 def loss_sums(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: int = 32, device: str = "cpu",
