@@ -92,10 +92,13 @@ def test_As_held_out_loss_is_the_mean_of_its_batches_token_means(tmp_path):
     assert abs(fitted.figures["test_loss"] - token_mean) > 1e-3, (fitted.figures["test_loss"], token_mean)
 
 
-def test_pure_bf16_keeps_weights_and_adam_states_in_bf16_on_both_engines(tmp_path):
+def test_pure_bf16_keeps_weights_and_adam_states_in_bf16_and_fits_save_in_their_precision(tmp_path):
     """precision bf16_pure, as (A)'s models loaded in bf16: weights, gradients and AdamW's
-    moments in bf16 (DeepSpeed: no fp32 master copy), where bf16 keeps fp32 masters."""
+    moments in bf16 (DeepSpeed: no fp32 master copy), where bf16 keeps fp32 masters.
+    A bf16 fit is saved in bf16 (27B: 54 GB, not 108), ZeRO-3's shards gathered."""
     import torch
+
+    from transformers import AutoModelForCausalLM
 
     from collapse_ray.text import training
     from collapse_ray.text.models import build_model, load_tokenizer
@@ -106,8 +109,10 @@ def test_pure_bf16_keeps_weights_and_adam_states_in_bf16_on_both_engines(tmp_pat
     batch = training.collate(list(real.test[:2]), tokenizer.pad_token_id)
     if not torch.distributed.is_initialized():
         backends._init_single_process_group("cpu")  # what fit_local does for DeepSpeed
-    for engine, precision in (("torch", "bf16_pure"), ("deepspeed", "bf16_pure"), ("deepspeed", "bf16")):
-        settings = tiny_fit_settings(real.context.tokenizer_dir, tmp_path / engine, engine=engine, zero_stage=1,
+    for engine, precision, stage in (("torch", "bf16_pure", 1), ("deepspeed", "bf16_pure", 1), ("deepspeed", "bf16", 1),
+                                     ("deepspeed", "bf16", 3)):
+        out = tmp_path / f"{engine}-{precision}-{stage}"
+        settings = tiny_fit_settings(real.context.tokenizer_dir, out, engine=engine, zero_stage=stage,
                                      precision=precision)
         model = build_model("tiny", tokenizer, 0)
         if precision == "bf16_pure":
@@ -122,7 +127,17 @@ def test_pure_bf16_keeps_weights_and_adam_states_in_bf16_on_both_engines(tmp_pat
         weights = {p.dtype for p in run.model.parameters()}
         expected = torch.bfloat16 if precision == "bf16_pure" else torch.float32
         assert weights == {torch.bfloat16}, (engine, precision, weights)
-        assert states == {expected} and masters == {expected}, (engine, precision, states, masters)
+        if stage < 3:  # ZeRO-3's AdamW sees flat partitions only
+            assert states == {expected} and masters == {expected}, (engine, precision, states, masters)
+        # saved in the training precision (ZeRO-3: gathered into rank 0's CPU memory), loadable, the trained weights
+        run.save(str(out), 0, {"test_loss": 1.0}, {})
+        saved = AutoModelForCausalLM.from_pretrained(out)
+        assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}, (engine, precision, stage)
+        if stage < 3:
+            for (name, a), b in zip(run.model.named_parameters(), saved.parameters()):
+                assert torch.equal(a.detach(), b), name
+        else:
+            assert not torch.equal(saved.lm_head.weight, build_model("tiny", tokenizer, 0).lm_head.weight.bfloat16())
 
 
 def test_the_curve_is_logged_once_per_iteration_to_the_chain_run(tmp_path, sqlite_uri):
