@@ -283,12 +283,17 @@ def test_paper_scale_lm_specs_follow_the_papers_and_name_what_they_do_not(name):
     path = Path(__file__).parent.parent / "sweeps" / f"{name}.yaml"
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert "deviation" in header.lower() or "assumption" in header.lower()
+    # (A) never passes torch_compile and runs Gemma-2 with eager attention: no deviation to claim
+    assert "torch.compile" not in header and "sdpa" not in header
     spec = load_spec(path)
     tasks = [p.task for p in spec.points]
     if tasks[0].name == "sft":
         assert all(t.n_test == "all" and t.adam_beta2 == 0.999 and t.long_rows == "drop" for t in tasks)
         assert all(t.learning_rate == 8e-6 and t.max_length == 512 for t in tasks)
         assert all(t.micro_batch_size * t.grad_accum_steps * t.num_workers == 128 for t in tasks), "(A)'s batch"
+        assert all(t.sampler == "vllm" and t.sampler_seeding == "independent" for t in tasks)
+        # which sampling each reproduces, and how to get (A)'s repeated samples instead
+        assert "sampler_seeding: koyejo_lab" in header and "64 times" in header and "lstrip" in header
     if name == "fig5_value_grid":
         assert len(spec.points) * len(spec.seeds) == 2052 and {t.value_pool for t in tasks} == {0, 1, 2}
         assert all(t.warmup_steps == 16 and t.n_value_pools == 3 and t.value_pool_size == 200_000 for t in tasks)
@@ -300,4 +305,8 @@ def test_paper_scale_lm_specs_follow_the_papers_and_name_what_they_do_not(name):
         assert spec.points[0].chain.workflow == "accumulate_subsample" and spec.points[0].chain.n_iterations == 20
     if name == "pretraining_ablations":
         assert {(t.temperature, t.epochs, t.generation) for t in tasks} == {
-            (0.3, 1, "from_bos"), (1.0, 3, "from_bos"), (1.0, 1, "first_token"), (1.0, 1, "fixed_length")}
+            (0.3, 1, "first_token"), (1.0, 3, "first_token"), (1.0, 1, "fixed_length"), (1.0, 1, "from_bos")}
+    if name == "pretraining_tinystories":  # (B)'s recorded first_token_inclusive
+        assert {t.generation for t in tasks} == {"first_token"}
+    if name in ("sft_helpsteer2", "sft_fig4_subsample", "fig5_value_grid"):  # as (A) trains and evaluates
+        assert {(t.precision, t.eval_loss, t.eval_batch_size) for t in tasks} == {("bf16_pure", "batch_mean", 16)}
