@@ -225,8 +225,8 @@ def initial_model(settings: LanguageModelSettings, tokenizer, context: TextConte
 def evaluate_texts(model: FittedLM, test_examples: list[np.ndarray]) -> dict[str, np.ndarray]:
     """test_loss (mean token cross-entropy on held-out real text, nats) and perplexity.
 
-    The fit's workers computed it (FittedLM.figures); only a model that was never fitted
-    (a value-grid cell's base model) is loaded here to be evaluated."""
+    The fit's workers computed it (FittedLM.figures), for an untrained model too
+    (initial_fit); a model is loaded here only where its fit had no held-out examples."""
     loss = model.figures.get("test_loss")
     if loss is None:
         loaded, tokenizer, device = backends.load_for_inference(model.model_dir, model.tokenizer_dir)
