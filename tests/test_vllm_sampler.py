@@ -94,3 +94,13 @@ def test_the_stage_samples_distinct_seeded_and_strategy_shaped(untrained_tiny, l
     assert all(len(x) == 40 and eos not in x for x in fixed_ids)
     # first_token: the drawn first token kept, then at most max_new_tokens - 1 generated
     assert {x[0] for x in first_ids} == {100, 200} and all(len(x) <= 40 for x in first_ids)
+
+
+def test_the_sampler_and_its_seeding_do_not_key_fits(tmp_path):
+    """A fit does not read them: chains that differ only in sampler share their fits."""
+    from collapse_ray.tasks.pretraining import PretrainingTask
+    from collapse_ray.text.steps import TextContext, fit_key
+
+    context = TextContext(str(tmp_path), seed=1, held_out=(np.arange(5),))
+    hf = fit_key(PretrainingTask(sampler="ray_data"), "texts", context)
+    assert fit_key(PretrainingTask(sampler="vllm", sampler_seeding="koyejo_lab"), "texts", context) == hf
