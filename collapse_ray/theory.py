@@ -142,3 +142,93 @@ def wright_fisher_two_outcomes_exact(n: int) -> float:
     q = binom.pmf(i[None, :], n, (i / n)[:, None])  # transient-to-transient steps
     further = np.linalg.solve(np.eye(n - 1) - q, np.ones(n - 1))
     return float(1.0 + binom.pmf(i, n, 0.5) @ further)
+
+
+# -- linear regression's value grid (Fig. 5's protocol, one fit per cell) ----------------
+# A cell fits least squares on N = n + s rows: n real rows (x ~ N(0, I_d), y = x.w* + e)
+# and the first s rows of a synthetic pool (fresh x ~ N(0, I_d), y = x.w_m + e, with fresh
+# noise e ~ N(0, sigma2), as the task's sampler draws them), where w_m is least squares on
+# m separate real rows, so delta = w_m - w* has E[delta delta'] = g I, g = sigma2/(m-d-1).
+# With W = X'X (all N rows) and S = X_s'X_s (the synthetic rows),
+#     w_hat - w* = W^-1 X'e + W^-1 S delta,
+# and the test loss (noise-free test points, E[test Gram / n_test] = I) has expectation
+#     L(n, s) = sigma2 E tr W^-1 + g E||W^-1 S||_F^2
+#             = sigma2 d / (N - d - 1) + g E tr(A A'),  A = W^-1 S.
+# The variance falls with N = n + s; the bias is the generator's error carried in the
+# proportion A ~ (s/N) I of the fit that the synthetic rows make. E tr(A A') exactly:
+# polar decomposition X = H W^1/2 with H (N x d, orthonormal columns) uniform and
+# independent of W, so A = W^-1/2 P W^1/2 with P = H_s'H_s independent of W, and
+# tr(A A') = tr(P W P W^-1). With W = O D O' (O Haar) and the orthogonal group's
+# Weingarten function (d >= 2),
+#     E tr(A A') = [d u (alpha + d - 2) + v (d^2 - alpha)] / (d (d - 1)(d + 2)),
+# u = E tr P^2, v = E (tr P)^2, alpha = E[tr W tr W^-1] = d (N d - 2)/(N - d - 1)
+# (tr W ~ chi2_{Nd} is independent of W / tr W). P's moments are 4th moments of the
+# first d columns of a Haar N x N orthogonal matrix restricted to s rows. For d = 1,
+# tr(A A') = P^2 = u. Holds for N > d + 1 and m > d + 1; s = 0 gives
+# linear_regression_base(n). The crossover: value(n, s) = L(n, s) - L(n, 0) < 0 where s
+# synthetic rows help; roughly (A ~ s/N, N >> d) for s < m n / (n - m) when n > m, and
+# for every s when n <= m.
+def _haar_block_moments(big_n: float, s: float, d: int) -> tuple[float, float]:
+    """(E tr P^2, E (tr P)^2) for P = H_s'H_s, H the first d columns of a Haar N x N
+    orthogonal matrix and H_s its first s rows (Weingarten, 4th moments)."""
+    n = big_n
+    four = 3.0 / (n * (n + 2))  # E O_ia^4
+    two_two = 1.0 / (n * (n + 2))  # E O_ia^2 O_ib^2 (same row or same column)
+    apart = (n + 1) / (n * (n - 1) * (n + 2))  # E O_ia^2 O_jb^2, i != j, a != b
+    cross = -1.0 / (n * (n - 1) * (n + 2))  # E O_ia O_ib O_ja O_jb, i != j, a != b
+    same = s * d * four + s * d * (d - 1) * two_two + s * (s - 1) * d * two_two
+    tr_p_sq = same + s * (s - 1) * d * (d - 1) * cross
+    tr_p_then_sq = same + s * (s - 1) * d * (d - 1) * apart
+    return tr_p_sq, tr_p_then_sq
+
+
+def linear_regression_synthetic_share(n, s, d: int) -> np.ndarray:
+    """E tr(A A') for A = W^-1 S (see above): d (s/N)^2 plus O(1/N) corrections."""
+    n, s = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(s, dtype=np.float64))
+    big_n = n + s
+    u, v = _haar_block_moments(big_n, s, d)
+    if d == 1:
+        return np.asarray(u)
+    alpha = d * (big_n * d - 2) / (big_n - d - 1)
+    return (d * u * (alpha + d - 2) + v * (d * d - alpha)) / (d * (d - 1) * (d + 2))
+
+
+def linear_regression_value_grid(n, s, m: int, d: int, sigma2: float) -> np.ndarray:
+    """E[test_loss] of a value-grid cell: least squares on n real rows plus s pool rows
+    labelled (with fresh noise) by least squares on m separate real rows;
+    sigma2 d/(n+s-d-1) + sigma2/(m-d-1) E tr(A A'). NaN where n + s <= d + 1."""
+    if m <= d + 1:
+        raise ValueError(f"the generator's expected error is finite for m > d + 1 = {d + 1}; got m = {m}")
+    n, s = np.broadcast_arrays(np.asarray(n, dtype=np.float64), np.asarray(s, dtype=np.float64))
+    big_n = n + s
+    ok = big_n > d + 1
+    safe_n = np.where(ok, big_n, d + 2.0)
+    share = linear_regression_synthetic_share(safe_n - s * ok, np.where(ok, s, 0.0), d)
+    loss = sigma2 * d / (safe_n - d - 1) + sigma2 / (m - d - 1) * share
+    return np.where(ok, loss, np.nan)
+
+
+def linear_regression_value(n, s, m: int, d: int, sigma2: float) -> np.ndarray:
+    """L(n, s) - L(n, 0): negative where s synthetic rows help (NaN where n <= d + 1,
+    whose real-only fit has no finite expected error, or n + s <= d + 1)."""
+    return linear_regression_value_grid(n, s, m, d, sigma2) - linear_regression_value_grid(n, 0, m, d, sigma2)
+
+
+def linear_regression_crossover(n, m: int, d: int, sigma2: float, s_max: float = 1e7) -> np.ndarray:
+    """For each n (> d + 1), the s > 0 where value(n, s) changes sign from help to harm
+    (continuous in s; the bisection finds the first sign change on a log grid), or inf
+    where s rows help for every s up to s_max."""
+    out = []
+    for n_real in np.atleast_1d(np.asarray(n, dtype=np.float64)):
+        grid = np.geomspace(1e-3, s_max, 2000)
+        value = linear_regression_value(n_real, grid, m, d, sigma2)
+        harm = np.flatnonzero(value > 0)
+        if n_real <= d + 1 or len(harm) == 0:
+            out.append(np.inf)
+            continue
+        lo, hi = (grid[harm[0] - 1] if harm[0] > 0 else 0.0), grid[harm[0]]
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if linear_regression_value(n_real, mid, m, d, sigma2) > 0 else (mid, hi)
+        out.append(0.5 * (lo + hi))
+    return np.asarray(out)
