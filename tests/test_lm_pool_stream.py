@@ -167,8 +167,8 @@ def test_both_fit_paths_hand_the_workers_their_rows_in_a_seeded_random_order(tmp
     """The rows path (examples in memory) and the on-disk path (a pool read) put a fit's
     rows in random order before Ray Data cuts the workers' blocks: rows that arrive
     real-first are mixed in every block, the same for a seed whatever the input's
-    blocks were, different for another seed. (The Ray Train test above checks what the
-    workers then consume.)"""
+    blocks were, different for another seed, also inside a Tune trial's placement group.
+    (The Ray Train test above checks what the workers then consume.)"""
     import pyarrow as pa
     import ray.data
 
@@ -203,6 +203,19 @@ def test_both_fit_paths_hand_the_workers_their_rows_in_a_seeded_random_order(tmp
     assert balanced(on_disk), "on-disk path"
     assert blocks(backends.tokenized_dataset(rows_from_the_pool(5), tokenizer_dir, 32, False, 2,
                                              shuffle_seed=3)) == on_disk, "one order per seed, whatever the blocks"
+    # inside a Tune trial of 0.01 CPU (the language-model specs' trials), whose placement
+    # group captures what it starts: Ray Data's own sort failed there (its map tasks fell
+    # into the group and could never run)
+    from ray import tune
+
+    def trial(config):
+        got = blocks(backends.tokenized_dataset(rows_from_the_pool(2), tokenizer_dir, 32, False, 2, shuffle_seed=3))
+        tune.report({"same": float(got == on_disk)})
+
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 0.01}),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0))
+    result = tuner.fit().get_best_result(metric="same", mode="max")
+    assert result.error is None and result.metrics["same"] == 1.0, result.error
     table = pa.Table.from_pylist(rows_from_the_pool(1).take_all())
     assert not np.array_equal(np.argsort(backends.shuffle_keys(table, 3)), np.argsort(backends.shuffle_keys(table, 4)))
 

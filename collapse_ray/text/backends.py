@@ -182,8 +182,8 @@ def tokenized_dataset(texts, tokenizer_dir: str, max_length: int, drop_long: boo
     `input_ids` rows (BOS + ids + EOS; long rows cut, or dropped with drop_long), cut
     into 2 blocks a worker and materialised in the object store: before the workers
     hold the CPUs (see fit_ray_train), and its count sizes every worker's equal number
-    of micro-batches. With `shuffle_seed` the rows are first put in a seeded random
-    order by a global sort on `shuffle_keys`: the same order whatever Ray Data's
+    of micro-batches. With `shuffle_seed` the rows are put in a seeded random order, a
+    global sort on `shuffle_keys` (_sorted_by_key): the same order whatever Ray Data's
     blocks were, so a fit stays reproducible and shared fits stay shared."""
     from functools import partial
 
@@ -192,10 +192,39 @@ def tokenized_dataset(texts, tokenizer_dir: str, max_length: int, drop_long: boo
                                batch_format="pyarrow")
     blocks = 2 * num_workers
     if shuffle_seed is not None:
-        # the keys are uniform: even boundaries cut equal blocks, with no sampling pass
-        boundaries = [k * (2**63 // blocks) for k in range(1, blocks)]
-        tokens = tokens.sort(SHUFFLE_KEY, boundaries=boundaries).select_columns(["input_ids"])
+        return _sorted_by_key(tokens.materialize(), blocks)
     return tokens.repartition(blocks).materialize()
+
+
+def _sorted_by_key(tokens, n_blocks: int):
+    """The materialised `tokens` in SHUFFLE_KEY order, as n_blocks blocks (the key column
+    dropped): each block is split at even key boundaries (the keys are uniform), then
+    each range merged and sorted. Our own Ray tasks rather than Dataset.sort: a sort's
+    map tasks take no scheduling strategy, so inside a Tune trial they fall into the
+    trial's placement group (0.01 CPU) and can never run; these are spread like Ray
+    Data's own map tasks."""
+    import ray
+
+    bounds = [k * (2**63 // n_blocks) for k in range(1, n_blocks)]
+    split = ray.remote(_split_at_keys).options(num_returns=n_blocks, scheduling_strategy="SPREAD")
+    parts = [split.remote(ref, bounds) for ref in tokens.to_arrow_refs()]
+    parts = [p if isinstance(p, list) else [p] for p in parts]  # num_returns 1: one ref
+    merge = ray.remote(_merged_by_key).options(scheduling_strategy="SPREAD")
+    return ray.data.from_arrow_refs([merge.remote(*[p[b] for p in parts]) for b in range(n_blocks)])
+
+
+def _split_at_keys(table, bounds: list[int]):
+    """`table`'s rows in len(bounds) + 1 key ranges (a tuple, or the one table)."""
+    at = np.searchsorted(np.asarray(bounds, dtype=np.int64), table[SHUFFLE_KEY].to_numpy(), side="right")
+    parts = [table.filter(at == b) for b in range(len(bounds) + 1)]
+    return tuple(parts) if len(parts) > 1 else parts[0]
+
+
+def _merged_by_key(*tables):
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables)
+    return table.take(np.argsort(table[SHUFFLE_KEY].to_numpy(), kind="stable")).select(["input_ids"])
 
 
 SHUFFLE_KEY = "shuffle_key"
