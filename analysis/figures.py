@@ -36,6 +36,10 @@ into --out, each path printed:
   workflows side by side, a row per task;
 * any workflow beyond those three: `mixing_policies_{task}.png` per task, a line per
   workflow;
+* value grids of linear_regression (and gaussian): `{task}_value_grid.png` (with the
+  closed form), `{task}_value_proportion.png`, `{task}_value_heatmap.png` and
+  `{task}_value_sign.png` (the sign of L(n, s) - L(n, 0) and the closed-form crossover)
+  (analysis/value_grid_figures.py);
 * pretraining and sft: `pretraining_workflows.png`, `fig3_sft.png`, and for value-grid
   sweeps Fig. 5, `fig5_value_grid.png`, `fig5_value_proportion.png` and `fig5_value_heatmap.png`
   (analysis/lm_figures.py);
@@ -65,6 +69,7 @@ from analysis import lm_figures as lm  # noqa: E402
 from analysis import neural_figures as neural  # noqa: E402
 from analysis import sweep_run, tables  # noqa: E402
 from analysis import toy_figures as toy  # noqa: E402
+from analysis import value_grid_figures  # noqa: E402
 from analysis.drawing import save  # noqa: E402
 from analysis.tables import InputError  # noqa: E402
 
@@ -93,6 +98,9 @@ def draw_all(table: pd.DataFrame, out: Path, tracking_uri: str | None = None,
     (A)'s datasets x workflows grid ("grid")."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    toy_value_grid = value_grid_figures.rows(table)  # Fig. 5's protocol on a toy task: its own figures only
+    written += value_grid_figures.write_figures(toy_value_grid, out, pdf)
+    table = table.drop(toy_value_grid.index)
     rows = {task: tables.task_rows(table, task) for task in toy.TASKS}
     summaries = {task: tables.summarise(r) for task, r in rows.items() if not r.empty}
 

@@ -115,7 +115,7 @@ def test_a_cell_through_the_chain_loop_is_the_same_fit(n, s):
 
 BASE = {"task": {"name": "linear_regression", "dim": 3, "value_pool_size": 100, "value_pool_real": 10,
                  "n_value_pools": 2}, "chain": {"n_iterations": 1}, "seeds": 2,
-        "grid": {"chain.n_real": [0, 10], "task.value_synthetic": [0, 50], "task.value_pool": [0, 1]}}
+        "grid": {"chain.n_real": [5, 10], "task.value_synthetic": [0, 50], "task.value_pool": [0, 1]}}
 
 
 def test_specs_use_fig5_axes():
@@ -124,14 +124,16 @@ def test_specs_use_fig5_axes():
     assert {"chain.n_real", "task.value_synthetic"} == {VALUE_GRID.x, VALUE_GRID.y} and fig5[2] in REPLICATE_AXES
     for name in ("linear_regression_value_grid.yaml", "linear_regression_value_grid_quick.yaml"):
         spec = load_spec(root / name)
-        assert [axis for axis, _ in spec.grid] == fig5
+        assert {axis for point in spec.points for axis, _ in point.swept} == set(fig5)
         assert all(p.chain.n_iterations == 1 for p in spec.points)
     assert len(parse_spec(BASE).points) == 8
 
 
 @pytest.mark.parametrize("change, message", [
     ({"chain": {"n_iterations": 2}}, "chain.n_iterations must be 1 for value-grid cells"),
-    ({"task": {**BASE["task"], "value_pool_size": 0}}, "chain.n_real must be an integer >= 1"),
+    ({"grid": {**BASE["grid"], "chain.n_real": [0, 10]}}, "chain.n_real must be an integer >= 1 in the value-grid cell"),
+    ({"task": {**BASE["task"], "value_pool_size": 0}, "grid": {"chain.n_real": [0, 10]}},
+     "chain.n_real must be an integer >= 1 \\(0 only in value-grid cells"),
     ({"grid": {**BASE["grid"], "task.value_synthetic": [0, 101]}}, "task.value_synthetic must be <= value_pool_size"),
     ({"grid": {**BASE["grid"], "task.value_pool": [0, 2]}}, "task.value_pool must be < n_value_pools"),
     ({"task": {**BASE["task"], "value_pool_real": 2}}, "task.value_pool_real must be"),
@@ -139,3 +141,28 @@ def test_specs_use_fig5_axes():
 def test_bad_value_grid_specs_are_refused(change, message):
     with pytest.raises(SpecError, match=message):
         parse_spec({**BASE, **change})
+
+
+def test_figures_draw_the_value_grid_with_its_closed_form(tmp_path):
+    """analysis/figures.py draws a toy value grid's own figures (closed form and crossover
+    on them) and leaves its rows out of the chain figures (no linear_regression_theory.png)."""
+    import pandas as pd
+
+    from analysis import figures, value_grid_figures
+
+    seeds = range(40)
+    frames = []
+    for n, s in [(0, 12), (8, 0), (8, 12), (8, 60), (200, 0), (200, 12), (200, 60)]:
+        for pool in (0, 1):
+            task = cell_task(s, pool)
+            frames.append(pd.DataFrame({
+                "seed": list(seeds), "iteration": 1, "test_loss": cell_losses(n, s, pool, seeds), "task": task.name,
+                "dim": D, "sigma2": SIGMA2, "n_test": task.n_test, "value_pool_size": task.value_pool_size,
+                "value_pool_real": M, "n_value_pools": 2, "value_pool": pool, "value_synthetic": s,
+                "workflow": "replace", "n_real": n, "n_iterations": 1, "run_key": f"n{n}_s{s}_p{pool}"}))
+    table = pd.concat(frames, ignore_index=True)
+    value = value_grid_figures.value_per_cell(table).set_index(["n_real", "value_synthetic"])
+    assert value.loc[(8, 60), "mean"] < 0 < value.loc[(200, 60), "mean"]  # the two sides, as theory
+    drawn = {p.name for p in figures.draw_all(table, tmp_path)}
+    assert drawn == {f"linear_regression_value_{kind}.png" for kind in ("grid", "proportion", "heatmap", "sign")}
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in drawn)

@@ -124,6 +124,9 @@ class LinearRegressionTask:
         if self.value_grid:
             if chain.n_iterations != 1:
                 fail(f"{where}.n_iterations", "1 for value-grid cells (task.value_pool_size > 0)", chain.n_iterations)
+            if chain.n_real == 0 and self.value_synthetic == 0:  # the loop fits no empty training set
+                fail(f"{where}.n_real", "an integer >= 1 in the value-grid cell with task.value_synthetic = 0 (no rows to "
+                     "fit; list the n_real = 0 column in its own `cases:` entry)", chain.n_real)
         elif chain.n_real == 0:
             fail(f"{where}.n_real", "an integer >= 1 (0 only in value-grid cells: task.value_pool_size > 0)",
                  chain.n_real)
