@@ -26,7 +26,7 @@ from collapse_ray import theory
 from analysis import drawing, lm_figures, style
 
 TOY_VALUE_TASKS = ("linear_regression", "gaussian")
-LOSS_LABEL = {"linear_regression": "test MSE (noise-free held-out points)"}
+LOSS_LABEL = {"linear_regression": "test MSE (noise-free held-out points)", "gaussian": "test NLL (held-out real rows)"}
 
 
 def rows(table: pd.DataFrame) -> pd.DataFrame:

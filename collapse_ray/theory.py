@@ -232,3 +232,12 @@ def linear_regression_crossover(n, m: int, d: int, sigma2: float, s_max: float =
             lo, hi = (lo, mid) if linear_regression_value(n_real, mid, m, d, sigma2) > 0 else (mid, hi)
         out.append(0.5 * (lo + hi))
     return np.asarray(out)
+
+
+def gaussian_value_grid_mean_sq_error(n, s, m: int, d: int, sigma2: float) -> np.ndarray:
+    """E||mu_hat - mu_0||^2 of a Gaussian value-grid cell: the mean of n real rows and s
+    rows sampled from the MLE fit to m separate real rows, mu_hat = (n xbar + s xbar_pool)/N
+    with E||xbar_pool||^2 = E||mu_m||^2 + E tr Sigma_m / s = sigma2 d (1/m + (m-1)/(m s)):
+    sigma2 d [n + s^2/m + s (m - 1)/m] / (n + s)^2."""
+    n, s = np.asarray(n, dtype=np.float64), np.asarray(s, dtype=np.float64)
+    return sigma2 * d * (n + s**2 / m + s * (m - 1) / m) / (n + s) ** 2

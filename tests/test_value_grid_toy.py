@@ -166,3 +166,27 @@ def test_figures_draw_the_value_grid_with_its_closed_form(tmp_path):
     drawn = {p.name for p in figures.draw_all(table, tmp_path)}
     assert drawn == {f"linear_regression_value_{kind}.png" for kind in ("grid", "proportion", "heatmap", "sign")}
     assert all((tmp_path / name).stat().st_size > 10_000 for name in drawn)
+
+
+@pytest.mark.parametrize("n, s", [(4, 0), (4, 30), (50, 200)])
+def test_gaussian_cells_mean_error_matches_the_closed_form(n, s):
+    """The Gaussian's value grid: E||mu_hat||^2 of n real rows plus s rows sampled from the
+    fit to m separate rows is sigma2 d [n + s^2/m + s (m-1)/m] / (n+s)^2."""
+    from collapse_ray.tasks import GaussianTask
+
+    d, m, sigma2 = 2, 10, 2.0
+    task = GaussianTask(dim=d, sigma2=sigma2, n_test=50, value_pool_size=200, value_pool_real=m, n_value_pools=2,
+                        value_pool=1, value_synthetic=s)
+    real = task.real_data(n, [chain_generators(k)[0] for k in SEEDS])
+    assert real.train["x"].shape[1] == n + s
+    error = task.evaluate(task.fit(real.train), real.test)["mean_sq_error"]
+    within(error, float(theory.gaussian_value_grid_mean_sq_error(n, s, m, d, sigma2)))
+
+
+def test_gaussian_value_grid_spec():
+    spec = load_spec(Path(__file__).parent.parent / "sweeps" / "gaussian_value_grid_quick.yaml")
+    assert {axis for axis, _ in spec.grid} == {"chain.n_real", "task.value_synthetic", "task.value_pool"}
+    raw = {"task": {"name": "gaussian", "value_pool_size": 10, "value_pool_real": 5}, "chain": {"n_real": 5,
+           "n_iterations": 2}}
+    with pytest.raises(SpecError, match="chain.n_iterations must be 1 for value-grid cells"):
+        parse_spec(raw)

@@ -17,6 +17,16 @@ the data only through (count, mean, centred scatter), so
     in distribution, O(d^3) instead of O(n d^2) (`sample_statistics`);
   - the test NLL uses the held-out rows' mean and covariance: the exact average
     log-density at O(d^3) instead of O(n_test d^2).
+
+Value grid ((A)'s Fig. 5 protocol; `value_pool_size > 0`, chain.n_iterations 1): a chain is
+one fit on the first n_real real rows plus the first `value_synthetic` rows of pool
+`value_pool`, sampled from the Gaussian fitted to `value_pool_real` separate real rows.
+As linear regression's: a seed draws a key; separate streams draw the test rows, the
+real rows (row by row: the first n_real are the same for every n_real), and per pool
+the generator's rows and the pool's rows, so cells are paired. E[mean_sq_error] of a
+cell is exact: ||mu_hat||^2 with mu_hat = (n xbar + s xbar_pool)/N gives
+sigma2 d [n + s^2/m + s (m - 1)/m] / N^2 (theory.gaussian_value_grid_mean_sq_error).
+Spec: sweeps/gaussian_value_grid_quick.yaml.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..validation import check_finite_positive, check_min
+from ..validation import check_finite_positive, check_min, fail, require
 from .batched import cholesky, normals
 from .protocol import Metrics, RealData, Rows
 
@@ -78,23 +88,65 @@ class GaussianTask:
     """Variance of each coordinate of the real data."""
     n_test: int = 1000
     """Held-out real rows for the test NLL, drawn once per chain."""
+    value_pool_size: int = 0
+    """Value grid: synthetic rows in each pool (0: an ordinary chain)."""
+    value_pool_real: int = 0
+    """Value grid: separate real rows each pool's generator is fitted on (m)."""
+    n_value_pools: int = 1
+    """Value grid: synthetic pools, each from its own generator."""
+    value_pool: int = 0
+    """Value grid: the pool this cell draws from (0 .. n_value_pools - 1; a grid axis)."""
+    value_synthetic: int = 0
+    """Value grid: first rows of the pool added to this cell's training set."""
 
     def validate(self, where: str) -> None:
         check_min(self.dim, 1, f"{where}.dim")
         check_finite_positive(self.sigma2, f"{where}.sigma2")
         check_min(self.n_test, 2, f"{where}.n_test")
+        for name in ("value_pool_size", "value_pool_real", "value_synthetic", "value_pool"):
+            check_min(getattr(self, name), 0, f"{where}.{name}")
+        check_min(self.n_value_pools, 1, f"{where}.n_value_pools")
+        require(self.value_synthetic <= self.value_pool_size, f"{where}.value_synthetic",
+                f"<= value_pool_size ({self.value_pool_size})", self.value_synthetic)
+        require(self.value_pool < self.n_value_pools, f"{where}.value_pool",
+                f"< n_value_pools ({self.n_value_pools})", self.value_pool)
+        if self.value_pool_size:  # the generator's covariance must be nonsingular to sample the pool
+            check_min(self.value_pool_real, self.dim + 1, f"{where}.value_pool_real")
+
+    def check_chain(self, chain, where: str) -> None:
+        """A value-grid cell is one fit."""
+        if self.value_pool_size and chain.n_iterations != 1:
+            fail(f"{where}.n_iterations", "1 for value-grid cells (task.value_pool_size > 0)", chain.n_iterations)
 
     def row_nbytes(self) -> int:
         return 8 * self.dim
 
     # -- data -------------------------------------------------------------------
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
+        if self.value_pool_size:
+            return self._value_grid_data(n_real, rngs)
         x = self.sample_real(n_real + self.n_test, rngs)["x"]
         test = self.statistics({"x": x[:, n_real:]})
         return RealData(
             train={"x": x[:, :n_real]},
             test=GaussianTestSet(mean=test.mean, cov=test.scatter / test.count),
         )
+
+    def _value_grid_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
+        """A cell's test rows, real rows and pool rows (see the module's notes), each from its own stream."""
+        keys = [int(rng.integers(2**63)) for rng in rngs]
+
+        def rows(n: int, *tag: int) -> np.ndarray:
+            return self.sample_real(n, [np.random.default_rng([key, *tag]) for key in keys])["x"]
+
+        test = self.statistics({"x": rows(self.n_test, 0)})
+        real = rows(n_real, 1)
+        generator = self.fit({"x": rows(self.value_pool_real, 2, self.value_pool)})
+        # the pool: rows of N(mu_m, Sigma_m) as mu_m + z L^T, z row by row (prefixes agree)
+        z = rows(self.value_synthetic, 3, self.value_pool) / np.sqrt(self.sigma2)
+        pool = generator.mean[:, None, :] + np.matmul(z, generator.chol.transpose(0, 2, 1))
+        return RealData(train={"x": np.concatenate([real, pool], axis=1)},
+                        test=GaussianTestSet(mean=test.mean, cov=test.scatter / test.count))
 
     # -- fitting ----------------------------------------------------------------
     def statistics(self, rows: Rows, context=None) -> GaussianStats:
