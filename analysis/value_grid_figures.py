@@ -83,7 +83,7 @@ def value_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
 
 def plot_sign(frame: pd.DataFrame, task: str) -> Figure:
     value = value_per_cell(frame)
-    fig = drawing.figure((7, 5), layout="tight")
+    fig = drawing.figure((9, 5), layout="tight")
     ax = fig.subplots()
     decided = value["mean"].abs() > 2 * value["se"]
     for mask, colour, label in ((decided & (value["mean"] < 0), "tab:blue", "synthetic rows help"),
@@ -97,16 +97,15 @@ def plot_sign(frame: pd.DataFrame, task: str) -> Figure:
         n = np.geomspace(d + 2, max(frame["n_real"].max(), d + 3), 300)
         crossover = theory.linear_regression_crossover(n, m, d, sigma2)
         ax.plot(n, crossover, "k-", lw=1.2, label="closed form: L(n, s) = L(n, 0)")
-    positive = value.n_real[value.n_real > 0]
-    ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
+    ax.set_xscale("log")  # n_real = 0 has no L(0, 0) to compare with: never drawn here
     ax.set_yscale("log")
     top = value.value_synthetic.max() if len(value) else 1
     ax.set_ylim(value.value_synthetic.min() / 1.5 if len(value) else 0.5, top * 1.5)
-    ax.set_xlabel("number of real rows (symlog; 0 at the left)")
+    ax.set_xlabel("number of real rows")
     ax.set_ylabel("number of synthetic rows")
     ax.set_title(f"{task}: sign of L(n, s) - L(n, 0), paired over {lm_figures._runs_per_cell(frame)}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no cell hidden
     return fig
 
 
