@@ -65,7 +65,7 @@ fi
 # Only what this machine forces, per spec (named in cluster/README.md, with the paper's sizes).
 COMMON=(task.use_gpu=false task.num_workers=2 task.sampling_concurrency=2 seeds=1)
 fig5_value_grid=(task.source="$STANDIN_HELPSTEER2" task.model="$STANDIN_GEMMA2" task.grad_accum_steps=1
-  task.value_pool_size=32 task.value_pool_real=64 task.n_value_pools=1
+  task.value_pool_size=40 task.value_pool_real=64 task.n_value_pools=1
   "grid.chain.n_real=[64]" "grid.task.value_synthetic=[0, 32]" "grid.task.value_pool=[0]")
 sft_helpsteer2=(task.source="$STANDIN_HELPSTEER2" "cases=[{task.model: [$STANDIN_GEMMA2]}]"
   task.grad_accum_steps=1 task.sampling_batch_size=32 chain.n_real=64 chain.n_iterations=2)
