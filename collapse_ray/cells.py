@@ -226,6 +226,29 @@ CELLS_TABLE = "cells.csv"  # the sweep run's artifact: last_iteration_table
 CELLS_JSON = "cells.json"  # the same rows in MLflow's table format, which the UI shows as a table
 
 
+RUN_COLOUR_TAG = "mlflow.runColor"  # the colour the MLflow UI draws a run in (what its colour picker sets)
+
+
+def cell_colours(cells: Sequence[Cell]) -> dict[str, str]:
+    """A hex colour per cell: its workflow's colour in the figures, light to dark over
+    the workflow's cells in grid order, so the view's lines read as the figures' do
+    (MLflow otherwise picks colours that can repeat across workflows)."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    from analysis.style import colour
+
+    by_workflow: dict[str, list[str]] = {}
+    for cell in cells:
+        by_workflow.setdefault(cell.workflow, []).append(cell.name)
+    out = {}
+    for workflow, names in by_workflow.items():
+        base = np.asarray(to_rgb(colour(workflow)))
+        for i, name in enumerate(names):
+            shade = 0.0 if len(names) == 1 else -0.45 + 0.9 * i / (len(names) - 1)  # lighter .. darker
+            out[name] = to_hex(base + (1 - base) * -shade if shade < 0 else base * (1 - shade))
+    return out
+
+
 def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence[Cell], means: pd.DataFrame) -> None:
     """One child run per cell of the sweep (tag collapse_ray.role = cell): per iteration the
     mean over all its chains and the standard error (`test_loss`, `test_loss_se`), the
@@ -239,12 +262,14 @@ def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence
     for old in client.search_runs([experiment_id], filter_string=cell_filter(sweep_run_id), max_results=5000):
         client.delete_run(old.info.run_id)
     now = int(__import__("time").time() * 1000)
+    colours = cell_colours(cells)
     for cell in cells:
         rows = means[means["cell"] == cell.name]
         chains = int(rows["total"].max()) if not rows.empty else 0
         run = client.create_run(experiment_id, run_name=cell.name, tags={
             PARENT_TAG: sweep_run_id, ROLE_TAG: CELL_ROLE, "workflow": cell.workflow, CELL_SEEDS_TAG: str(chains),
-            N_ITERATIONS_TAG: str(int(rows["iteration"].max()) if not rows.empty else 0)})
+            N_ITERATIONS_TAG: str(int(rows["iteration"].max()) if not rows.empty else 0),
+            RUN_COLOUR_TAG: colours[cell.name]})
         params = [Param(k, v) for k, v in chain_run_params(cell.job).items() if k not in (*REPLICATE_AXES, "run_key")]
         metrics = []
         for record in rows.itertuples(index=False):

@@ -213,6 +213,12 @@ def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, caps
         assert run.data.metrics["test_loss"] == pytest.approx(seeds.mean(), rel=1e-12)
         assert run.data.metrics["test_loss_se"] == pytest.approx(seeds.std(ddof=1) / np.sqrt(len(seeds)), rel=1e-9)
         assert run.data.tags[CELL_SEEDS_TAG] == "2" and "run_key" not in run.data.params
+    # each drawn in its workflow's colour of the figures (MLflow's own picks repeated across workflows)
+    from matplotlib.colors import to_hex
+
+    from analysis.style import colour
+    assert {r.data.tags["workflow"]: r.data.tags["mlflow.runColor"] for r in cell_runs} == {
+        w: to_hex(colour(w)) for w in ("replace", "accumulate", "accumulate_subsample")}
     claim = next(line for line in lines if line.strip().startswith('Expected: "replace'))
     assert " -> holds: " in claim or " -> does NOT hold: " in claim
     assert "replace's test_loss above accumulate's in " in claim and "of 1 cells" in claim
