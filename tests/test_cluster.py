@@ -199,8 +199,10 @@ def test_mlflow_ui_shows_the_sweep_runs_and_their_metric_charts(cluster, submitt
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
 
-    # the experiment's runs: the sweep's parent run, expanded to its chain runs
-    page.goto(f"{cluster.tracking}/#/experiments/{experiment.experiment_id}/runs", wait_until="load")
+    # the experiment's runs (model-training layout, as the printed links open it): the
+    # sweep's parent run, expanded to its chain runs and its cell runs
+    page.goto(f"{cluster.tracking}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
+              wait_until="load")
     row = page.get_by_role("row").filter(has_text=parent.info.run_name).first
     row.wait_for(timeout=60_000)
     row.locator("button[data-component-id*='runnamecellrenderer']").click()  # the +: show child runs
@@ -209,12 +211,14 @@ def test_mlflow_ui_shows_the_sweep_runs_and_their_metric_charts(cluster, submitt
     text = page.inner_text("body")
     assert "quickstart" in text
     assert all(name in text for name in children), (children, text[:2000])
-    assert "7 matching runs" in text
+    cells = [r for r in runs if r.data.tags.get("collapse_ray.role") == "cell"]
+    assert len(cells) == len(children) and len(runs) == 1 + 2 * len(children)  # a cell per grid point, as a chain run
+    assert f"{len(runs)} matching runs" in text
 
     # one chain run's metric charts: test_loss over iterations 1..N
     chain = next(r for r in runs if r.info.run_name == children[0])
-    page.goto(f"{cluster.tracking}/#/experiments/{experiment.experiment_id}/runs/{chain.info.run_id}/model-metrics",
-              wait_until="load")
+    page.goto(f"{cluster.tracking}/#/experiments/{experiment.experiment_id}/runs/{chain.info.run_id}/model-metrics"
+              "?workflowType=machine_learning", wait_until="load")
     chart = page.locator(".js-plotly-plot").first
     chart.wait_for(timeout=60_000)
     page.screenshot(path=str(SCREENSHOTS / "mlflow_ui_metrics.png"))
