@@ -37,9 +37,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..validation import check_finite_positive, check_min, fail, require
+from ..validation import check_finite_positive, check_min, fail
 from .batched import cholesky, normals
-from .protocol import Metrics, RealData, Rows
+from .protocol import Metrics, RealData, Rows, check_value_grid
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -103,15 +103,8 @@ class GaussianTask:
         check_min(self.dim, 1, f"{where}.dim")
         check_finite_positive(self.sigma2, f"{where}.sigma2")
         check_min(self.n_test, 2, f"{where}.n_test")
-        for name in ("value_pool_size", "value_pool_real", "value_synthetic", "value_pool"):
-            check_min(getattr(self, name), 0, f"{where}.{name}")
-        check_min(self.n_value_pools, 1, f"{where}.n_value_pools")
-        require(self.value_synthetic <= self.value_pool_size, f"{where}.value_synthetic",
-                f"<= value_pool_size ({self.value_pool_size})", self.value_synthetic)
-        require(self.value_pool < self.n_value_pools, f"{where}.value_pool",
-                f"< n_value_pools ({self.n_value_pools})", self.value_pool)
-        if self.value_pool_size:  # the generator's covariance must be nonsingular to sample the pool
-            check_min(self.value_pool_real, self.dim + 1, f"{where}.value_pool_real")
+        # the generator's covariance must be nonsingular to sample the pool
+        check_value_grid(self, where, min_pool_real=self.dim + 1)
 
     def check_chain(self, chain, where: str) -> None:
         """A value-grid cell is one fit."""

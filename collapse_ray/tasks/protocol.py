@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..validation import Validated
+from ..validation import Validated, check_min, require
 
 if TYPE_CHECKING:  # (the chain and spec modules import this one)
     from ..chain import ChainConfig
@@ -226,3 +226,18 @@ def offers(task: Any, hook: type) -> bool:
     if hook is FitsEmptyTrainingSet:
         return isinstance(task, FitsEmptyTrainingSet) and bool(task.fits_empty_training_set)
     return isinstance(task, hook)
+
+
+def check_value_grid(task, where: str, min_pool_real: int) -> None:
+    """The value-grid fields a task shares with sft's (value_pool_size, value_pool_real,
+    n_value_pools, value_pool, value_synthetic), checked once for every task that has
+    them; min_pool_real: the fewest real rows the task's pool generator can be fitted on."""
+    for name in ("value_pool_size", "value_pool_real", "value_synthetic", "value_pool"):
+        check_min(getattr(task, name), 0, f"{where}.{name}")
+    check_min(task.n_value_pools, 1, f"{where}.n_value_pools")
+    require(task.value_synthetic <= task.value_pool_size, f"{where}.value_synthetic",
+            f"<= value_pool_size ({task.value_pool_size})", task.value_synthetic)
+    require(task.value_pool < task.n_value_pools, f"{where}.value_pool",
+            f"< n_value_pools ({task.n_value_pools})", task.value_pool)
+    if task.value_pool_size:
+        check_min(task.value_pool_real, min_pool_real, f"{where}.value_pool_real")

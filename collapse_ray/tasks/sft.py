@@ -45,8 +45,8 @@ from ..text import backends, corpora, pool_steps, settings, steps
 from ..text.models import load_tokenizer
 from ..text.settings import LanguageModelSettings
 from ..text.steps import TextContext, as_rows, chain_seed, encode
-from ..validation import SpecError, check_min, fail, require
-from .protocol import SHARED_FOLDER, Metrics, RealData, Rows
+from ..validation import SpecError, fail, require
+from .protocol import SHARED_FOLDER, Metrics, RealData, Rows, check_value_grid
 
 USER, ASSISTANT = "user: ", "\nassistant: "
 MAX_SAMPLING_ROUNDS = 64
@@ -111,15 +111,7 @@ class SFTTask(LanguageModelSettings):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        for name in ("value_pool_size", "value_pool_real", "value_synthetic", "value_pool"):
-            check_min(getattr(self, name), 0, f"{where}.{name}")
-        check_min(self.n_value_pools, 1, f"{where}.n_value_pools")
-        require(self.value_synthetic <= self.value_pool_size, f"{where}.value_synthetic",
-                f"<= value_pool_size ({self.value_pool_size})", self.value_synthetic)
-        require(self.value_pool < self.n_value_pools, f"{where}.value_pool",
-                f"< n_value_pools ({self.n_value_pools})", self.value_pool)
-        if self.value_pool_size:
-            check_min(self.value_pool_real, 1, f"{where}.value_pool_real")
+        check_value_grid(self, where, min_pool_real=1)
         require(0 <= self.value_pool_warmup_ratio < 1, f"{where}.value_pool_warmup_ratio", "a number in [0, 1)",
                 self.value_pool_warmup_ratio)
 
