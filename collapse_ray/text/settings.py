@@ -249,14 +249,10 @@ def check_memory(settings: LanguageModelSettings, where: str) -> None:
 
     check_finite_positive(settings.gpu_memory_gb, f"{where}.gpu_memory_gb")
     try:
-        arch = memory.architecture(settings.model, settings.vocab_size)
+        arch, placed, need = memory.settings_estimate(settings)
     except ValueError as err:
         fail(f"{where}.gpu_memory_gb", "set only for models whose size is known", f"{err}")
-    precision = "bf16" if settings.precision == "auto" else settings.precision
-    stage = settings.zero_stage if settings.engine == "deepspeed" else 0
-    sampling = "bf16" if settings.sampler == "vllm" or precision != "fp32" else "fp32"
-    need = memory.estimate(arch, precision, stage, settings.num_workers, settings.micro_batch_size,
-                           settings.max_length, sampling)
+    precision, stage, sampling = placed.precision, placed.zero_stage, placed.sampling_precision
     gpu = settings.gpu_memory_gb * memory.GIB
     if need.fit > gpu:
         fail(f"{where}.gpu_memory_gb", f"enough for the fit: {settings.model} ({arch.parameters:,} parameters, "
