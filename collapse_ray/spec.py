@@ -38,6 +38,7 @@ from typing import Any, Literal
 import yaml
 
 from .chain import MAX_SYNTHETIC_RATIO, ChainConfig, WorkflowName, chain_nbytes, rows_held
+from .contour_search import SearchConfig
 from .tasks import TASKS, Task
 from .tasks.protocol import ChecksChain, ChecksRun, FitsEmptyTrainingSet, offers
 from .validation import (
@@ -147,6 +148,8 @@ class SweepSpec:
     # the spec file's header comment (its question and expected result), for the MLflow
     # sweep run's description; not part of the resolved spec a resume compares
     description: str = dataclasses.field(default="", compare=False)
+    # which cells run: every one (method grid, the default) or an adaptive search's (collapse_ray/contour_search.py)
+    search: SearchConfig = SearchConfig()
 
     def jobs(self) -> list[ChainJob]:
         """Trials, heaviest first, so the long ones do not straggle at the end (made once per spec)."""
@@ -191,11 +194,13 @@ class SweepSpec:
             "grid": {k: list(v) for k, v in self.grid},
             "cases": [{k: list(v) for k, v in case} for case in self.cases],
             "run": as_flat_dict(self.run),
+            # only when set: a spec without `search:` resolves (and resumes) exactly as before it existed
+            **({"search": as_flat_dict(self.search)} if self.search.adaptive else {}),
         }
 
 
-TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "cases", "run")
-MAPPING_KEYS = ("task", "chain", "run")  # top-level keys whose sub-keys `--set` reaches
+TOP_LEVEL_KEYS = ("name", "task", "chain", "seeds", "grid", "cases", "run", "search")
+MAPPING_KEYS = ("task", "chain", "run", "search")  # top-level keys whose sub-keys `--set` reaches
 MAX_SEEDS = 100_000
 MAX_GRID_POINTS = 10_000
 MAX_TRIALS = 100_000
@@ -311,6 +316,7 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
             "a non-empty string without '/', '\\' or control characters (it names a folder)", name)
     seeds = _parse_seeds(raw.get("seeds", 1))
     run = from_mapping(ExecutionConfig, raw.get("run"), "run")
+    search = from_mapping(SearchConfig, raw.get("search"), "search")
     grid = _parse_grid(raw.get("grid"), "grid")
     cases = _parse_cases(raw.get("cases"))
     for i, case in enumerate(cases):
@@ -342,10 +348,11 @@ def parse_spec(raw: Any, default_name: str = "sweep", overrides: Sequence[str] =
         if isinstance(point.task, ChecksRun):
             point.task.check_run(run, "run")
     _check_chain_memory(points, run)
+    search.check_grid(points, "search")
     # the spec's own task and chain blocks, without the grid: logged (resolved_dict), not run
     base_task = build_task(task_raw, "task")
     base_chain = from_mapping(ChainConfig, raw.get("chain"), "chain")
-    spec = SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points), description)
+    spec = SweepSpec(name.strip(), base_task, base_chain, seeds, grid, cases, run, tuple(points), description, search)
     n_trials = spec.n_trials()
     if n_trials > MAX_TRIALS:
         raise SpecError(f"run.seeds_per_trial: the sweep would run {n_trials} trials ({len(points)} grid points x "
