@@ -13,9 +13,10 @@ needs more memory per GPU than the GPU it names (`task.gpu_memory_gb`), and
       master weights 2, moments 4;
     fp32: weights 4, gradients 4 + 4, master weights 4, moments 8;
   ZeRO-1 shards the master copy, its gradients and the moments over the data-parallel
-  workers, ZeRO-2 also the 16-bit gradients, ZeRO-3 also the weights, and ZeRO-3 adds
-  the buffer DeepSpeed's estimator reserves for gathering the largest layer (4 bytes a
-  parameter of it: Gemma-2's embedding). The plain-torch engine (DDP) keeps weights,
+  workers, ZeRO-2 also the 16-bit gradients, ZeRO-3 also the weights and keeps no 16-bit
+  gradient copy (its estimator: 4 L + 18 P / n in mixed precision), adding the buffer
+  DeepSpeed reserves for gathering the largest layer (4 bytes a parameter of it, L:
+  Gemma-2's embedding). The plain-torch engine (DDP) keeps weights,
   gradients and moments whole in the weights' dtype: fp32 (also under bf16 autocast)
   4 + 4 + 8, bf16_pure 2 + 2 + 4;
 - activations of one micro-batch without recomputation (Korthikanti et al. 2022, eq. 2:
@@ -119,7 +120,9 @@ def estimate(arch: Architecture, precision: str, zero_stage: int, workers: int, 
         weights, grads16, master_grads, master, moments = DEEPSPEED_STATE_BYTES[precision]
         n = workers if zero_stage >= 1 else 1
         w = weights * P / (workers if zero_stage >= 3 else 1)
-        g = grads16 * P / (workers if zero_stage >= 2 else 1) + master_grads * P / n
+        # ZeRO-3 reduce-scatters 16-bit gradients straight into the master's gradient
+        # partition: its estimator counts no 16-bit gradient copy (18 = 2 + 16 bytes sharded)
+        g = (0 if zero_stage >= 3 else grads16 * P / (workers if zero_stage >= 2 else 1)) + master_grads * P / n
         o = (master + moments) * P / n
         if zero_stage >= 3:
             gathered = ZERO3_GATHER_BYTES * arch.largest_layer
