@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="print the resolved spec (defaults and --set filled in) as YAML")
     shown.add_argument("--trials", action="store_true",
                        help="print the trials, one line per grid point x block of seeds")
+    shown.add_argument("--cost", action="store_true",
+                       help="print what it would cost, per trial and in total: FLOPs, tokens, time at a throughput "
+                            "profile, GPU-hours, memory per GPU, disk (collapse_ray/cost.py)")
+    p.add_argument("--profile", default=None, metavar="PATH",
+                   help="with --cost: the throughput profile (JSON) to time it with (default: $COLLAPSE_RAY_PROFILE or "
+                        "collapse_ray/profiles/cpu.json; GPU specs: the stated placeholder collapse_ray/profiles/"
+                        "gpu_h100_nominal.json); benchmarks/throughput_profile.py measures one")
 
     p = sub.add_parser("run", help="run a spec with Ray Tune, logging to MLflow")
     spec_args(p)
@@ -252,6 +259,8 @@ def _quiet(quiet: bool, local_ray: bool) -> Iterator[None]:
 
 
 def _validate(args) -> int:
+    if args.profile is not None and not args.cost:
+        raise SpecError("--profile is read only with --cost")
     spec = load_spec(args.spec, args.overrides)
     if args.print_spec:  # the spec as it would run, like Hydra's --cfg job
         import yaml
@@ -260,6 +269,11 @@ def _validate(args) -> int:
         if not resolved["cases"]:  # (a spec gives cases as a non-empty list, or not at all)
             del resolved["cases"]
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        return 0
+    if args.cost:
+        from .cost import choose_profile, report
+
+        print("\n".join(report(spec, choose_profile(spec, args.profile))))
         return 0
     if args.trials:
         for job in spec.jobs():
