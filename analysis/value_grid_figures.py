@@ -10,11 +10,17 @@ table: the rows of a toy task with `value_pool_size > 0` (issue 28, 1).
 * `{task}_value_sign.png`: the value of s synthetic rows, L(n, s) - L(n, 0), per cell:
   blue where they help, red where they hurt, hollow where the difference is within 2
   s.e. of 0 (paired per seed and pool), with linear regression's closed-form
-  crossover s*(n) (theory.linear_regression_crossover) drawn over it.
+  crossover s*(n) (theory.linear_regression_crossover) drawn over it;
+* `{task}_value_contour.png` (any value-grid task, from an adaptive search's estimate,
+  collapse_ray.contour_search.ContourEstimate; drawn at the sweep's end): P(s synthetic
+  rows hurt) over the grid, the estimated contour (P = 0.5) with the band where the side
+  is not decided at the search's confidence, the cells that ran marked, and linear
+  regression's closed-form contour where it applies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +133,80 @@ def write_figures(table: pd.DataFrame, out: Path, pdf: bool = False) -> list[Pat
         written.append(drawing.save(heatmap, out / f"{task}_value_heatmap.png", pdf))
         written.append(drawing.save(plot_sign(frame, task), out / f"{task}_value_sign.png", pdf))
     return written
+
+
+def closed_form_crossover(task) -> Callable[[np.ndarray], np.ndarray] | None:
+    """n -> s*(n), the exact contour, for a linear-regression value-grid task (None for others)."""
+    if getattr(task, "name", None) != "linear_regression" or task.value_pool_real <= task.dim + 1:
+        return None
+    m, d, sigma2 = task.value_pool_real, task.dim, task.sigma2
+    return lambda n: theory.linear_regression_crossover(n, m, d, sigma2)
+
+
+def plot_contour(contour, task: str, crossover: Callable[[np.ndarray], np.ndarray] | None = None) -> Figure:
+    """An adaptive search's estimate (see the module docstring): colour = P(V > 0) on a fine
+    mesh of the GP's posterior, black = its 0.5 level, grey band = undecided at the
+    search's confidence; circles are the cells with a side (filled and ringed where they
+    ran, coloured by their estimated side, hollow where undecided), triangles below the
+    axis the baselines (s = 0) that ran."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    cells = contour.cells
+    side = cells.candidates
+    fig = drawing.figure((8, 6), layout=None)
+    ax = fig.subplots()
+    n_axis = np.geomspace(cells.n_real[side].min(), cells.n_real[side].max(), 160)
+    s_axis = np.geomspace(cells.synthetic[side].min(), cells.synthetic[side].max(), 160)
+    n_mesh, s_mesh = np.meshgrid(n_axis, s_axis)
+    mean, sd = contour.predict(n_mesh, s_mesh)
+    from collapse_ray.level_set import prob_above
+
+    p = prob_above(mean, sd)
+    shade = ax.contourf(n_mesh, s_mesh, p, levels=np.linspace(0, 1, 21), cmap="RdBu_r",
+                        norm=TwoSlopeNorm(0.5, 0.0, 1.0), alpha=0.6)
+    fig.colorbar(shade, ax=ax, label="P(synthetic rows hurt) = P(L(n, s) > L(n, 0))", pad=0.02, ticks=np.linspace(0, 1, 6))
+    conf = contour.confidence
+    ax.contourf(n_mesh, s_mesh, p, levels=[1 - conf, conf], colors="none", hatches=["////"])
+    ax.contour(n_mesh, s_mesh, p, levels=[1 - conf, conf], colors=["0.3"], linewidths=0.8, linestyles=":")
+    ax.contour(n_mesh, s_mesh, mean, levels=[0.0], colors=["k"], linewidths=1.6)
+    hurts, decided, ran = contour.hurts, contour.decided, contour.ran
+    for mask, colour in ((side & hurts, "tab:red"), (side & ~hurts, "tab:blue")):
+        sure, unsure = mask & decided, mask & ~decided
+        ax.scatter(cells.n_real[sure], cells.synthetic[sure], s=14, c=colour, zorder=3)
+        ax.scatter(cells.n_real[unsure], cells.synthetic[unsure], s=14, facecolors="none", edgecolors=colour,
+                   zorder=3)
+    ran_side = side & ran
+    ax.scatter(cells.n_real[ran_side], cells.synthetic[ran_side], s=70, facecolors="none", edgecolors="k",
+               linewidths=1.3, zorder=4)
+    floor = cells.synthetic[side].min() / 1.8
+    baselines = ran & (cells.synthetic == 0) & (cells.n_real > 0)
+    ax.scatter(cells.n_real[baselines], np.full(int(baselines.sum()), floor), marker="^", s=45, c="k", zorder=4,
+               clip_on=False)
+    if crossover is not None:
+        n = np.geomspace(cells.n_real[side].min(), cells.n_real[side].max(), 300)
+        ax.plot(n, crossover(n), color="tab:green", ls="--", lw=1.6, zorder=5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(cells.n_real[side].min() / 1.15, cells.n_real[side].max() * 1.15)
+    ax.set_ylim(floor / 1.3, cells.synthetic[side].max() * 1.3)
+    ax.set_xlabel("number of real rows n")
+    ax.set_ylabel("number of synthetic rows s")
+    n_ran = int(ran.sum())
+    ax.set_title(f"{task}: where synthetic rows stop helping, estimated from {n_ran} of {len(cells)} cells "
+                 f"({n_ran / len(cells):.0%})", fontsize=10)
+    ax.grid(alpha=0.25, which="both")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color="k", lw=1.6, label="estimated contour (P = 0.5)"),
+               Patch(facecolor="none", edgecolor="0.3", hatch="////", label=f"undecided: P in [{1 - conf:.2g}, {conf:.2g}]"),
+               Line2D([], [], ls="", marker="o", ms=4, color="tab:red", label="hurts (decided)"),
+               Line2D([], [], ls="", marker="o", ms=4, color="tab:blue", label="helps (decided)"),
+               Line2D([], [], ls="", marker="o", ms=4, mfc="none", mec="0.3", label="side not decided"),
+               Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="k", label="cell ran"),
+               Line2D([], [], ls="", marker="^", ms=6, color="k", label="baseline s = 0 ran")]
+    if crossover is not None:
+        handles.append(Line2D([], [], color="tab:green", ls="--", lw=1.6, label="closed form: L(n, s) = L(n, 0)"))
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room below for the legend
+    return fig

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -249,11 +250,12 @@ def cell_colours(cells: Sequence[Cell]) -> dict[str, str]:
     return out
 
 
-def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence[Cell], means: pd.DataFrame) -> None:
+def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence[Cell], means: pd.DataFrame) -> dict[str, str]:
     """One child run per cell of the sweep (tag collapse_ray.role = cell): per iteration the
     mean over all its chains and the standard error (`test_loss`, `test_loss_se`), the
     chain runs' params less the replicate axes, and how many chains. Cell runs an earlier
-    `collapse-ray run` of this sweep logged (before it grew) are deleted first."""
+    `collapse-ray run` of this sweep logged (before it grew) are deleted first. Returns
+    the run id of each cell by name."""
     from mlflow.entities import Metric, Param, RunTag
 
     from .tracking import (CELL_SEEDS_TAG, MAX_METRICS_PER_BATCH, N_ITERATIONS_TAG, PARENT_TAG, ROLE_TAG, CELL_ROLE,
@@ -263,6 +265,7 @@ def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence
         client.delete_run(old.info.run_id)
     now = int(__import__("time").time() * 1000)
     colours = cell_colours(cells)
+    run_ids = {}
     for cell in cells:
         rows = means[means["cell"] == cell.name]
         chains = int(rows["total"].max()) if not rows.empty else 0
@@ -270,6 +273,7 @@ def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence
             PARENT_TAG: sweep_run_id, ROLE_TAG: CELL_ROLE, "workflow": cell.workflow, CELL_SEEDS_TAG: str(chains),
             N_ITERATIONS_TAG: str(int(rows["iteration"].max()) if not rows.empty else 0),
             RUN_COLOUR_TAG: colours[cell.name]})
+        run_ids[cell.name] = run.info.run_id
         params = [Param(k, v) for k, v in chain_run_params(cell.job).items() if k not in (*REPLICATE_AXES, "run_key")]
         metrics = []
         for record in rows.itertuples(index=False):
@@ -282,6 +286,7 @@ def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence
                              params=params if i == 0 else (), tags=[RunTag("mlflow.note.content",
                                                                             f"Cell {cell.name}: means over {chains} chains")] if i == 0 else ())
         client.set_terminated(run.info.run_id, "FINISHED")
+    return run_ids
 
 
 @dataclass(frozen=True)
@@ -300,10 +305,12 @@ def is_value_grid(jobs: Sequence[ChainJob]) -> bool:
 
 def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: str, sweep_run_id: str,
                    jobs: Sequence[ChainJob], swept: Sequence[str], sweep_dir, description: str = "",
-                   figures: bool = True) -> Conclusion | None:
+                   figures: bool = True, contour=None) -> Conclusion | None:
     """At a sweep's end (finished, failed or interrupted): its cell runs, the saved view over
     them, the last iteration's per-cell table and the figures (in the sweep folder and on
-    the sweep run), and the lines the terminal shows."""
+    the sweep run), and the lines the terminal shows. `contour`: an adaptive search's
+    estimate (collapse_ray.contour_search.ContourEstimate), shown with them (`jobs` are then
+    the ones it ran)."""
     import json
     import tempfile
     from pathlib import Path
@@ -318,10 +325,13 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
         return None
     cells = sweep_cells(jobs)
     means = cell_means(table, cells, metric_columns(table, jobs))
-    log_cell_runs(client, experiment_id, sweep_run_id, cells, means)
+    run_ids = log_cell_runs(client, experiment_id, sweep_run_id, cells, means)
+    if contour is not None:
+        log_contour(client, experiment_id, sweep_run_id, cells, run_ids, contour)
     keys, spans, n_cells = sweep_view_inputs(client, experiment_id, sweep_run_id)
     save_sweep_view(client, experiment_id, sweep_run_id, keys, spans, swept=swept, n_cells=n_cells,
-                    value_grid=VALUE_GRID if is_value_grid(jobs) else None)
+                    value_grid=VALUE_GRID if is_value_grid(jobs) else None,
+                    contour_metric=P_HURTS if contour is not None else None)
     last = last_iteration_table(means, cells)
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / CELLS_TABLE
@@ -340,7 +350,85 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
     drawn: list[str] = []
     if figures:
         drawn = [str(p) for p in draw_sweep_figures(client, table, sweep_dir / "figures", sweep_run_id, tracking_uri)]
-    return Conclusion(tuple(answer_lines(last, cells, description)), tuple(drawn), str(path))
+        if contour is not None:
+            drawn.append(str(draw_contour_figure(client, contour, jobs[0], sweep_dir / "figures", sweep_run_id)))
+    lines = answer_lines(last, cells, description)
+    if contour is not None:
+        lines.insert(0, contour.summary())
+    return Conclusion(tuple(lines), tuple(drawn), str(path))
+
+
+P_HURTS = "p_synthetic_hurts"  # an adaptive search's P(L(n, s) > L(n, 0)) per cell: 0.5 is the contour
+CONTOUR_TAG = "collapse_ray.contour_search"  # "ran" or "estimated" on a searched value grid's cell runs
+CONTOUR_JSON = "contour.json"
+
+
+def log_contour(client, experiment_id: str, sweep_run_id: str, cells: Sequence[Cell], run_ids: dict[str, str],
+                contour) -> None:
+    """An adaptive search's estimate in the MLflow view: on every cell with a side, its
+    P(s synthetic rows hurt) (`p_synthetic_hurts`; the contour is its 0.5 level, the cells
+    between 1 - confidence and confidence are undecided) and the posterior mean and sd of
+    the modelled value; the cells that ran carry it on their own cell runs (tag
+    collapse_ray.contour_search = ran), the others get a run of their own with only these
+    (= estimated), so the saved view's contour of p_synthetic_hurts covers the whole grid
+    while test_loss's covers the cells that ran. The per-cell table goes on the sweep run
+    as contour.json."""
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from .tracking import CELL_ROLE, LOGGED_ARTIFACTS_TAG, PARENT_TAG, ROLE_TAG
+
+    now = int(time.time() * 1000)
+    ran_runs = {}
+    for cell in cells:
+        swept = dict(cell.swept)
+        if "chain.n_real" in swept and "task.value_synthetic" in swept:
+            ran_runs[(int(swept["chain.n_real"]), int(swept["task.value_synthetic"]))] = run_ids[cell.name]
+    grid = contour.cells
+    for i, (n, s) in enumerate(zip(grid.n_real.tolist(), grid.synthetic.tolist())):
+        if not grid.candidates[i]:
+            if (n, s) in ran_runs:  # a baseline (s = 0), or a cell of n = 0 (no baseline: no side)
+                client.set_tag(ran_runs[(n, s)], CONTOUR_TAG, "ran (baseline)" if s == 0 else "ran (no side)")
+            continue
+        metrics = [Metric(P_HURTS, float(contour.p_hurts[i]), now, 1),
+                   Metric("contour_mean", float(contour.mean[i]), now, 1),
+                   Metric("contour_sd", float(contour.sd[i]), now, 1)]
+        run_id = ran_runs.get((n, s))
+        if run_id is not None:
+            client.log_batch(run_id, metrics=metrics, tags=[RunTag(CONTOUR_TAG, "ran")])
+            continue
+        run = client.create_run(experiment_id, run_name=f"est nr{n} vs{s}", tags={
+            PARENT_TAG: sweep_run_id, ROLE_TAG: CELL_ROLE, CONTOUR_TAG: "estimated",
+            "mlflow.note.content": f"Cell n_real {n}, value_synthetic {s}: not run; the contour search's estimate"})
+        client.log_batch(run.info.run_id, metrics=metrics,
+                         params=[Param("chain.n_real", str(n)), Param("task.value_synthetic", str(s))])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    rows = contour.table()
+    columns = list(rows[0]) if rows else []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CONTOUR_JSON).write_text(json.dumps({"columns": columns,
+                                                          "data": [[row[c] for c in columns] for row in rows]}))
+        client.log_artifact(sweep_run_id, str(Path(tmp) / CONTOUR_JSON))
+    logged = json.loads(client.get_run(sweep_run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+    entry = {"path": CONTOUR_JSON, "type": "table"}
+    if entry not in logged:
+        client.set_tag(sweep_run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*logged, entry]))
+
+
+def draw_contour_figure(client, contour, job: ChainJob, out, sweep_run_id: str):
+    """The search's estimate as a figure (analysis/value_grid_figures.plot_contour), in the
+    sweep folder's figures/ and on the sweep run."""
+    from analysis import drawing, sweep_run, value_grid_figures
+
+    task = job.point.task
+    fig = value_grid_figures.plot_contour(contour, task.name, value_grid_figures.closed_form_crossover(task))
+    path = drawing.save(fig, Path(out) / f"{task.name}_value_contour.png")
+    client.log_artifact(sweep_run_id, str(path), sweep_run.FIGURES_FOLDER)
+    return path
 
 
 def draw_sweep_figures(client, table: pd.DataFrame, out, sweep_run_id: str, tracking_uri: str) -> list:

@@ -30,6 +30,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -240,6 +241,9 @@ def find_resumable(out_root: Path, name: str, resolved: dict | None = None) -> P
 
 
 GROWABLE = "seeds (added) and chain.n_iterations (raised)"
+# an adaptive search goes on from its state with a larger budget or another confidence
+SEARCH_GROWABLE = ("budget", "confidence")
+GROWABLE_SEARCH = ", search.budget (raised) and search.confidence"
 
 
 def check_growable(saved: dict, resolved: dict, sweep_dir: Path) -> None:
@@ -248,15 +252,25 @@ def check_growable(saved: dict, resolved: dict, sweep_dir: Path) -> None:
     changed = sorted(key for key in set(saved) | set(resolved) if saved.get(key) != resolved.get(key))
     chain_changed = sorted(key for key in set(saved.get("chain", {})) | set(resolved.get("chain", {}))
                            if saved.get("chain", {}).get(key) != resolved.get("chain", {}).get(key))
-    bad = [key for key in changed if key not in ("seeds", "chain")]
+    bad = [key for key in changed if key not in ("seeds", "chain", "search")]
     bad += [f"chain.{key}" for key in chain_changed if key != "n_iterations"]
+    if "search" in changed:  # absent = method grid: switching between the two is not growing
+        before, after = saved.get("search"), resolved.get("search")
+        if before is None or after is None:
+            bad.append("search")
+        else:
+            bad += [f"search.{key}" for key in sorted(set(before) | set(after))
+                    if before.get(key) != after.get(key) and key not in SEARCH_GROWABLE]
+            if (after.get("budget") or math.inf) < (before.get("budget") or math.inf):
+                bad.append("search.budget (lowered)")
     if "seeds" in changed and not set(saved["seeds"]) <= set(resolved["seeds"]):
         bad.append("seeds (some were removed)")
     if "n_iterations" in chain_changed and resolved["chain"]["n_iterations"] < saved["chain"]["n_iterations"]:
         bad.append("chain.n_iterations (lowered)")
     if bad:
         raise SpecError(f"--resume: the spec differs from the one {sweep_dir} was started with in {', '.join(bad)}; "
-                        f"a sweep grows only by {GROWABLE}: start a new sweep (without --resume) for other changes")
+                        f"a sweep grows only by {GROWABLE}{GROWABLE_SEARCH if 'search' in resolved else ''}: start "
+                        "a new sweep (without --resume) for other changes")
 
 
 def planned_jobs(spec: SweepSpec, saved: dict | None) -> list[ChainJob]:
@@ -458,7 +472,22 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
     }
     _write_json(sweep_dir / SWEEP_FILE, state)
     written.update(state=state, client=client, spec=spec, jobs=jobs, experiment_id=experiment_id, sweep_dir=sweep_dir)
-    say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
+    run_names = cell_run_names(jobs)
+    job_configs = {j.key: {"key": j.key, "run_name": run_names[j.key], "n_iterations": j.point.chain.n_iterations}
+                   for j in jobs}
+    searcher = None
+    if spec.search.adaptive:  # the cells an adaptive search picks, a batch at a time (collapse_ray/contour_searcher.py)
+        from .contour_searcher import ContourSearcher, mlflow_losses, open_search
+        from .contour_search import STATE_FILE
+
+        search = open_search(spec, jobs, sweep_dir, ray.cluster_resources().get("CPU", 1))
+        searcher = ContourSearcher(search, sweep_dir / STATE_FILE, job_configs,
+                                   mlflow_losses(client, tracking_uri, experiment_id, sweep_run_id))
+        written["search"] = search
+        say(f"sweep {spec.name}: contour search ({spec.search.acquisition}, {search.batch_size} cells a batch) over "
+            f"{len(search.cells)} cells, {len(jobs)} trials at most -> {sweep_dir}")
+    else:
+        say(f"sweep {spec.name}: {len(jobs)} trials ({len(spec.points)} grid points x {len(spec.seeds)} seeds) -> {sweep_dir}")
 
     try:
         for point in spec.points:  # files every cell reads (e.g. sft's synthetic pools), made once, here
@@ -467,12 +496,13 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
                 prepare(sweep_dir / "chains" / SHARED_FOLDER)
         trainable = tune.with_resources(tune.with_parameters(chain_trial, jobs={j.key: j for j in jobs}),
                                         {"cpu": spec.run.cpus_per_trial})
-        run_names = cell_run_names(jobs)
+        # every job once (a grid search), or those the contour search suggests
+        jobs_space = {} if searcher else {"job": tune.grid_search([job_configs[j.key] for j in jobs])}
+        search_config = {"search_alg": searcher, "num_samples": -1} if searcher else {}
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "job": tune.grid_search([{"key": j.key, "run_name": run_names[j.key],
-                                          "n_iterations": j.point.chain.n_iterations} for j in jobs]),
+                **jobs_space,
                 "sweep": {
                     "tracking_uri": tracking_uri,
                     "experiment_id": experiment_id,
@@ -486,12 +516,13 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
                 max_concurrent_trials=spec.run.max_concurrent_trials or None,
                 trial_name_creator=lambda t: t.config["job"]["key"],
                 trial_dirname_creator=lambda t: t.trial_id,
+                **search_config,
             ),
             run_config=tune.RunConfig(
                 name=f"tune-{int(time.time())}",
                 storage_path=str(sweep_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                callbacks=[ProgressCallback(len(jobs), started)],
+                callbacks=[ProgressCallback(len(jobs), started, at_most=searcher is not None)],
                 verbose=0,
             ),
         )
@@ -520,7 +551,8 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
     _write_json(sweep_dir / SWEEP_FILE, state)
     conclusion = _conclude(written)
     client.set_terminated(sweep_run_id, "FINISHED" if n_failed == 0 else "FAILED")
-    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, len(jobs), n_failed,
+    n_trials = len(jobs) if searcher is None else len(grid)  # an adaptive search runs some of them
+    return SweepOutcome(sweep_dir, tracking_uri, spec.name, sweep_run_id, n_trials, n_failed,
                         time.perf_counter() - started, disk_fault, experiment_id, conclusion)
 
 
@@ -530,12 +562,20 @@ def _conclude(written: dict[str, Any]):
     from .cells import conclude_sweep
 
     spec, state = written["spec"], written["state"]
+    jobs, contour = written["jobs"], None
     try:
+        search = written.get("search")
+        if search is not None:  # an adaptive search: the cells it ran, and its estimate over every cell
+            from .contour_search import STATE_FILE
+
+            jobs = [job for job in jobs if job.key in search.results]
+            contour = search.estimate()
+            search.save(written["sweep_dir"] / STATE_FILE)  # with the model the estimate fitted
         return conclude_sweep(written["client"], state["tracking_uri"], written["experiment_id"], spec.name,
-                              state["sweep_run_id"], written["jobs"],
+                              state["sweep_run_id"], jobs,
                               list(dict.fromkeys(key for point in spec.points for key, _ in point.swept)),
                               written["sweep_dir"], spec.description,
-                              figures=os.environ.get(FIGURES_ENV, "1") != "0")
+                              figures=os.environ.get(FIGURES_ENV, "1") != "0", contour=contour)
     except Exception as err:  # noqa: BLE001
         say(f"  (could not summarise the sweep on its MLflow run: {str(err).splitlines()[0][:200]})")
         return None
@@ -627,8 +667,9 @@ def _write_json(path: Path, data: dict) -> None:
 class ProgressCallback(Callback):
     """One line per finished trial (with an ETA), and per checkpoint of long chains."""
 
-    def __init__(self, n_trials: int, sweep_started: float | None = None):
+    def __init__(self, n_trials: int, sweep_started: float | None = None, at_most: bool = False):
         self.n_trials = n_trials
+        self.at_most = at_most  # an adaptive search runs some of the n_trials: no ETA, "of at most"
         self.done = 0
         self.start = time.perf_counter()  # the trials' start, for the ETA
         # "elapsed" counts from the sweep's start (Ray's start-up too), as the closing line does
@@ -645,6 +686,10 @@ class ProgressCallback(Callback):
         eta = (now - self.start) / self.done * (self.n_trials - self.done)
         # a trial a resumed or grown sweep had finished before reran nothing: say so, not "done"
         what = "already finished, kept" if (trial.last_result or {}).get("skipped") else "done"
+        if self.at_most:
+            say(f"[{self.done} of at most {self.n_trials}] {trial.config['job']['key']} {what}; elapsed "
+                f"{now - self.sweep_started:.0f}s")
+            return
         say(f"[{self.done}/{self.n_trials}] {trial.config['job']['key']} {what}; elapsed "
             f"{now - self.sweep_started:.0f}s, eta {eta:.0f}s")
 

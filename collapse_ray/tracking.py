@@ -418,7 +418,7 @@ VALUE_GRID = ValueGrid("chain.n_real", "task.value_synthetic")
 
 def save_sweep_view(client, experiment_id: str, sweep_run_id: str, metric_keys: Sequence[str],
                     spans_decades: bool, swept: Sequence[str] = (), n_cells: int = 20,
-                    value_grid: ValueGrid | None = None) -> dict:
+                    value_grid: ValueGrid | None = None, contour_metric: str | None = None) -> dict:
     """The experiment's saved view "collapse-ray" (the UI's own format of a saved and shared
     view, an experiment tag): chart mode over the cell runs of this sweep only (one run,
     so one line, per cell: its seed blocks combined, never an average of unlike cells; no
@@ -426,7 +426,9 @@ def save_sweep_view(client, experiment_id: str, sweep_run_id: str, metric_keys: 
     the other means after it, standard errors and within-fit curves in folded sections,
     the swept parameters as columns. A value grid (`value_grid`, one fit per chain) gets a
     contour of test_loss over its two axes and test_loss against its x axis instead of
-    line charts of one point. Returns the view's state (what the tag holds, unpacked)."""
+    line charts of one point; an adaptive search's (`contour_metric`, P(synthetic rows hurt)
+    on every cell, run or estimated) comes first, as a contour over the same axes. Returns
+    the view's state (what the tag holds, unpacked)."""
     import zlib
     import base64
 
@@ -454,6 +456,10 @@ def save_sweep_view(client, experiment_id: str, sweep_run_id: str, metric_keys: 
                        "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [],
                        "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True})
 
+    if value_grid is not None and contour_metric is not None:
+        charts.append({**base("CONTOUR", "means", f"{contour_metric}: the search's estimate (0.5 = the contour)"),
+                       "xaxis": {"key": value_grid.x, "type": "PARAM"}, "yaxis": {"key": value_grid.y, "type": "PARAM"},
+                       "zaxis": {"key": contour_metric, "type": "METRIC"}})
     if value_grid is not None:
         charts.append({**base("CONTOUR", "means", f"test_loss over {value_grid.x} and {value_grid.y}"),
                        "xaxis": {"key": value_grid.x, "type": "PARAM"}, "yaxis": {"key": value_grid.y, "type": "PARAM"},
@@ -478,7 +484,9 @@ def save_sweep_view(client, experiment_id: str, sweep_run_id: str, metric_keys: 
         "searchFilter": cell_filter(sweep_run_id), "orderByKey": "attributes.run_name", "orderByAsc": True,
         "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": [*(["tags.`workflow`"] if "chain.workflow" not in swept else []),
-                            *(f"params.`{key}`" for key in swept), f"tags.`{CELL_SEEDS_TAG}`"],
+                            *(f"params.`{key}`" for key in swept), f"tags.`{CELL_SEEDS_TAG}`",
+                            *(["tags.`collapse_ray.contour_search`", f"metrics.`{contour_metric}`"]
+                              if contour_metric else [])],
         "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": charts, "compareRunSections": sections, "viewMaximized": False,
         "runListHidden": False, "isAccordionReordered": True, "useGroupedValuesInCharts": False,

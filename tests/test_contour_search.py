@@ -305,3 +305,23 @@ def test_resume_grows_a_search_only_by_budget_and_confidence():
                           (None, "search")):
         with pytest.raises(SpecError, match=re.escape(named)):
             check_growable(before, spec_with(search).resolved_dict(), Path("sweep"))
+
+
+def test_contour_figure_draws_the_estimate_the_cells_that_ran_and_the_closed_form(tmp_path):
+    from analysis import drawing, value_grid_figures
+    from collapse_ray.tasks import LinearRegressionTask
+
+    cells = regression_cells(N_REAL[::2], SYNTHETIC[::2])
+    search = ContourSearch(cells, SearchConfig(method="level_set", budget=16), batch_size=2)
+    drive(search, regression_losses())
+    estimate = search.estimate()
+    task = LinearRegressionTask(dim=D, sigma2=SIGMA2, value_pool_size=1024, value_pool_real=M)
+    fig = value_grid_figures.plot_contour(estimate, "linear_regression", value_grid_figures.closed_form_crossover(task))
+    assert drawing.layout_problems(fig) == []
+    ax = fig.axes[0]
+    ringed = [c for c in ax.collections if c.get_offsets().shape[0] == int((estimate.ran & cells.candidates).sum())]
+    assert ringed  # the cells that ran, marked
+    assert any(line.get_color() == "tab:green" for line in ax.get_lines())  # the closed-form contour
+    path = drawing.save(fig, tmp_path / "contour.png")
+    assert path.stat().st_size > 20_000
+    assert value_grid_figures.closed_form_crossover(LinearRegressionTask(dim=5, value_pool_size=10, value_pool_real=6)) is None
