@@ -189,6 +189,15 @@ def plot_contour(contour, task: str, crossover: Callable[[np.ndarray], np.ndarra
     ax.set_yscale("log")
     ax.set_xlim(cells.n_real[side].min() / 1.15, cells.n_real[side].max() * 1.15)
     ax.set_ylim(floor / 1.3, cells.synthetic[side].max() * 1.3)
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    for axis, values in ((ax.xaxis, cells.n_real[side]), (ax.yaxis, cells.synthetic[side])):  # the grid's own values
+        ticks = np.unique(values)
+        ticks = ticks[:: max(1, int(np.ceil(len(ticks) / 10)))]  # at most ~10 labels an axis
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(drawing.plain_log_label))
+        axis.set_minor_locator(NullLocator())
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("number of real rows n")
     ax.set_ylabel("number of synthetic rows s")
     n_ran = int(ran.sum())

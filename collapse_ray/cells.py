@@ -361,6 +361,7 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
 P_HURTS = "p_synthetic_hurts"  # an adaptive search's P(L(n, s) > L(n, 0)) per cell: 0.5 is the contour
 CONTOUR_TAG = "collapse_ray.contour_search"  # "ran" or "estimated" on a searched value grid's cell runs
 CONTOUR_JSON = "contour.json"
+ESTIMATED_COLOUR = "#b4b4b4"  # cells the search did not run: grey in the view, the ones that ran in their workflow's colour
 
 
 def log_contour(client, experiment_id: str, sweep_run_id: str, cells: Sequence[Cell], run_ids: dict[str, str],
@@ -402,7 +403,7 @@ def log_contour(client, experiment_id: str, sweep_run_id: str, cells: Sequence[C
             client.log_batch(run_id, metrics=metrics, tags=[RunTag(CONTOUR_TAG, "ran")])
             continue
         run = client.create_run(experiment_id, run_name=f"est nr{n} vs{s}", tags={
-            PARENT_TAG: sweep_run_id, ROLE_TAG: CELL_ROLE, CONTOUR_TAG: "estimated",
+            PARENT_TAG: sweep_run_id, ROLE_TAG: CELL_ROLE, CONTOUR_TAG: "estimated", RUN_COLOUR_TAG: ESTIMATED_COLOUR,
             "mlflow.note.content": f"Cell n_real {n}, value_synthetic {s}: not run; the contour search's estimate"})
         client.log_batch(run.info.run_id, metrics=metrics,
                          params=[Param("chain.n_real", str(n)), Param("task.value_synthetic", str(s))])
