@@ -30,6 +30,7 @@ sweeps/fig5_value_grid_quick.yaml.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -50,8 +51,12 @@ from .protocol import SHARED_FOLDER, Metrics, RealData, Rows, check_value_grid
 
 USER, ASSISTANT = "user: ", "\nassistant: "
 MAX_SAMPLING_ROUNDS = 64
-"""Sampling rounds before a pool that still lacks accepted samples is given up on
-(each round asks for what is missing at the acceptance rate so far, at most 11x)."""
+"""Sampling rounds before a pool that still lacks accepted samples is given up on."""
+ROUND_OVERDRAW = 4
+"""A round asks for this many times what is missing at the acceptance rate so far (at
+least 10%), and is read only until enough are accepted: its unread rest costs the few
+batches in flight when reading stops, where a round that comes up short costs another
+sampler start (a vLLM engine takes ~1 min to start on CPU)."""
 
 
 def format_example(prompt: str, response: str) -> str:
@@ -267,8 +272,8 @@ class SFTTask(LanguageModelSettings):
 
     def _accepted_batches(self, model, n: int, seed: int):
         """Sample until n samples are accepted (parse_example), as (A), in rounds sized
-        by the acceptance rate so far, yielding the accepted ones batch by batch as they
-        are drawn: n in all, in order. A model that has not given n in
+        by the acceptance rate so far (ROUND_OVERDRAW), yielding the accepted ones batch
+        by batch as they are drawn: n in all, in order. A model that has not given n in
         MAX_SAMPLING_ROUNDS rounds is given up on, in one line that says how far it got."""
         accepted, drawn = 0, 0
         seeds = np.random.SeedSequence(seed).generate_state(MAX_SAMPLING_ROUNDS)
@@ -277,14 +282,16 @@ class SFTTask(LanguageModelSettings):
             if accepted >= n:
                 break
             rate = max(accepted / drawn, 0.1) if drawn else 1.0
-            ask = int(np.ceil((n - accepted) / rate * 1.1))
-            for made in backends.iter_samples(ask, int(round_seed), sample_settings, placement):
-                drawn += len(made)
-                kept = [format_example(*p) for p in map(parse_example, made) if p is not None]
-                yield kept[: n - accepted]
-                accepted += len(kept)
-                if accepted >= n:  # the rest of the round would be cut off
-                    break
+            ask = int(np.ceil((n - accepted) / rate * ROUND_OVERDRAW))
+            # closed as soon as enough are accepted: the sampler's engines stop and free their CPUs or GPUs
+            with contextlib.closing(backends.iter_samples(ask, int(round_seed), sample_settings, placement)) as stream:
+                for made in stream:
+                    drawn += len(made)
+                    kept = [format_example(*p) for p in map(parse_example, made) if p is not None]
+                    yield kept[: n - accepted]
+                    accepted += len(kept)
+                    if accepted >= n:
+                        break
         if accepted < n:
             raise RuntimeError(f"sft sampler: {accepted} of {n} samples accepted after {MAX_SAMPLING_ROUNDS} rounds "
                                f"({drawn} drawn; a sample must start with {USER!r} and split on 'assistant: ' into two "
