@@ -70,10 +70,10 @@ def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
 # Quick specs whose end-to-end run is slow-lane only, and why (each still validates in the
 # fast lane: tests/test_spec.py loads every spec).
 SLOW_LANE_QUICK = {
-    "pretraining_quick": "3 Ray Train + DeepSpeed fits and 2 vLLM sampling passes, ~3-4 min; fast lane: one Ray "
+    "pretraining_quick": "3 Ray Train + DeepSpeed fits and 2 sampling passes, ~3-4 min; fast lane: one Ray "
                          "Train + DeepSpeed worker loop (tests/test_lm_worker_eval.py), a streamed selection's fit "
                          "(tests/test_lm_pool_stream.py), replace against accumulate in pretraining_ablations_quick",
-    "sft_quick": "sft on pretraining_quick's Ray Train path and vLLM sampler, ~3-4 min; fast lane: its one branch of "
+    "sft_quick": "sft on pretraining_quick's Ray Train path and Ray Data sampler, ~3-4 min; fast lane: its one branch of "
                  "its own (long rows dropped by Ray Data, tests/test_lm_pool_stream.py), replace against accumulate in "
                  "sft_models_quick (HF sampler); the vLLM requests in tests/test_vllm_sampler.py",
     "fig5_value_grid_quick": "13 cells' fits and a value pool, ~3-4 min; fast lane: value pools "
@@ -98,7 +98,7 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
     from collapse_ray.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
-    run = sweep_once(name, *SAMPLER_OVERRIDES.get(name, ()))
+    run = sweep_once(name)
     out, table_path = run.out, run.table_path
     table = run.table()
     expected = sum(len(spec.seeds) * p.chain.n_iterations for p in spec.points)
@@ -134,10 +134,9 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
         assert {p.name for p in pngs} >= {"fig5_value_grid.png", "fig5_value_proportion.png", "fig5_value_heatmap.png"}
 
 
-LM_CHAINS = ("pretraining_quick", "sft_quick")  # fits on 2 Ray Train workers with DeepSpeed
-# ... and sample with vLLM (its CPU build) through the on-disk pool: the paper specs'
-# sampler end to end, acceptance rule included (the fast lane runs the HF sampler)
-SAMPLER_OVERRIDES = {name: ("task.sampler=vllm",) for name in LM_CHAINS}
+# fits on 2 Ray Train workers with DeepSpeed, samples through Ray Data actors, the pool on
+# disk (the paper specs' vLLM sampler runs end to end in tests/test_rehearsal.py)
+LM_CHAINS = ("pretraining_quick", "sft_quick")
 
 
 # quick neural specs: the metric that shows collapse, the margin the task's own tests
