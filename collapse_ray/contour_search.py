@@ -403,6 +403,8 @@ class ContourSearch:
         # a grown search (larger budget, higher confidence, more seeds) decides again whether to go on
         same = all(saved.get(k) == getattr(self.config, k) for k in ("budget", "confidence"))
         self.stopped = state.get("stopped") if same else None
+        if self.pending_jobs():  # more seeds: the cells it ran get them first, then it decides again
+            self.stopped = None
         self.model = state.get("model") or {}
 
     # -- driving

@@ -195,6 +195,28 @@ def test_a_larger_budget_grows_a_stopped_search(tmp_path):
     assert 8 < len(grown.proposed()) <= 14 and grown.batches[:len(small.batches)] == small.batches
 
 
+def test_more_seeds_run_on_the_cells_that_ran_first_then_the_search_decides_again(tmp_path):
+    cells = regression_cells(N_REAL[::2], SYNTHETIC[::2])
+    search = ContourSearch(cells, SearchConfig(method="level_set"), batch_size=2)
+    drive(search, synthetic_losses)
+    assert search.stopped == "decided"
+    search.save(tmp_path / STATE_FILE)
+    # the grown spec: every cell gains a job (a block of new seeds), as planned_jobs adds them
+    grown_cells = ValueGridCells(cells.n_real, cells.synthetic, tuple((*jobs, f"{jobs[0]}_more") for jobs in cells.jobs),
+                                 {**cells.job_pool, **{f"{jobs[0]}_more": 0 for jobs in cells.jobs}})
+    grown = ContourSearch.open(tmp_path / STATE_FILE, grown_cells, SearchConfig(method="level_set"), 2)
+    ran = [c for batch in search.batches for c in batch]
+    assert grown.stopped is None and grown.next_jobs() == [f"{cells.jobs[c][0]}_more" for c in ran]
+
+    def more_seeds(job: str):
+        seeds, losses = synthetic_losses(job.removesuffix("_more"))
+        return [s + 100 for s in seeds], losses[::-1]
+
+    drive(grown, lambda job: more_seeds(job) if job.endswith("_more") else synthetic_losses(job))
+    assert grown.stopped in ("decided", "exhausted") and grown.batches[:len(search.batches)] == search.batches
+    assert all(grown.cell_done()[c] for c in ran)
+
+
 def test_state_file_refusals(tmp_path):
     cells = regression_cells(N_REAL[:4], SYNTHETIC[:4])
     config = SearchConfig(method="level_set")
