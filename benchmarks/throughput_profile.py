@@ -15,7 +15,8 @@ when and where it was measured, and
   (train_tokens / train_seconds, first steps included, as every fit pays them), held-out
   tokens/s, and the start-up of a fit (its wall time less training and evaluation: model
   build, saving; on Ray Train also the workers, process group, DeepSpeed engine and Ray
-  Data's tokenising and shuffle). Paths: in-process plain torch with 1 thread (a trial of
+  Data's reading, tokenising and shuffle, taken from the one-fit sweep's own fit, which
+  reads its selection from the pool's shards as every chain's fit does). Paths: in-process plain torch with 1 thread (a trial of
   run.cpus_per_trial 1) and with every core (the sweep's driver, which builds Fig. 5's
   pools), and Ray Train (2 workers, gloo, DeepSpeed ZeRO-1);
 - sampling per path: seconds per generation step of a batch (fixed-length generation, so
@@ -149,7 +150,9 @@ def measure_ray(work: Path, texts, tokenizer_dir: str, held_out, cores: int, loc
             ray.shutdown()
     try:
         placement = backends.Placement("ray_train", 2, False, 0.9, "ray_data", 2)
-        dataset = ray.data.from_pandas(pd.DataFrame({"text": texts}))
+        shard = work / "shard.parquet"  # read as a pool's selection is: Parquet through Ray Data
+        pd.DataFrame({"text": texts}).to_parquet(shard)
+        dataset = ray.data.read_parquet(str(shard))
         first = None
         for attempt in ("first", "second"):
             out = work / f"ray-tiny-{attempt}"
@@ -175,9 +178,9 @@ def measure_ray(work: Path, texts, tokenizer_dir: str, held_out, cores: int, loc
         ray.shutdown()
 
 
-def run_sweep(work: Path, name: str, spec: str) -> tuple[float, float]:
-    """`collapse-ray run` of `spec` in a process of its own: (wall seconds, the seconds its
-    fits recorded, fit.json's fit_seconds summed)."""
+def run_sweep(work: Path, name: str, spec: str) -> tuple[float, list[dict]]:
+    """`collapse-ray run` of `spec` in a process of its own: (wall seconds, the figures
+    its fits recorded, fit.json)."""
     path = work / f"{name}.yaml"
     path.write_text(spec)
     out = work / f"out-{name}"
@@ -194,8 +197,7 @@ def run_sweep(work: Path, name: str, spec: str) -> tuple[float, float]:
     else:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         raise SystemExit(f"collapse-ray run {path} failed twice: {tail}")
-    fitted = sum(json.loads(f.read_text()).get("fit_seconds", 0.0) for f in out.rglob("fit.json"))
-    return wall, fitted
+    return wall, [json.loads(f.read_text()) for f in out.rglob("fit.json")]
 
 
 TOY = """name: {name}
@@ -219,16 +221,26 @@ run: {cpus_per_trial: 0.01, max_concurrent_trials: 1}
 """
 
 
-def measure_overheads(work: Path) -> dict:
+def measure_overheads(work: Path) -> tuple[dict, dict]:
+    """The sweep's start, a toy trial, and an LM trial's own cost beyond its fit (in-process
+    and on Ray); and, from the Ray sweep's fit as a chain makes it (its selection read from
+    the pool's Parquet shards, tokenised and shuffled by Ray Data, then Ray Train), that
+    fit's start-up: its wall time less training and evaluation."""
     one, _ = run_sweep(work, "profile_toy_1", TOY.format(name="profile_toy_1", n_real=[20]))
     five, _ = run_sweep(work, "profile_toy_5", TOY.format(name="profile_toy_5", n_real=[20, 21, 22, 23, 24]))
     local, local_fits = run_sweep(work, "profile_lm_local", LM_LOCAL)
     ray_wall, ray_fits = run_sweep(work, "profile_lm_ray", LM_RAY)
+    seconds = lambda fits: sum(f.get("fit_seconds", 0.0) for f in fits)  # noqa: E731
     overheads = {"sweep_start_s": one, "toy_trial_s": max(0.0, (five - one) / 4),
-                 "lm_trial_s": {"local": max(0.0, local - one - local_fits), "ray": max(0.0, ray_wall - one - ray_fits)}}
+                 "lm_trial_s": {"local": max(0.0, local - one - seconds(local_fits)),
+                                "ray": max(0.0, ray_wall - one - seconds(ray_fits))}}
+    pool_fit = {"start_s": max(0.0, ray_fits[0]["fit_seconds"] - ray_fits[0]["train_seconds"]
+                               - ray_fits[0].get("eval_seconds", 0.0)),
+                "data_s": ray_fits[0].get("data_seconds")} if ray_fits else {}
     print(f"  sweep start {one:.1f} s, a toy trial {overheads['toy_trial_s']:.2f} s, an LM trial beyond its fit: "
-          f"{overheads['lm_trial_s']['local']:.1f} s in-process, {overheads['lm_trial_s']['ray']:.1f} s on Ray", flush=True)
-    return overheads
+          f"{overheads['lm_trial_s']['local']:.1f} s in-process, {overheads['lm_trial_s']['ray']:.1f} s on Ray; a "
+          f"chain's Ray Train fit starts in {pool_fit.get('start_s', float('nan')):.1f} s", flush=True)
+    return overheads, pool_fit
 
 
 NEURAL = {"vae/digits": ("vae", {"epochs": 3}, 1438), "diffusion/moons": ("diffusion", {"source": "moons", "epochs": 5}, 1000),
@@ -280,7 +292,11 @@ def main() -> None:
         print("neural tasks:", flush=True)
         neural = measure_neural()
         print("fixed costs (collapse-ray run, each in a process of its own):", flush=True)
-        overheads = measure_overheads(work)
+        overheads, pool_fit = measure_overheads(work)
+        if pool_fit:  # a chain's fit starts as the sweep's did (the pool path), not as the bare one above
+            ray_fit["tiny"]["bare_start_s"] = ray_fit["tiny"]["start_s"]
+            ray_fit["tiny"]["start_s"] = pool_fit["start_s"]
+            ray_fit["tiny"]["data_s"] = pool_fit["data_s"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     profile = {

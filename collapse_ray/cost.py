@@ -40,6 +40,7 @@ import heapq
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ PROFILE_ENV = "COLLAPSE_RAY_PROFILE"  # a machine's own measured profile, instea
 MAX_PROFILE_BYTES = 1 << 20
 SFT_FIRST_ROUND = 1.1  # sft's acceptance loop asks 1.1 n samples in its first round
 TRIALS_SHOWN = 12
+NAME_WIDTH = 58
 GIB = 2**30
 
 
@@ -368,39 +370,31 @@ def _fit_cost(profile: Profile, task, parameters: int, rows: int, stats: RowStat
 
 
 def training_rows(chain, kept: float) -> list[int]:
-    """Rows of the training set at iterations 1..T, by the workflow's own block selection
-    (workflows.MixingPolicy.select_blocks) on a pool of the chain's sizes; synthetic rows
-    scaled by `kept`, the share a fit keeps when long rows are dropped (real rows are the
-    first that fit)."""
-    from .workflows import REAL, SYNTHETIC, PoolBlocks
+    """Rows of the training set at iterations 1..T: the workflow's own eligibility rule
+    (MixingPolicy.parts) on a pool of the chain's sizes, and its own sizes (n_train,
+    synthetic_ratio, real_fraction), without drawing the rows (a subsample's real share is
+    its expectation); synthetic rows scaled by `kept`, the share a fit keeps when long rows
+    are dropped (real rows are the first that fit)."""
+    from .workflows import REAL, SYNTHETIC
 
     policy = chain.policy()
     iteration, source, rows = [0], [REAL], [chain.n_real]
-    sizes, rng = [], np.random.default_rng(0)
+    sizes = []
     for t in range(1, chain.n_iterations + 1):
-        blocks = PoolBlocks(np.asarray(iteration), np.asarray(source, dtype=np.int8), np.asarray(rows))
-        selection = policy.select_blocks(blocks, t, [rng])[0]
-        total = len(selection)
-        real_in = _real_rows_in(selection, blocks)
-        sizes.append(int(round(real_in + (total - real_in) * kept)))
+        real, synthetic = policy.parts(np.asarray(iteration), np.asarray(source, dtype=np.int8), t)
+        n_real, n_synthetic = int(np.asarray(rows)[real].sum()), int(np.asarray(rows)[synthetic].sum())
+        if t > 1 and policy.real_fraction is not None:
+            n_real, n_synthetic = policy._fraction_sizes(n_real, n_synthetic)
+        elif t > 1 and policy.synthetic_ratio is not None:
+            n_synthetic = policy._ratio_size(n_real, n_synthetic)
+        elif t > 1 and policy.n_train is not None and policy.n_train < n_real + n_synthetic:
+            share = n_real / (n_real + n_synthetic)
+            n_real, n_synthetic = policy.n_train * share, policy.n_train * (1 - share)
+        sizes.append(int(round(n_real + n_synthetic * kept)))
         iteration += [t, t]
         source += [SYNTHETIC, REAL]
         rows += [chain.n_synthetic, policy.n_fresh_real]
     return sizes
-
-
-def _real_rows_in(selection, blocks) -> int:
-    from .workflows import REAL
-
-    real = 0
-    for block_ids, offsets in selection.parts:
-        block_ids = np.asarray(block_ids, dtype=np.int64)
-        is_real = np.asarray(blocks.source)[block_ids] == REAL
-        if offsets is None:
-            real += int(np.asarray(blocks.rows)[block_ids][is_real].sum())
-        else:
-            real += int(is_real.sum())
-    return real
 
 
 def _is_language_model(task) -> bool:
@@ -710,31 +704,53 @@ def report(spec, profile: Profile, now: datetime.datetime | None = None) -> list
         return lines
     lines += cost.lines
     gpu = profile.device == "gpu"
-    lines.append(f"{'trial (what sets it apart)':52s} {'fits':>7s} {'train tokens':>12s} {'FLOPs':>9s} {'sampled':>9s} {'FLOPs':>9s} "
+    lines.append(f"{'trial (what sets it apart)':{NAME_WIDTH}s} {'fits':>7s} {'train tokens':>12s} {'FLOPs':>9s} {'sampled':>9s} {'FLOPs':>9s} "
                  f"{'time':>8s}" + (f" {'GPU-h':>8s}" if gpu else ""))
     longest = sorted(cost.trials, key=lambda t: -t.seconds)
     shown = longest if len(longest) <= TRIALS_SHOWN + 1 else longest[:TRIALS_SHOWN]
-    names = _varying_names([t.key for t in cost.trials])
+    names = _varying_names(jobs)
     for trial in shown:
         lines.append(_trial_line(trial, names[trial.key], gpu))
     if len(shown) < len(cost.trials):
         lines.append(f"... {len(cost.trials) - len(shown)} more trials, each no longer than the last above (the "
                      f"longest {len(shown)} are shown)")
     for name, fit, sampling in cost.pools:
-        lines.append(f"{name + ' (driver)':52s} {1:>7d} {_n(fit.tokens):>12s} {fit.flops:9.2e} "
+        lines.append(f"{name + ' (driver)':{NAME_WIDTH}s} {1:>7d} {_n(fit.tokens):>12s} {fit.flops:9.2e} "
                      f"{_n(sampling.tokens):>9s} {sampling.flops:9.2e} {_duration(fit.seconds + sampling.seconds):>8s}"
                      + (f" {(fit.seconds * fit.gpus + sampling.seconds * sampling.gpus) / 3600:8.1f}" if gpu else ""))
     lines += _totals(spec, cost, gpu)
     return lines
 
 
-def _varying_names(keys: list[str]) -> dict[str, str]:
-    """Each trial key without the parts every trial shares (the task, a lone workflow, a
-    lone seed block): what sets the trial apart, short enough for a table."""
-    parts = {key: key.split("__") for key in keys}
-    width = max(len(p) for p in parts.values())
-    varying = [i for i in range(width) if len({tuple(p[i:i + 1]) for p in parts.values()}) > 1]
-    return {key: _short("__".join(p[i] for i in varying if i < len(p)) or key, 52) for key, p in parts.items()}
+def _varying_names(jobs) -> dict[str, str]:
+    """Each trial by what sets it apart: the swept values that differ between trials, less
+    those another one determines (a case's ZeRO stage beside its model), and its seeds when
+    trials differ by them; short enough for a table."""
+    columns: dict[str, list[str]] = {}
+    for job in jobs:
+        for key, value in job.point.swept:
+            columns.setdefault(key, [])
+    for key in columns:
+        for job in jobs:
+            value = dict(job.point.swept).get(key)
+            columns[key].append("" if value is None else str(value).rsplit("/", 1)[-1])
+    seeds = [f"seeds {job.seeds[0]}" + (f"-{job.seeds[-1]}" if len(job.seeds) > 1 else "") for job in jobs]
+    columns["seeds"] = seeds
+    varying = [k for k, v in columns.items() if len(set(v)) > 1]
+    kept = [k for i, k in enumerate(varying) if not any(_determines(columns[j], columns[k]) for j in varying[:i])]
+
+    def shown(key: str, value: str) -> str:
+        field = key.split(".", 1)[-1]
+        return value if field in ("workflow", "seeds") else f"{field}={value}"
+
+    return {job.key: _short(" ".join(shown(k, columns[k][n]) for k in kept if columns[k][n]) or job.key, NAME_WIDTH)
+            for n, job in enumerate(jobs)}
+
+
+def _determines(a: list[str], b: list[str]) -> bool:
+    """Is b a function of a over the trials?"""
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(x, y) == y for x, y in zip(a, b))
 
 
 def _trial_line(trial: TrialCost, name: str, gpu: bool) -> str:
@@ -742,7 +758,7 @@ def _trial_line(trial: TrialCost, name: str, gpu: bool) -> str:
     fits = f"{made}" + (f"+{trial.shared_fits}" if trial.shared_fits else "")
     train = sum(f.tokens for f in trial.fits)
     sampled = sum(s.tokens for s in trial.samplings)
-    line = (f"{name:52s} {fits:>7s} {_n(train):>12s} {sum(f.flops for f in trial.fits):9.2e} "
+    line = (f"{name:{NAME_WIDTH}s} {fits:>7s} {_n(train):>12s} {sum(f.flops for f in trial.fits):9.2e} "
             f"{_n(sampled):>9s} {sum(s.flops for s in trial.samplings):9.2e} {_duration(trial.seconds):>8s}")
     if gpu:
         line += f" {_gpu_seconds(trial) / 3600:8.1f}"
