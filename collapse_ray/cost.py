@@ -176,7 +176,12 @@ def choose_profile(spec, given: str | None) -> Profile:
     if gpu:
         return load_profile(DEFAULT_GPU_PROFILE, "the GPU placeholder profile")
     env = os.environ.get(PROFILE_ENV)
-    return load_profile(env, f"${PROFILE_ENV}") if env else load_profile(DEFAULT_CPU_PROFILE, "the CPU profile")
+    if not env:
+        return load_profile(DEFAULT_CPU_PROFILE, "the CPU profile")
+    profile = load_profile(env, f"${PROFILE_ENV}")
+    if profile.device != "cpu":
+        raise SpecError(f"${PROFILE_ENV} {env!r} is a {profile.device} profile; this spec runs on CPUs")
+    return profile
 
 
 # -- rows: how long a training row is ---------------------------------------------------------
