@@ -63,7 +63,10 @@ if [[ -z "${STANDIN_HELPSTEER2:-}" || -z "${STANDIN_TINYSTORIES:-}" || -z "${STA
 fi
 
 # Only what this machine forces, per spec (named in cluster/README.md, with the paper's sizes).
-COMMON=(task.use_gpu=false task.num_workers=2 task.sampling_concurrency=2 seeds=1)
+# One sampling engine: vLLM's CPU build pins its threads to the first core it may use
+# (auto binding), so on one machine a second engine shares that core and only adds its
+# ~1 min start-up.
+COMMON=(task.use_gpu=false task.num_workers=2 task.sampling_concurrency=1 seeds=1)
 fig5_value_grid=(task.source="$STANDIN_HELPSTEER2" task.model="$STANDIN_GEMMA2" task.grad_accum_steps=1
   task.value_pool_size=40 task.value_pool_real=64 task.n_value_pools=1
   "grid.chain.n_real=[64]" "grid.task.value_synthetic=[0, 32]" "grid.task.value_pool=[0]")
