@@ -4,6 +4,7 @@ is meant to find, through the whole engine (`collapse-ray run`: Ray Tune, MLflow
     nice -n 10 python benchmarks/adaptive_search.py                                # both checks
     nice -n 10 python benchmarks/adaptive_search.py --only linear_regression      # ~10-20 min on 2 cores
     nice -n 10 python benchmarks/adaptive_search.py --only fig5 --out /tmp/bench  # ~1 h on 2 busy cores
+    python benchmarks/adaptive_search.py --only fig5 --full-grid /tmp/bench/fig5_full --replay  # seconds
 
 1. linear regression: sweeps/linear_regression_value_contour.yaml (the axes, pools and seeds
    of sweeps/linear_regression_value_grid.yaml, `search: level_set`), its estimated side
@@ -11,7 +12,9 @@ is meant to find, through the whole engine (`collapse-ray run`: Ray Tune, MLflow
 2. the language-model value grid: sweeps/fig5_value_grid_dense.yaml run twice, the full
    grid (the reference: the sign of each cell's paired L(n, s) - L(n, 0)) and with
    `--set search.method=level_set`; the adaptive run's estimated side against the full
-   grid's observed one.
+   grid's observed one (`--replay`: the search run in-process on the full grid's own losses,
+   which is what the engine proposes on them, tests/test_contour_sweep.py; `--full-grid`:
+   read a full grid run before).
 
 Each prints: the agreement (cells with a side whose estimated side is right), the cells run
 as a fraction of the grid's cells (baselines and the n_real = 0 column counted in the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -87,18 +91,48 @@ def linear_regression(out: Path) -> dict:
     return report("linear_regression (closed form)", estimate, truth, search, n_trials, seconds)
 
 
-def fig5(out: Path) -> dict:
+def replayed(spec: Path, table) -> tuple[ContourSearch, int]:
+    """The adaptive search run in-process on a full grid's per-seed losses, batch size as the
+    sweep would resolve it (run.max_concurrent_trials over the trials of a cell)."""
+    from collapse_ray.contour_search import resolve_batch_size
+
+    loaded = load_spec(spec, ["search.method=level_set"])
+    jobs = loaded.jobs()
+    cells = ValueGridCells.from_jobs(jobs)
+    batch = resolve_batch_size(loaded.search, loaded.run.max_concurrent_trials, 2, loaded.run.cpus_per_trial,
+                               max(len(j) for j in cells.jobs))
+    search = ContourSearch(cells, loaded.search, batch)
+    key_of = {job.key: job.point.key for job in jobs}
+    last = table[table["iteration"] == table.groupby("run_key")["iteration"].transform("max")]
+    while (pending := search.next_jobs()) is not None:
+        for job in pending:
+            rows = last[last["run_key"] == key_of[job]].sort_values("seed")
+            search.record(job, rows["seed"].tolist(), rows["test_loss"].tolist())
+    return search, len(jobs)
+
+
+def fig5(out: Path, replay: bool = False, full_grid: Path | None = None) -> dict:
     import pandas as pd
 
     from analysis.value_grid_figures import value_per_cell
     from collapse_ray.tracking import results_table
 
     spec = ROOT / "sweeps" / "fig5_value_grid_dense.yaml"
-    full_dir, full_seconds = run(spec, out / "fig5_full")
-    table = results_table(f"sqlite:///{out / 'fig5_full' / 'mlflow.db'}", load_spec(spec).name)
+    if full_grid is None:
+        full_grid = out / "fig5_full"
+        _, full_seconds = run(spec, full_grid)
+    else:
+        full_seconds = math.nan
+    table = results_table(f"sqlite:///{full_grid / 'mlflow.db'}", load_spec(spec).name)
     observed = value_per_cell(table[table["iteration"] == table.groupby("run_key")["iteration"].transform("max")])
-    sweep_dir, seconds = run(spec, out / "fig5_adaptive", "search.method=level_set")
-    estimate, search, n_trials = estimate_of(spec, sweep_dir, "search.method=level_set")
+    if replay:  # the search in-process on the full grid's own losses (what the engine proposes on
+        # the same losses: tests/test_contour_sweep.py checks that), instead of a second sweep
+        started = time.perf_counter()
+        search, n_trials = replayed(spec, table)
+        estimate, seconds = search.estimate(), time.perf_counter() - started
+    else:
+        sweep_dir, seconds = run(spec, out / "fig5_adaptive", "search.method=level_set")
+        estimate, search, n_trials = estimate_of(spec, sweep_dir, "search.method=level_set")
     cells = estimate.cells
     sign = {(int(r.n_real), int(r.value_synthetic)): r.mean > 0 for r in observed.itertuples()}
     truth = np.array([sign.get((int(n), int(s)), False) for n, s in zip(cells.n_real, cells.synthetic)])
@@ -113,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["linear_regression", "fig5"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/collapse_ray_adaptive_search"))
+    parser.add_argument("--replay", action="store_true",
+                        help="fig5: run the search in-process on the full grid's losses instead of a second sweep")
+    parser.add_argument("--full-grid", type=Path, help="fig5: a finished full grid's --out folder to read, not rerun")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.only in (None, "linear_regression"):
         rows.append(linear_regression(args.out))
     if args.only in (None, "fig5"):
-        rows.append(fig5(args.out))
+        rows.append(fig5(args.out, args.replay, args.full_grid))
     (args.out / "adaptive_search.json").write_text(json.dumps(rows, indent=2))
     print(f"written: {args.out / 'adaptive_search.json'}")
     return 0
