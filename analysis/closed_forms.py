@@ -1,7 +1,8 @@
 """The closed forms of `collapse_ray.theory` as figure overlays: E[metric] at iterations
 t of one line (a setting), or accumulate's t -> infinity limit, where one is known.
 
-They hold for n_synthetic == n_real and no fresh real data, under replace and accumulate.
+They hold for n_synthetic == n_real and no fresh real data, under replace and accumulate;
+a value-grid cell (task.value_pool_size > 0) has its own (value_grid).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def gaussian(metric: str, workflow: str, n: int, dim: int, sigma2: float, t: np.
 
 def expected(task: str, metric: str, workflow: str, cfg: Mapping, t: np.ndarray) -> np.ndarray | None:
     """E[metric] at iterations t, or None where none is known."""
+    if (cfg.get("value_pool_size") or 0) > 0:  # a value-grid cell (Fig. 5's protocol): no chain, its own forms
+        return value_grid(task, metric, cfg, t)
     if workflow not in ("replace", "accumulate") or not applies(cfg):
         return None
     n = int(cfg["n_real"])
@@ -56,9 +59,23 @@ def expected(task: str, metric: str, workflow: str, cfg: Mapping, t: np.ndarray)
     return None
 
 
+def value_grid(task: str, metric: str, cfg: Mapping, t: np.ndarray) -> np.ndarray | None:
+    """E[metric] of a value-grid cell (n_real real rows plus the first value_synthetic rows
+    of a pool sampled from a fit on value_pool_real separate rows; one iteration)."""
+    n, s, m = int(cfg["n_real"]), int(cfg["value_synthetic"]), int(cfg["value_pool_real"])
+    d, sigma2 = int(cfg["dim"]), float(cfg["sigma2"])
+    if task == "linear_regression" and metric == "test_loss" and m > d + 1:
+        value = float(theory.linear_regression_value_grid(n, s, m, d, sigma2))
+    elif task == "gaussian" and metric == "mean_sq_error" and n + s > 0:
+        value = float(theory.gaussian_value_grid_mean_sq_error(n, s, m, d, sigma2))
+    else:
+        return None
+    return np.where(np.asarray(t) == 1, value, np.nan) if np.isfinite(value) else None
+
+
 def limit(task: str, metric: str, workflow: str, cfg: Mapping) -> float | None:
     """Accumulate's bound or t -> infinity limit, where known."""
-    if workflow != "accumulate" or not applies(cfg):
+    if workflow != "accumulate" or not applies(cfg) or (cfg.get("value_pool_size") or 0) > 0:
         return None
     n = int(cfg["n_real"])
     if task == "gaussian" and metric == "cov_trace_ratio":

@@ -190,3 +190,27 @@ def test_gaussian_value_grid_spec():
            "n_iterations": 2}}
     with pytest.raises(SpecError, match="chain.n_iterations must be 1 for value-grid cells"):
         parse_spec(raw)
+
+
+
+def test_the_sweeps_closing_lines_check_each_cell_against_its_own_closed_form():
+    """The terminal's "(theory ...)" and "Expected" check of a value-grid cell use the
+    cell's closed form (its n_real and value_synthetic), not the chain's at iteration 1
+    (which ignores the synthetic rows)."""
+    from collapse_ray.cells import closed_form, sweep_cells
+
+    checked = 0
+    for name, metric in (("linear_regression_value_grid_quick", "test_loss"),
+                         ("gaussian_value_grid_quick", "mean_sq_error")):
+        for cell in sweep_cells(load_spec(Path(__file__).parent.parent / "sweeps" / f"{name}.yaml").jobs()):
+            task, chain = cell.job.point.task, cell.job.point.chain
+            form = (theory.linear_regression_value_grid if task.name == "linear_regression"
+                    else theory.gaussian_value_grid_mean_sq_error)
+            want = float(form(chain.n_real, task.value_synthetic, task.value_pool_real, task.dim, task.sigma2))
+            got = closed_form(cell, metric, 1)
+            if not np.isfinite(want):
+                assert got is None, cell.name
+                continue
+            assert got == pytest.approx(want, rel=1e-12), (cell.name, got, want)
+            checked += 1
+    assert checked >= 15
