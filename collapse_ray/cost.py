@@ -11,7 +11,7 @@ Per trial and in total, for the language-model tasks:
   tokens; fits that the sweep shares (every workflow's iteration 1, value-grid cells
   without synthetic rows across pools) counted once, as the sweep's fit keys share them;
 - sampling: the tokens generated (n_synthetic samples after every iteration but the
-  last; sft asks 1.1 n in its first round, as its acceptance loop does), 2 x parameters
+  last; sft draws until n are accepted, taken as n: a trained model keeps nearly all), 2 x parameters
   FLOPs a token; Fig. 5's pools (a fine-tune and value_pool_size samples each) on the
   sweep's driver before any cell;
 - time, from a throughput profile (collapse_ray/profiles/, `benchmarks/throughput_profile.py`
@@ -55,7 +55,7 @@ DEFAULT_CPU_PROFILE = PROFILES / "cpu.json"
 DEFAULT_GPU_PROFILE = PROFILES / "gpu_h100_nominal.json"
 PROFILE_ENV = "COLLAPSE_RAY_PROFILE"  # a machine's own measured profile, instead of the checked-in one
 MAX_PROFILE_BYTES = 1 << 20
-SFT_FIRST_ROUND = 1.1  # sft's acceptance loop asks 1.1 n samples in its first round
+SFT_DRAWN_PER_KEPT = 1.0  # sft's acceptance loop reads its rounds only until n are accepted: n / its rate
 TRIALS_SHOWN = 12
 NAME_WIDTH = 58
 GIB = 2**30
@@ -427,7 +427,7 @@ def _lm_trial(profile: Profile, job, stats_of, parameters_of) -> TrialCost:
             key = (digest, seed, chain.n_real) if t == 1 else None  # iteration 1: the same real rows in every workflow
             trial.fits.append(_fit_cost(profile, task, parameters, rows, stats, key))
             if t < chain.n_iterations:  # the last fit's samples would train nothing
-                asked = chain.n_synthetic * (SFT_FIRST_ROUND if task.name == "sft" else 1.0)
+                asked = chain.n_synthetic * (SFT_DRAWN_PER_KEPT if task.name == "sft" else 1.0)
                 trial.samplings.append(_sampling(profile, task, parameters, math.ceil(asked), stats, driver=False))
     return trial
 
@@ -449,7 +449,7 @@ def _value_pools(profile: Profile, points, stats_of, parameters_of) -> list[tupl
         seen.add(key)
         stats, parameters = stats_of(task), parameters_of(task)
         fit = _fit_cost(profile, task, parameters, task.value_pool_real, stats, None, driver=True)
-        samples = math.ceil(task.value_pool_size * SFT_FIRST_ROUND)
+        samples = math.ceil(task.value_pool_size * SFT_DRAWN_PER_KEPT)
         pools.append((f"pool {task.value_pool}", fit, _sampling(profile, task, parameters, samples, stats, driver=True)))
     return pools
 
