@@ -40,7 +40,6 @@ import heapq
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -564,7 +563,6 @@ def _precision_bytes(task) -> int:
 
 def _model_lines(spec, stats_of, parameters_of) -> list[str]:
     """Each model's size and rows, and for GPU specs the memory per GPU of its fit and sampler."""
-    from .text import memory
 
     lines, seen = [], set()
     for point in spec.points:
@@ -799,7 +797,6 @@ def _chain_bytes(job) -> int:
 
 
 def _totals(spec, cost: SweepCost, gpu: bool) -> list[str]:
-    from .text import memory
 
     trials = cost.trials
     made = sum(len(t.fits) - t.shared_fits for t in trials) + len(cost.pools)
