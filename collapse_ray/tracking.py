@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import numpy as np
 import pandas as pd
 
 from .environment import environment_restored
