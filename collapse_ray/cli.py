@@ -120,6 +120,9 @@ def _describe(spec: SweepSpec) -> str:
         f"{spec.name}: {len(spec.points)} grid points x {len(spec.seeds)} seeds -> "
         f"{len(jobs)} trials, {sum(len(j.seeds) for j in jobs)} chains of "
         f"{max(p.chain.n_iterations for p in spec.points)} iterations at most"
+        + (f"; search {spec.search.method} ({spec.search.acquisition}): runs only the cells it picks, "
+           f"{'at most ' + str(spec.search.budget) if spec.search.budget else 'until every side is decided'}"
+           if spec.search.adaptive else "")
     )
 
 

@@ -251,3 +251,12 @@ def test_a_mistyped_spec_path_names_the_closest_spec_in_its_folder(capsys):
     assert cli.main(["validate", str(ROOT / "sweeps" / "quickstar.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "(did you mean 'quickstart.yaml'?)" in err, err
+
+
+def test_validate_says_an_adaptive_search_runs_only_the_cells_it_picks(capsys):
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "linear_regression_value_grid_quick.yaml"
+    assert cli.main(["validate", str(spec)]) == 0
+    assert "search" not in capsys.readouterr().out  # the full grid, as before
+    assert cli.main(["validate", str(spec), "--set", "search.method=level_set", "--set", "search.budget=8"]) == 0
+    out = capsys.readouterr().out
+    assert "22 trials" in out and "search level_set (straddle): runs only the cells it picks, at most 8" in out, out
