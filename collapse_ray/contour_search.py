@@ -22,6 +22,19 @@ What is modelled, and why:
   (V shrinks like the synthetic share q there), and a compressed range across n (test
   losses span decades). Inputs are (log n, log s), each scaled to [0, 1] over the grid:
   both are >= 1 in the modelled cells, so no log(1 + x) shift is needed.
+* What is decided is each cell's own value, not the smooth surface through them: at a small
+  scale a few more rows can add no optimiser step, so a cell deviates from its neighbours
+  by more than its standard error (the GP's nugget, the roughness). A cell not run is
+  decided by the predictive distribution of its value (the GP's uncertainty plus the
+  roughness), a cell that ran by its own paired mean and standard error (shrunk towards
+  the GP only where that error is large against the roughness). The roughness is not a
+  single estimate: the GP averages over its hyperparameters weighted by their marginal
+  likelihood (level_set.py), so while few cells have run, rough surfaces keep their share
+  of the weight and the search does not stop on a first batch that happens to look smooth.
+  That average is the minimum-evidence rule in statistical form: it needs no fixed count
+  of cells beyond the first batch, and on a smooth surface (linear regression) it costs
+  little. On a rough one it costs what roughness costs: cells near the contour can only be
+  decided by running them.
 * The s = 0 column holds the baselines: never a side, run whenever a cell of its n is.
 * The n_real = 0 column has no baseline (no fit on nothing to compare with): the search
   leaves it out, neither run nor classified; the full grid (method grid) still runs it.
@@ -258,8 +271,8 @@ class ContourEstimate:
     """The search's answer over every cell of the grid (NaN where a cell has no side)."""
 
     cells: ValueGridCells
-    mean: np.ndarray  # posterior mean of z (V's sign)
-    sd: np.ndarray  # posterior sd of z
+    mean: np.ndarray  # posterior mean of the cell's own z (V's sign): the GP's latent plus the roughness
+    sd: np.ndarray  # its posterior sd
     p_hurts: np.ndarray  # P(V > 0): s synthetic rows hurt
     ran: np.ndarray  # bool: every job of the cell finished
     observed: tuple[Observation | None, ...]
@@ -274,13 +287,13 @@ class ContourEstimate:
 
     @property
     def hurts(self) -> np.ndarray:
-        """The estimated side: True where s synthetic rows hurt (V > 0)."""
-        return self.mean > 0
+        """The estimated side, the more probable one: True where s synthetic rows hurt (V > 0)."""
+        return self.p_hurts > 0.5
 
     def predict(self, n_real, synthetic) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and sd of z anywhere in the grid's range (for drawing the contour)."""
+        """Posterior mean and sd of a cell's z anywhere in the grid's range (for drawing the contour)."""
         n_real, synthetic = np.broadcast_arrays(np.asarray(n_real, float), np.asarray(synthetic, float))
-        mean, sd = self.gp.predict(self.cells.scaled(n_real.ravel(), synthetic.ravel()).reshape(-1, 2))
+        mean, sd = self.gp.predict(self.cells.scaled(n_real.ravel(), synthetic.ravel()).reshape(-1, 2), cell_value=True)
         return mean.reshape(n_real.shape), sd.reshape(n_real.shape)
 
     def summary(self) -> str:
@@ -471,7 +484,8 @@ class ContourSearch:
         gp = level_set.fit(x, z, noise)
         self.model = {"cells": index, "x": x.tolist(), "z": z.tolist(), "noise": noise.tolist(),
                       "length_scales": gp.length_scales.tolist(), "signal_variance": gp.signal_variance,
-                      "nugget": gp.nugget, "log_likelihood": gp.log_likelihood}
+                      "nugget": gp.nugget, "log_likelihood": gp.log_likelihood,
+                      "expected_nugget": gp.expected_nugget, "settings": len(gp.weights)}
         return gp
 
     def estimate(self) -> ContourEstimate:
@@ -479,10 +493,11 @@ class ContourSearch:
         gp = self._fit(observed)
         cells = self.cells
         side = cells.candidates
-        mean, sd = np.full(len(cells), np.nan), np.full(len(cells), np.nan)
+        mean, sd, p = (np.full(len(cells), np.nan) for _ in range(3))
         if side.any():
-            mean[side], sd[side] = gp.predict(cells.scaled(cells.n_real[side], cells.synthetic[side]))
-        p = np.where(side, level_set.prob_above(np.nan_to_num(mean), np.nan_to_num(sd)), np.nan)
+            x = cells.scaled(cells.n_real[side], cells.synthetic[side])
+            mean[side], sd[side] = gp.predict(x, cell_value=True)
+            p[side] = gp.prob_above(x, cell_value=True)
         return ContourEstimate(cells, mean, sd, p, self.cell_done(), tuple(observed), self.config.confidence,
                                self.stopped, gp, len(self.batches))
 
@@ -518,7 +533,7 @@ class ContourSearch:
                 lo, hi = level_set.lse_intervals(m, s, beta_root, lower[side], upper[side])
                 return level_set.lse_ambiguity(lo, hi)
         else:
-            undecided = open_ & (np.abs(mean) < config.decided_z() * sd)
+            undecided = open_ & ~estimate.decided
             kappa = config.straddle_kappa()
 
             def score(m, s):
@@ -538,12 +553,13 @@ class ContourSearch:
         # only the candidates enter the covariance; the batch conditions on picks among them
         index = np.flatnonzero(side)
         x = cells.scaled(cells.n_real[index], cells.synthetic[index])
-        noise = float(np.median(estimate.gp.noise) + estimate.gp.nugget) if len(estimate.gp.noise) else 1e-6
+        # the roughness is in the cells' covariance: running a cell leaves only its standard error
+        noise = float(np.median(estimate.gp.noise)) if len(estimate.gp.noise) else 1e-6
 
         def local_costs(picked_local: list[int]) -> np.ndarray:
             return costs([int(index[i]) for i in picked_local])[index]
 
-        picks = level_set.greedy_batch(score, mean[index], estimate.gp.covariance(x), noise, undecided[index],
+        picks = level_set.greedy_batch(score, mean[index], estimate.gp.covariance(x, cell_value=True), noise, undecided[index],
                                        self.batch_size, local_costs, budget_left)
         if not picks:
             self.stopped = "budget"

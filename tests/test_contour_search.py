@@ -47,6 +47,31 @@ def test_gp_recovers_the_sign_of_a_smooth_function_from_noisy_samples():
     assert sd_far[0] > 5 * sd_at[0]
 
 
+def test_a_cells_own_value_carries_the_roughness_and_a_cell_that_ran_keeps_its_own_measurement():
+    """On a rough surface (a smooth plane plus each point's own deviation, sd 0.3) the value
+    of a point not observed is predicted with the roughness in its spread, not as the smooth
+    latent's, and an observed point is decided by its own measurement (se 0.01), not pulled
+    to the plane's side."""
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 9), np.linspace(0, 1, 9)), -1).reshape(-1, 2)
+    value = _plane(grid) + 0.3 * rng.standard_normal(len(grid))
+    seen = rng.permutation(len(grid))[:40]
+    unseen = np.setdiff1d(np.arange(len(grid)), seen)
+    gp = level_set.fit(grid[seen], value[seen] + 0.01 * rng.standard_normal(40), np.full(40, 0.01**2))
+    assert 0.3**2 / 3 < gp.expected_nugget < 0.3**2 * 3  # the roughness, found from the data
+    mean, sd = gp.predict(grid[unseen], cell_value=True)
+    _, latent_sd = gp.predict(grid[unseen])
+    assert (sd > latent_sd).all()
+    # calibrated for the cells' own values: within 2 sd about as often as a normal is (41 cells)
+    assert np.mean(np.abs(value[unseen] - mean) <= 2 * sd) >= 0.85
+    # a cell that ran: its own measurement, to within a few of its standard errors
+    own, own_sd = gp.predict(grid[seen], cell_value=True)
+    assert np.max(np.abs(own - value[seen])) < 0.05 and (own_sd < 0.02).all()
+    p_above = gp.prob_above(grid[seen], cell_value=True)
+    clear = np.abs(value[seen]) > 0.05
+    assert ((p_above > 0.5) == (value[seen] > 0))[clear].all()
+
+
 def test_gp_fit_is_a_function_of_its_inputs():
     rng = np.random.default_rng(1)
     x, y = rng.uniform(size=(12, 2)), rng.standard_normal(12)
