@@ -5,6 +5,7 @@ is meant to find, through the whole engine (`collapse-ray run`: Ray Tune, MLflow
     nice -n 10 python benchmarks/adaptive_search.py --only linear_regression      # ~10-20 min on 2 cores
     nice -n 10 python benchmarks/adaptive_search.py --only fig5 --out /tmp/bench  # ~1 h on 2 busy cores
     python benchmarks/adaptive_search.py --only fig5 --full-grid /tmp/bench/fig5_full --replay  # seconds
+    python benchmarks/adaptive_search.py --only fig5 --full-grid /tmp/bench/fig5_full --replay --set search.budget=22
 
 1. linear regression: sweeps/linear_regression_value_contour.yaml (the axes, pools and seeds
    of sweeps/linear_regression_value_grid.yaml, `search: level_set`), its estimated side
@@ -91,12 +92,12 @@ def linear_regression(out: Path) -> dict:
     return report("linear_regression (closed form)", estimate, truth, search, n_trials, seconds)
 
 
-def replayed(spec: Path, table) -> tuple[ContourSearch, int]:
+def replayed(spec: Path, table, overrides: tuple[str, ...] = ()) -> tuple[ContourSearch, int]:
     """The adaptive search run in-process on a full grid's per-seed losses, batch size as the
     sweep would resolve it (run.max_concurrent_trials over the trials of a cell)."""
     from collapse_ray.contour_search import resolve_batch_size
 
-    loaded = load_spec(spec, ["search.method=level_set"])
+    loaded = load_spec(spec, ["search.method=level_set", *overrides])
     jobs = loaded.jobs()
     cells = ValueGridCells.from_jobs(jobs)
     batch = resolve_batch_size(loaded.search, loaded.run.max_concurrent_trials, 2, loaded.run.cpus_per_trial,
@@ -111,7 +112,7 @@ def replayed(spec: Path, table) -> tuple[ContourSearch, int]:
     return search, len(jobs)
 
 
-def fig5(out: Path, replay: bool = False, full_grid: Path | None = None) -> dict:
+def fig5(out: Path, replay: bool = False, full_grid: Path | None = None, overrides: tuple[str, ...] = ()) -> dict:
     import pandas as pd
 
     from analysis.value_grid_figures import value_per_cell
@@ -128,11 +129,11 @@ def fig5(out: Path, replay: bool = False, full_grid: Path | None = None) -> dict
     if replay:  # the search in-process on the full grid's own losses (what the engine proposes on
         # the same losses: tests/test_contour_sweep.py checks that), instead of a second sweep
         started = time.perf_counter()
-        search, n_trials = replayed(spec, table)
+        search, n_trials = replayed(spec, table, overrides)
         estimate, seconds = search.estimate(), time.perf_counter() - started
     else:
-        sweep_dir, seconds = run(spec, out / "fig5_adaptive", "search.method=level_set")
-        estimate, search, n_trials = estimate_of(spec, sweep_dir, "search.method=level_set")
+        sweep_dir, seconds = run(spec, out / "fig5_adaptive", "search.method=level_set", *overrides)
+        estimate, search, n_trials = estimate_of(spec, sweep_dir, "search.method=level_set", *overrides)
     cells = estimate.cells
     sign = {(int(r.n_real), int(r.value_synthetic)): r.mean > 0 for r in observed.itertuples()}
     truth = np.array([sign.get((int(n), int(s)), False) for n, s in zip(cells.n_real, cells.synthetic)])
@@ -150,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", action="store_true",
                         help="fig5: run the search in-process on the full grid's losses instead of a second sweep")
     parser.add_argument("--full-grid", type=Path, help="fig5: a finished full grid's --out folder to read, not rerun")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="fig5: a spec override for the adaptive run (e.g. search.budget=22), repeatable")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.only in (None, "linear_regression"):
         rows.append(linear_regression(args.out))
     if args.only in (None, "fig5"):
-        rows.append(fig5(args.out, args.replay, args.full_grid))
+        rows.append(fig5(args.out, args.replay, args.full_grid, tuple(args.overrides)))
     (args.out / "adaptive_search.json").write_text(json.dumps(rows, indent=2))
     print(f"written: {args.out / 'adaptive_search.json'}")
     return 0
