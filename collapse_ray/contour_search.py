@@ -64,7 +64,7 @@ from . import level_set
 from .validation import SpecError, check_min, fail, require
 
 if TYPE_CHECKING:
-    from .spec import ChainJob, ExecutionConfig, GridPoint
+    from .spec import ChainJob, GridPoint
 
 STATE_FILE = "contour_search.json"
 FORMAT = "collapse_ray.contour_search/1"
