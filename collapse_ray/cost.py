@@ -402,7 +402,9 @@ def training_rows(chain, kept: float) -> list[int]:
 
 
 def _is_language_model(task) -> bool:
-    return task.name in ("pretraining", "sft")
+    from .text.settings import LanguageModelSettings  # what every language-model task is built on
+
+    return isinstance(task, LanguageModelSettings)
 
 
 def _lm_trial(profile: Profile, job, stats_of, parameters_of) -> TrialCost:
