@@ -39,7 +39,7 @@ def gaussian(metric: str, workflow: str, n: int, dim: int, sigma2: float, t: np.
 
 def expected(task: str, metric: str, workflow: str, cfg: Mapping, t: np.ndarray) -> np.ndarray | None:
     """E[metric] at iterations t, or None where none is known."""
-    if (cfg.get("value_pool_size") or 0) > 0:  # a value-grid cell (Fig. 5's protocol): no chain, its own forms
+    if is_value_grid_cell(cfg):  # Fig. 5's protocol: no chain, its own forms
         return value_grid(task, metric, cfg, t)
     if workflow not in ("replace", "accumulate") or not applies(cfg):
         return None
@@ -59,6 +59,10 @@ def expected(task: str, metric: str, workflow: str, cfg: Mapping, t: np.ndarray)
     return None
 
 
+def is_value_grid_cell(cfg: Mapping) -> bool:
+    return (cfg.get("value_pool_size") or 0) > 0  # (a table's NaN compares False as well)
+
+
 def value_grid(task: str, metric: str, cfg: Mapping, t: np.ndarray) -> np.ndarray | None:
     """E[metric] of a value-grid cell (n_real real rows plus the first value_synthetic rows
     of a pool sampled from a fit on value_pool_real separate rows; one iteration)."""
@@ -75,7 +79,7 @@ def value_grid(task: str, metric: str, cfg: Mapping, t: np.ndarray) -> np.ndarra
 
 def limit(task: str, metric: str, workflow: str, cfg: Mapping) -> float | None:
     """Accumulate's bound or t -> infinity limit, where known."""
-    if workflow != "accumulate" or not applies(cfg) or (cfg.get("value_pool_size") or 0) > 0:
+    if workflow != "accumulate" or not applies(cfg) or is_value_grid_cell(cfg):
         return None
     n = int(cfg["n_real"])
     if task == "gaussian" and metric == "cov_trace_ratio":
