@@ -6,7 +6,7 @@ Layout, bottom to top:
                  over seeds (of finite values only), fixing the settings a figure has no
                  axis for;
 * `style`        the workflows' order, colours, line styles and labels (names taken from
-                 `collapse_ray.workflows`), the colour ramps for n;
+                 `collapse_ray.core.workflows`), the colour ramps for n;
 * `drawing`      the canvas (Agg, chosen when a figure is made), the one save helper, the
                  panel grid and the mean +- SE lines every figure draws;
 * `closed_forms` the expectations of `collapse_ray.theory` as figure overlays;

@@ -198,8 +198,8 @@ def density_chain(n: int, sigma2: float, n_iterations: int, workflow: str, seed:
                   dim: int = 1) -> pd.DataFrame:
     """One chain at dimension `dim`: its fitted mean and variance of the first coordinate
     per iteration, through the real loop and task."""
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainConfig
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.core.chain import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
     task = _DensityProbe(GaussianTask(dim=dim, sigma2=sigma2, n_test=10))

@@ -1,5 +1,5 @@
 """One look for every figure: the workflows' order, colours, line styles and labels, and
-the colour ramps for n. Workflow names come from `collapse_ray.workflows`; a workflow
+the colour ramps for n. Workflow names come from `collapse_ray.core.workflows`; a workflow
 added there without a colour here is drawn grey and fails tests/test_analysis.py."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import matplotlib
 import matplotlib.colors as mcolors
 import numpy as np
 
-from collapse_ray.workflows import KNOBS, WORKFLOW_NAMES
+from collapse_ray.core.workflows import KNOBS, WORKFLOW_NAMES
 
 # The papers' column order: replace, then accumulate-subsample (fixed training-set size),
 # then accumulate; the mixing policies after them in the order workflows.py lists them.

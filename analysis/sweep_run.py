@@ -2,7 +2,7 @@
 figures drawn from that table are logged so the MLflow UI shows them beside the runs.
 
 The parent run is the one `collapse-ray run` opened for the sweep (tagged
-`collapse_ray.sweep_dir`, see collapse_ray/tracking.py); its chain runs point to it
+`collapse_ray.sweep_dir`, see collapse_ray/tracking/__init__.py); its chain runs point to it
 with `mlflow.parentRunId`, and the results table names it in `sweep_run_id`.
 """
 

@@ -2,7 +2,7 @@
 standard errors over seeds, and fixing the settings a figure has no axis for.
 
 One rule for every mean in every figure, the one the MLflow charts use too
-(collapse_ray.statistics.mean_se): over the finite values only (a test loss is +inf once a
+(collapse_ray.core.aggregate.mean_se): over the finite values only (a test loss is +inf once a
 fit is degenerate), with `count` the finite values the mean is over and `total` all of
 them, so a figure can say how many chains it left out; `se` is the sample standard
 deviation / sqrt(count), NaN for a single value.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from collapse_ray import statistics
+from collapse_ray.core import aggregate
 
 from analysis.style import KNOBS, missing
 
@@ -132,7 +132,7 @@ def summarise_long(rows: pd.DataFrame, keys: Sequence[str], metrics: Sequence[st
     keys = list(keys)
     long = rows.melt(id_vars=keys, value_vars=list(metrics), var_name="metric", value_name="value")
     grouped = long.groupby(keys + ["metric"], sort=True, dropna=False)
-    stats = statistics.mean_se(long["value"].astype(np.float64).to_numpy(), grouped.ngroup().to_numpy(), grouped.ngroups)
+    stats = aggregate.mean_se(long["value"].astype(np.float64).to_numpy(), grouped.ngroup().to_numpy(), grouped.ngroups)
     out = pd.DataFrame({"mean": stats.mean, "count": stats.count, "total": stats.total, "se": stats.se},
                        index=grouped.size().index)  # ngroup numbers the groups in this order
     return out.reset_index()

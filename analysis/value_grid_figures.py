@@ -12,7 +12,7 @@ table: the rows of a toy task with `value_pool_size > 0` (issue 28, 1).
   s.e. of 0 (paired per seed and pool), with linear regression's closed-form
   crossover s*(n) (theory.linear_regression_crossover) drawn over it;
 * `{task}_value_contour.png` (any value-grid task, from an adaptive search's estimate,
-  collapse_ray.contour_search.ContourEstimate; drawn at the sweep's end): P(s synthetic
+  collapse_ray.sweep.contour_search.ContourEstimate; drawn at the sweep's end): P(s synthetic
   rows hurt) over the grid, the estimated contour (P = 0.5) with the band where the side
   is not decided at the search's confidence, the cells that ran marked, and linear
   regression's closed-form contour where it applies.

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from collapse_ray import theory  # noqa: E402
-from collapse_ray.contour_search import STATE_FILE, ContourSearch, ValueGridCells  # noqa: E402
-from collapse_ray.spec import load_spec  # noqa: E402
+from collapse_ray.sweep.contour_search import STATE_FILE, ContourSearch, ValueGridCells  # noqa: E402
+from collapse_ray.sweep.spec import load_spec  # noqa: E402
 
 
 def run(spec: Path, out: Path, *overrides: str) -> tuple[Path, float]:
@@ -95,7 +95,7 @@ def linear_regression(out: Path) -> dict:
 def replayed(spec: Path, table, overrides: tuple[str, ...] = ()) -> tuple[ContourSearch, int]:
     """The adaptive search run in-process on a full grid's per-seed losses, batch size as the
     sweep would resolve it (run.max_concurrent_trials over the trials of a cell)."""
-    from collapse_ray.contour_search import resolve_batch_size
+    from collapse_ray.sweep.contour_search import resolve_batch_size
 
     loaded = load_spec(spec, ["search.method=level_set", *overrides])
     jobs = loaded.jobs()

@@ -222,10 +222,10 @@ def print_breakdown(run: EngineRun, floor_seconds: float | None = None, floor_cp
 
 # -- floor ----------------------------------------------------------------------------
 def _run_job(job_dict: dict) -> tuple[float, dict, float]:
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainJob
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import job_from_dict
 
-    job = ChainJob.from_dict(job_dict)
+    job = job_from_dict(job_dict)
     start, cpu_start = time.perf_counter(), time.process_time()
     result = run_chain(job.point.task, job.point.chain, job.seeds)
     return time.perf_counter() - start, result.phase_seconds, time.process_time() - cpu_start
@@ -234,10 +234,10 @@ def _run_job(job_dict: dict) -> tuple[float, dict, float]:
 def floor(spec_name: str, seeds: int | None = None, processes: int = 2) -> tuple[float, float, dict, float]:
     """Wall seconds of the spec's jobs (same blocks, heaviest first) through run_chain in
     `processes` plain processes; also their summed seconds, phase seconds and CPU seconds."""
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.spec import job_to_dict, load_spec
 
     spec = load_spec(ROOT / "sweeps" / f"{spec_name}.yaml", seed_overrides(seeds))
-    jobs = [j.to_dict() for j in spec.jobs()]
+    jobs = [job_to_dict(j) for j in spec.jobs()]
     start = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(processes) as workers:
         done = list(workers.imap_unordered(_run_job, jobs, chunksize=1))

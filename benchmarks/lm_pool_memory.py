@@ -53,7 +53,7 @@ def stories(n: int, seed: int):
 
 
 def _write_stories(n: int, seed: int, target) -> None:
-    from collapse_ray.pool import ShardWriter
+    from collapse_ray.core.shards import ShardWriter
 
     with ShardWriter(target, ("text",)) as shard:
         for texts in stories(n, seed):
@@ -64,8 +64,10 @@ def _mean_length_streamed(selection) -> float:
     """Stands in for the Ray Train workers: streams the selection from the shards."""
     import pyarrow.compute as pc
 
+    from collapse_ray.text.readers import selection_dataset_of
+
     chars = rows = 0
-    for batch in selection.dataset(["text"]).iter_batches(batch_size=4096, batch_format="pyarrow"):
+    for batch in selection_dataset_of(selection, ["text"]).iter_batches(batch_size=4096, batch_format="pyarrow"):
         chars += int(pc.sum(pc.utf8_length(batch["text"])).as_py() or 0)
         rows += batch.num_rows
     return chars / rows
@@ -88,7 +90,7 @@ class StandInTextTask:
     batched: ClassVar[bool] = False
 
     def real_data(self, n_real, rngs):
-        from collapse_ray.tasks.protocol import RealData
+        from collapse_ray.core.types import RealData
 
         texts = [t for chunk in stories(n_real, 0) for t in chunk]
         return RealData(train=_as_rows(texts), test=None, context=None)
@@ -111,7 +113,7 @@ class StandInTextTask:
 
     # -- the pool on disk (loop.PoolOnDiskTask) --
     def real_data_on_disk(self, n_real, rngs, target):
-        from collapse_ray.tasks.protocol import RealData
+        from collapse_ray.core.types import RealData
 
         if target is not None:
             _off_trial(_write_stories, n_real, 0, target)
@@ -164,8 +166,8 @@ def run_trial(rows: int, on_disk: bool, folder: str) -> dict[str, Any]:
     """One chain in this process (the trial): its peak RSS and table."""
     import resource
 
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainConfig
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import ChainConfig
 
     task = StandInTextTask() if on_disk else RowsPath(StandInTextTask())
     chain = ChainConfig(workflow="accumulate", n_real=rows // 2, n_synthetic=rows - rows // 2, n_iterations=2,
@@ -228,10 +230,10 @@ def measure(sizes: list[int]):
 def fit_breakdown() -> None:
     import ray
 
-    from collapse_ray.loop import chain_generators
-    from collapse_ray.pool import DiskPool
+    from collapse_ray.core.loop import chain_generators
+    from collapse_ray.core.pool import DiskPool
     from collapse_ray.tasks import PretrainingTask
-    from collapse_ray.workflows import make_workflow
+    from collapse_ray.core.workflows import make_workflow
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,8 @@ SETTINGS = {
 
 
 def measure(task_name: str, fields: dict, n_real: int, chains: int) -> tuple[float, float]:
-    from collapse_ray.loop import chain_generators
-    from collapse_ray.spec import build_task
+    from collapse_ray.core.loop import chain_generators
+    from collapse_ray.sweep.spec import build_task
 
     task = build_task({"name": task_name, **fields}, "task")
     real = task.real_data(n_real, [chain_generators(s)[0] for s in range(chains)])

@@ -1,12 +1,14 @@
 """collapse_ray: model-fitting chains under replace / accumulate / accumulate_subsample,
 fanned out with Ray Tune and logged to MLflow.
 
-Layers, inner to outer:
-  tasks/       one module per task setting (fit, sample, evaluate), no Ray
-  workflows    which pool rows each iteration trains on
-  pool         real + synthetic rows with their iteration of origin; Parquet on disk
-  loop         the one place where task, workflow and pool meet (plain Python)
-  sweep        Ray Tune fan-out of chains; tracking: MLflow logging and the results table
+Layers, inner to outer (tests/test_layers.py holds every import to them):
+  validation, atomic, faults, ...   leaf modules that import nothing of ours
+  core/        the engine: chain config, workflows, pools and shards, checkpoints, the chain
+               loop (plain Python + numpy/pyarrow: no Ray, MLflow or YAML)
+  text/, neural/   the language-model and neural-network libraries the tasks use
+  tasks/       one module per task setting (fit, sample, evaluate)
+  tracking/    MLflow: the store, runs, the chain sink, the UI view, the results table
+  sweep/       the spec, Ray Tune fan-out, resume and growth, conclusions, search, cost
   cli          `collapse-ray validate | run | results`
 """
 

@@ -28,11 +28,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .environment import environment_restored
-from .spec import SweepSpec, load_spec
-from .tracking import StorageFault, TrackingUnavailable, disk_fault_line, is_disk_fault, scrub
-from .validation import SpecError, one_line
+from collapse_ray import __version__
+from collapse_ray.environment import environment_restored
+from collapse_ray.sweep.spec import SweepSpec, load_spec
+from collapse_ray.tracking import StorageFault, TrackingUnavailable, disk_fault_line, is_disk_fault, scrub
+from collapse_ray.validation import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="print the trials, one line per grid point x block of seeds")
     shown.add_argument("--cost", action="store_true",
                        help="print what it would cost, per trial and in total: FLOPs, tokens, time at a throughput "
-                            "profile, GPU-hours, memory per GPU, disk (collapse_ray/cost.py)")
+                            "profile, GPU-hours, memory per GPU, disk (collapse_ray/sweep/cost.py)")
     p.add_argument("--profile", default=None, metavar="PATH",
                    help="with --cost: the throughput profile (JSON) to time it with (default: $COLLAPSE_RAY_PROFILE or "
                         "collapse_ray/profiles/cpu.json; GPU specs: the stated placeholder collapse_ray/profiles/"
@@ -274,7 +274,7 @@ def _validate(args) -> int:
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
     if args.cost:
-        from .cost import choose_profile, report
+        from collapse_ray.sweep.cost import choose_profile, report
 
         print("\n".join(report(spec, choose_profile(spec, args.profile))))
         return 0
@@ -305,8 +305,8 @@ def _check_out(out: str) -> None:
 def _run(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate everything before Ray starts
     _check_out(args.out)
-    from .sweep import NotOnLoopback, SweepInterrupted, run_sweep
-    from .tracking import resolve_tracking_uri
+    from collapse_ray.sweep.run import NotOnLoopback, SweepInterrupted, run_sweep
+    from collapse_ray.tracking import resolve_tracking_uri
 
     if not args.resume:
         resolve_tracking_uri(args.tracking_uri, args.out)  # a bad URI fails here, before Ray
@@ -334,7 +334,7 @@ def _run(args) -> int:
             print(f"  {line}")
     print(f"  sweep folder : {outcome.sweep_dir}")
     print(f"  MLflow store : {ui_uri} (experiment {outcome.experiment!r}, sweep run {outcome.sweep_run_id})")
-    from .tracking import run_url, ui_url
+    from collapse_ray.tracking import run_url, ui_url
 
     port = _free_ui_port()
     if ui_uri.startswith("sqlite:"):
@@ -383,7 +383,7 @@ def _free_ui_port(preferred: int = 5000) -> int:
 def _results(args) -> int:
     if Path(args.out).suffix not in TABLE_SUFFIXES:  # before anything is read or downloaded
         raise SpecError(f"--out must end in one of {{{', '.join(TABLE_SUFFIXES)}}}; got {args.out!r}")
-    from .tracking import (
+    from collapse_ray.tracking import (
         check_reachable,
         credentials_in_environment,
         resolve_tracking_uri,

@@ -1,5 +1,5 @@
 """Gaussian-process level-set estimation over a finite set of points, in numpy: where is a
-function above or below 0, from few noisy evaluations (collapse_ray.contour_search uses it
+function above or below 0, from few noisy evaluations (collapse_ray.sweep.contour_search uses it
 for the value grid's contour L(n, s) - L(n, 0) = 0).
 
 * `fit`: a zero-mean GP with a Matern-5/2 ARD kernel on inputs scaled to [0, 1], each

@@ -94,7 +94,7 @@ def sweep_once(tmp_path_factory, local_ray, migrated_store):
     end-to-end sweep read by several tests' checks is paid for once."""
     import shutil
 
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.spec import load_spec
     from tests.helpers import run_spec_end_to_end
 
     runs: dict[tuple[str, ...], SweepRun] = {}

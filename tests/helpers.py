@@ -46,7 +46,7 @@ def run_spec_end_to_end(spec_path: Path, tmp_path: Path, *overrides: str):
     import pandas as pd
 
     from collapse_ray import cli
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.spec import load_spec
 
     name = load_spec(spec_path).name
     out = tmp_path / "results"

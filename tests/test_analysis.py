@@ -16,8 +16,8 @@ import pytest
 from analysis import drawing, lm_figures, neural_figures, style, tables
 from analysis import fig1_gaussian as fig1
 from analysis import figures
-from collapse_ray.loop import run_chain
-from collapse_ray.spec import parse_spec
+from collapse_ray.core.loop import run_chain
+from collapse_ray.sweep.spec import parse_spec
 from collapse_ray.tracking import job_params
 
 ROOT = Path(__file__).parent.parent
@@ -68,7 +68,7 @@ def test_every_figure_module_means_over_finite_values_only():
 
 
 def test_one_style_covers_every_workflow_and_every_module_draws_with_it():
-    from collapse_ray.workflows import WORKFLOW_NAMES
+    from collapse_ray.core.workflows import WORKFLOW_NAMES
 
     assert set(style.ORDER) == set(WORKFLOW_NAMES) and len(style.ORDER) == len(WORKFLOW_NAMES)
     assert set(style.COLOURS) == set(WORKFLOW_NAMES) == set(style.TITLES)

@@ -9,10 +9,10 @@ import pickle
 
 import pytest
 
-from collapse_ray import chain as chain_module
-from collapse_ray.chain import ChainConfig
-from collapse_ray.loop import run_chain
-from collapse_ray.spec import parse_spec
+from collapse_ray.core import chain as chain_module
+from collapse_ray.core.chain import ChainConfig
+from collapse_ray.core.loop import run_chain
+from collapse_ray.sweep.spec import parse_spec
 from collapse_ray.validation import as_flat_dict
 
 SPEC = {"task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 10, "n_iterations": 3}, "seeds": 4,
@@ -71,7 +71,8 @@ def test_resolution_is_remembered_but_is_not_configuration(counted):
 
 
 def test_the_spec_module_still_offers_the_chain_config():
-    from collapse_ray import spec, workflows
+    from collapse_ray.core import workflows
+    from collapse_ray.sweep import spec
 
     assert spec.ChainConfig is ChainConfig
     # the task-asking rules live with the chain only (workflows do not know tasks)

@@ -16,7 +16,7 @@ import yaml
 
 import collapse_ray
 from collapse_ray import cli
-from collapse_ray.spec import load_spec, parse_spec
+from collapse_ray.sweep.spec import job_to_dict, load_spec, parse_spec
 from collapse_ray.tracking import TABLE_NAME_WIDTH, cell_run_names
 
 TINY = {"name": "clitiny", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 20, "n_iterations": 2},
@@ -152,7 +152,7 @@ def test_validate_print_gives_the_resolved_spec_that_runs_the_same_trials(tmp_pa
     expected = load_spec(spec, ["chain.n_iterations=4", "seeds=3"])
     assert printed["chain"]["n_iterations"] == 4 and printed["seeds"] == [0, 1, 2]
     assert printed["task"]["sigma2"] == 1.0  # a default, filled in
-    assert [j.to_dict() for j in parse_spec(printed).jobs()] == [j.to_dict() for j in expected.jobs()]
+    assert [job_to_dict(j) for j in parse_spec(printed).jobs()] == [job_to_dict(j) for j in expected.jobs()]
 
 
 def test_validate_trials_lists_one_line_per_grid_point_and_seed_block(tmp_path, capsys):

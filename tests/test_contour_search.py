@@ -1,4 +1,4 @@
-"""The value grid's adaptive search (collapse_ray/contour_search.py, level_set.py), without
+"""The value grid's adaptive search (collapse_ray/sweep/contour_search.py, level_set.py), without
 Ray: the GP and the acquisitions on known functions, the search against linear regression's
 exact contour (the closed form as the truth, per-seed losses scattered around it), its state
 file's exact resume, and the refusals of bad `search:` blocks and state files.
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from collapse_ray import level_set, theory
-from collapse_ray.contour_search import (STATE_FILE, ContourSearch, SearchConfig, ValueGridCells, initial_batch,
+from collapse_ray.sweep.contour_search import (STATE_FILE, ContourSearch, SearchConfig, ValueGridCells, initial_batch,
                                          observe)
-from collapse_ray.spec import load_spec, parse_spec
-from collapse_ray.sweep import check_growable
+from collapse_ray.sweep.spec import load_spec, parse_spec
+from collapse_ray.sweep.run import check_growable
 from collapse_ray.validation import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent

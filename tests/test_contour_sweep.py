@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.contour_search import STATE_FILE, ContourSearch, ValueGridCells
-from collapse_ray.spec import load_spec
+from collapse_ray.sweep.contour_search import STATE_FILE, ContourSearch, ValueGridCells
+from collapse_ray.sweep.spec import load_spec
 from collapse_ray.tracking import PARENT_TAG, ROLE_TAG, client_for, read_view_state, results_table
 
 SPEC = {

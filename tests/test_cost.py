@@ -1,4 +1,4 @@
-"""`collapse-ray validate SPEC --cost` (collapse_ray/cost.py): the FLOP and token arithmetic
+"""`collapse-ray validate SPEC --cost` (collapse_ray/sweep/cost.py): the FLOP and token arithmetic
 on a small spec computed by hand, the model-state memory against DeepSpeed's own
 estimators, why Gemma-2-27B takes ZeRO-3, the profile's provenance and its bad-input
 lines, and the shape of what the command prints."""
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collapse_ray import cli, cost
-from collapse_ray.spec import load_spec, parse_spec
+from collapse_ray import cli
+from collapse_ray.sweep import cost
+from collapse_ray.sweep.spec import load_spec, parse_spec
 from collapse_ray.text import memory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,8 +99,8 @@ def test_training_rows_are_what_the_workflows_block_selection_selects(workflow, 
     selections the chain loop makes (MixingPolicy.select_blocks) on a pool of those sizes."""
     import numpy as np
 
-    from collapse_ray.chain import ChainConfig
-    from collapse_ray.workflows import REAL, SYNTHETIC, PoolBlocks
+    from collapse_ray.core.chain import ChainConfig
+    from collapse_ray.core.workflows import REAL, SYNTHETIC, PoolBlocks
 
     chain = ChainConfig(workflow=workflow, n_real=100, n_synthetic=80, n_iterations=4, **knobs).resolved()
     policy, iteration, source, rows, selected = chain.policy(), [0], [REAL], [100], []

@@ -8,11 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from collapse_ray.loop import chain_generators, run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core.loop import chain_generators, run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks.diffusion import DiffusionTask
 from collapse_ray.validation import SpecError, from_mapping
-from collapse_ray.workflows import WORKFLOW_NAMES
+from collapse_ray.core.workflows import WORKFLOW_NAMES
 
 from .helpers import one_torch_thread  # noqa: F401 - a fixture, used by pytestmark
 

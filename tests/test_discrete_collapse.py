@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from collapse_ray import theory
-from collapse_ray.loop import is_finished, run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core.loop import is_finished, run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import DiscreteTask
 from collapse_ray.tasks.discrete import COLLAPSED_ENTROPY
 
@@ -196,7 +196,7 @@ def test_the_small_collapse_sweep_end_to_end(tmp_path, local_ray, capsys):
     from pathlib import Path
 
     from collapse_ray import cli
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.spec import load_spec
 
     from .test_sweep_ray import metric_steps
 

@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from collapse_ray.loop import CHECKPOINT_FILE, _load_state, run_chain
-from collapse_ray.pool import check_shards
-from collapse_ray.spec import ChainConfig
-from collapse_ray.sweep import RESUMED_TAG
+from collapse_ray.core.loop import CHECKPOINT_FILE, _load_state, run_chain
+from collapse_ray.core.shards import check_shards
+from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.sweep.run import RESUMED_TAG
 from collapse_ray.tasks import GaussianTask
 from collapse_ray.tracking import JOB_KEY_TAG, client_for, results_table
 
@@ -223,9 +223,9 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating(tmp_path):
 CHAIN_RUNNER = textwrap.dedent("""
     import os, signal, sys
     import pyarrow.parquet as pq
-    import collapse_ray.pool as pool
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainConfig
+    import collapse_ray.core.pool as pool
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
     kill_at, folder = int(sys.argv[1]), sys.argv[2]

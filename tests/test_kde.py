@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.neighbors import KernelDensity
 
-from collapse_ray.loop import chain_generators, run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core.loop import chain_generators, run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import KDETask
 
 from .helpers import WithoutStatistics
@@ -138,7 +138,7 @@ def test_circles_iteration_one_matches_a_code():
 
 
 def test_circles_factor_is_validated():
-    from collapse_ray.spec import SpecError
+    from collapse_ray.sweep.spec import SpecError
 
     with pytest.raises(SpecError, match=r"task.factor must be a number in \[0, 1\)"):
         KDETask(dataset="circles", factor=1.5).validate("task")
@@ -191,7 +191,7 @@ def test_float64_kernel_is_exact_where_float32_rounds():
 
 
 def test_precision_is_validated():
-    from collapse_ray.spec import SpecError, build_task
+    from collapse_ray.sweep.spec import SpecError, build_task
 
     with pytest.raises(SpecError, match="precision"):
         build_task({"name": "kde", "precision": "float16"}, "task")

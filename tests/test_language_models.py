@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collapse_ray.loop import chain_generators, run_chain
-from collapse_ray.spec import ChainConfig, parse_spec
+from collapse_ray.core.loop import chain_generators, run_chain
+from collapse_ray.sweep.spec import ChainConfig, parse_spec
 from collapse_ray.tasks import PretrainingTask, SFTTask
 from collapse_ray.tasks.sft import format_example, parse_example
 from collapse_ray.text import corpora

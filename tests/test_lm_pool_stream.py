@@ -12,9 +12,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from collapse_ray.loop import chain_generators
-from collapse_ray.pool import ArrayPool, selected_rows, selection_dataset
-from collapse_ray.workflows import make_workflow
+from collapse_ray.core.loop import chain_generators
+from collapse_ray.core.pool import ArrayPool, selected_rows
+from collapse_ray.text.readers import selection_dataset
+from collapse_ray.core.workflows import make_workflow
 
 from .helpers import tiny_fit_settings
 
@@ -223,7 +224,7 @@ def test_both_fit_paths_hand_the_workers_their_rows_in_a_seeded_random_order(tmp
 # -- the chain loop with the pool on disk (loop.PoolOnDiskTask) ----------------------------
 def _disk_toy_pool(root, workflow, n_iterations=3):
     """The same pool as _toy_pool, each block written to its shard as it is added."""
-    from collapse_ray.pool import DiskPool
+    from collapse_ray.core.pool import DiskPool
 
     pool = DiskPool(root, CHAINS, keep_history=workflow.needs_history)
     pool.add(_rows(0, "real", 6), 0, "real")
@@ -238,7 +239,7 @@ def _disk_toy_pool(root, workflow, n_iterations=3):
 def test_a_disk_pool_selects_and_reads_what_the_array_pool_takes(tmp_path, name, knobs):
     """Index, manifest and rows (in the selection's own order) as the in-memory pool's;
     a reload from the manifest gives the same index. No Ray: the in-process read."""
-    from collapse_ray.pool import DiskPool
+    from collapse_ray.core.pool import DiskPool
 
     workflow = make_workflow(name, **knobs)
     memory = _toy_pool(tmp_path / "memory", workflow)
@@ -272,7 +273,7 @@ def test_a_selection_of_a_disk_pool_is_the_same_size_whatever_the_pool_holds():
     import pickle
     import tracemalloc
 
-    from collapse_ray.pool import DiskPool
+    from collapse_ray.core.pool import DiskPool
 
     def grown_pool(rows):
         pool = DiskPool("/nonexistent", [0])
@@ -310,7 +311,7 @@ class _TextToy:
     batched: ClassVar[bool] = False
 
     def real_data(self, n_real, rngs):
-        from collapse_ray.tasks.protocol import RealData
+        from collapse_ray.core.types import RealData
 
         return RealData(train=_one_chain([f"real 0 {j}" for j in range(n_real)]), test=None, context=None)
 
@@ -330,8 +331,8 @@ class _TextToy:
         return 40
 
     def real_data_on_disk(self, n_real, rngs, target):
-        from collapse_ray.pool import ShardWriter
-        from collapse_ray.tasks.protocol import RealData
+        from collapse_ray.core.shards import ShardWriter
+        from collapse_ray.core.types import RealData
 
         if target is not None:
             with ShardWriter(target, ("text",)) as shard:
@@ -342,7 +343,7 @@ class _TextToy:
         return _hash_of(selection.read(["text"])["text"])
 
     def sample_on_disk(self, model, n, rngs, context, target):
-        from collapse_ray.pool import ShardWriter
+        from collapse_ray.core.shards import ShardWriter
 
         with ShardWriter(target, ("text",)) as shard:
             shard.write({"text": list(self.sample(model, n, rngs)["text"][0])})
@@ -366,9 +367,9 @@ def test_the_loop_on_disk_never_builds_the_per_row_index(tmp_path, monkeypatch, 
     per-row handles forbidden: the same table, bit for bit, as the rows path (an
     ArrayPool and MixingPolicy.select), and the same shards."""
     from benchmarks.lm_pool_memory import RowsPath
-    from collapse_ray import pool as pool_module
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainConfig
+    from collapse_ray.core import pool as pool_module
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import ChainConfig
 
     chain = ChainConfig(workflow=name, n_real=6, n_synthetic=5, n_iterations=5, **knobs)
     rows_path = run_chain(RowsPath(_TextToy()), chain, [7], checkpoint_dir=tmp_path / "rows").table
@@ -394,8 +395,8 @@ LOCAL_LM = {"backend": "local", "sampler": "local", "max_length": 48, "n_test": 
 
 
 def _lm_chain(folder, task, stop_after=None):
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainConfig
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import ChainConfig
 
     def stop(t, total):
         if t == stop_after:
@@ -427,7 +428,7 @@ def test_a_language_model_chain_on_disk_equals_its_rows_path_and_resumes_exactly
     import pandas as pd
 
     from benchmarks.lm_pool_memory import RowsPath
-    from collapse_ray.loop import CHECKPOINT_FILE, check_checkpoint
+    from collapse_ray.core.loop import CHECKPOINT_FILE, check_checkpoint
     from collapse_ray.tasks import PretrainingTask
 
     task = PretrainingTask(**LOCAL_LM)

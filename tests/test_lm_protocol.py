@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collapse_ray.loop import chain_generators
-from collapse_ray.spec import parse_spec
+from collapse_ray.core.loop import chain_generators
+from collapse_ray.sweep.spec import parse_spec
 from collapse_ray.tasks import PretrainingTask, SFTTask
 from collapse_ray.tasks.sft import format_example
 from collapse_ray.text import backends, corpora
@@ -279,7 +279,7 @@ PAPER_LM_SPECS = ("fig5_value_grid", "sft_helpsteer2", "sft_fig4_subsample", "pr
 def test_paper_scale_lm_specs_follow_the_papers_and_name_what_they_do_not(name):
     from pathlib import Path
 
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.spec import load_spec
 
     path = Path(__file__).parent.parent / "sweeps" / f"{name}.yaml"
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse_ray.loop import chain_generators, run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core.loop import chain_generators, run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import PretrainingTask
 from collapse_ray.text import backends
 from collapse_ray.text.training import token_loss

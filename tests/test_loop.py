@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_ray.loop import run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core.loop import run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask, KDETask
 
 from .helpers import WithoutStatistics
@@ -126,7 +126,7 @@ def test_finished_chain_is_not_rerun(tmp_path):
 
 
 def test_persist_pool_writes_every_iteration(tmp_path):
-    from collapse_ray.pool import iterations_on_disk
+    from collapse_ray.core.shards import iterations_on_disk
 
     run_chain(TASK, chain("replace", persist_pool=True, checkpoint_every=0), range(2), checkpoint_dir=tmp_path)
     # real + samples of fits 1..10: the last fit's too, so the kept pool lets the chain grow

@@ -13,9 +13,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from collapse_ray import state_file
-from collapse_ray.loop import CHECKPOINT_FILE, _load_state, _State, check_checkpoint, run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core import checkpoint as state_file
+from collapse_ray.core.loop import CHECKPOINT_FILE, _load_state, _State, check_checkpoint, run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask, KDETask
 from tests.helpers import WithoutStatistics
 

@@ -16,8 +16,8 @@ from collapse_ray.tracking import client_for
 RUNNER = textwrap.dedent("""
     import os, signal, sys
     import collapse_ray.tracking as tracking
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import ChainConfig
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
     uri, run_id, folder, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -85,8 +85,8 @@ def test_a_new_chain_run_is_opened_and_logged_in_the_fewest_round_trips(tmp_path
     what a new run holds, and the logged-through tag in the last metric batch; the record
     is still exact (the tag names the last iteration, every step stored once)."""
     from collapse_ray import tracking
-    from collapse_ray.loop import run_chain
-    from collapse_ray.spec import parse_spec
+    from collapse_ray.core.loop import run_chain
+    from collapse_ray.sweep.spec import parse_spec
     from collapse_ray.tasks import GaussianTask
 
     client = CountingClient(client_for(f"sqlite:///{tmp_path / 'mlflow.db'}"))

@@ -25,8 +25,8 @@ import pytest
 
 import collapse_ray
 from collapse_ray import cli
-from collapse_ray.spec import parse_spec
-from collapse_ray.sweep import check_growable
+from collapse_ray.sweep.spec import parse_spec
+from collapse_ray.sweep.run import check_growable
 from collapse_ray.tracking import (
     CELL_SEEDS_TAG,
     JOB_KEY_TAG,
@@ -327,8 +327,8 @@ def fig5_standin_loss(n_real: int, value_synthetic: int, pool: int) -> float:
 def log_fig5_standin(uri: str) -> tuple[str, str]:
     """The quick Fig. 5 spec's cells, logged as a sweep's end logs them (cell runs, saved
     view), from a per-chain table of stand-in losses; returns (experiment id, sweep run id)."""
-    from collapse_ray.cells import cell_means, is_value_grid, log_cell_runs, sweep_cells
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.cells import cell_means, is_value_grid, log_cell_runs, sweep_cells
+    from collapse_ray.sweep.spec import load_spec
     from collapse_ray.tracking import SWEEP_TAG, VALUE_GRID, ensure_experiment, job_params, save_sweep_view, sweep_view_inputs
 
     spec = load_spec(ROOT / "sweeps" / "fig5_value_grid_quick.yaml")

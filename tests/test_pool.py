@@ -6,7 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from collapse_ray.pool import ArrayPool, as_ray_dataset, write_table_atomic
+from collapse_ray.core.pool import ArrayPool
+from collapse_ray.core.shards import write_shard
+from collapse_ray.text.readers import as_ray_dataset
 
 
 def filled_pool(chain_ids=(7, 3, 5), d=2, n=4, iterations=3):
@@ -59,7 +61,7 @@ def test_atomic_write_leaves_no_partial_file_visible(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", broken_write)
     with pytest.raises(OSError):
-        write_table_atomic(table, path)
+        write_shard(table, path)
     assert not path.exists()  # only a hidden temporary, which readers skip
     assert all(p.name.startswith(".") for p in path.parent.iterdir())
 

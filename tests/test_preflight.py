@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.loop import CHECKPOINT_FILE
+from collapse_ray.core.loop import CHECKPOINT_FILE
 from tests.helpers import free_ports
 
 SPEC = {

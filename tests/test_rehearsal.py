@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from collapse_ray.spec import load_spec
+from collapse_ray.sweep.spec import load_spec
 from collapse_ray.tracking import client_for
 
 ROOT = Path(__file__).resolve().parents[1]

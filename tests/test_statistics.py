@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import tables
-from collapse_ray import statistics
+from collapse_ray.core import aggregate as statistics
 from collapse_ray.tracking import MlflowChainSink, client_for
 
 

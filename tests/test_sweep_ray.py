@@ -46,7 +46,7 @@ def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
     steps = metric_steps(uri, "quickstart")
     assert len(steps) == 6 and all(s == list(range(1, 13)) for s in steps.values())
     # each chain run names the Ray node it ran on (one node here)
-    from collapse_ray.sweep import NODE_TAG
+    from collapse_ray.sweep.run import NODE_TAG
 
     exp = client_for(uri).get_experiment_by_name("quickstart")
     chain_runs = client_for(uri).search_runs([exp.experiment_id], filter_string="tags.`collapse_ray.job_key` != ''")
@@ -95,7 +95,7 @@ def test_quick_variants_run_end_to_end_and_draw_their_figures(name, tmp_path, sw
     reads the molecule sweep's too)."""
     import importlib.util
 
-    from collapse_ray.spec import load_spec
+    from collapse_ray.sweep.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
     run = sweep_once(name)
@@ -158,8 +158,8 @@ def _replace_is_worse_than_accumulate(table: pd.DataFrame, name: str, metric: st
 
 @pytest.mark.ray
 def test_a_chain_needing_more_cpus_than_the_cluster_is_refused_before_anything_is_written(tmp_path, local_ray):
-    from collapse_ray.spec import parse_spec
-    from collapse_ray.sweep import run_sweep
+    from collapse_ray.sweep.spec import parse_spec
+    from collapse_ray.sweep.run import run_sweep
     from collapse_ray.validation import SpecError
 
     spec = parse_spec({"name": "too_big", "task": {"name": "pretraining", "num_workers": 3, "cpus_per_worker": 1},

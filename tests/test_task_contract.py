@@ -9,8 +9,8 @@ import typing
 import numpy as np
 import pytest
 
-from collapse_ray.loop import chain_generators
-from collapse_ray.spec import build_task
+from collapse_ray.core.loop import chain_generators
+from collapse_ray.sweep.spec import build_task
 from collapse_ray.tasks import TASKS, Task
 from collapse_ray.validation import SpecError
 
@@ -111,7 +111,7 @@ def test_statistics_path_agrees_with_fitting_rows(task):
 
 
 def test_metric_names_do_not_collide_with_config_columns(task):
-    from collapse_ray.spec import ChainConfig, ChainJob, GridPoint
+    from collapse_ray.sweep.spec import ChainConfig, ChainJob, GridPoint
     from collapse_ray.tracking import job_params
 
     real = task.real_data(50, rngs([0]))

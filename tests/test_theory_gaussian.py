@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from collapse_ray import theory
-from collapse_ray.loop import run_chain
-from collapse_ray.spec import ChainConfig
+from collapse_ray.core.loop import run_chain
+from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask
 
 from .helpers import WithoutStatistics

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_ray.loop import run_chain
-from collapse_ray.spec import parse_spec
+from collapse_ray.core.loop import run_chain
+from collapse_ray.sweep.spec import parse_spec
 from collapse_ray.tracking import job_params
 
 from analysis import figures

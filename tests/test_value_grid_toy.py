@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from collapse_ray import theory
-from collapse_ray.cells import REPLICATE_AXES
-from collapse_ray.loop import chain_generators, run_chain
-from collapse_ray.spec import ChainConfig, load_spec, parse_spec
+from collapse_ray.sweep.cells import REPLICATE_AXES
+from collapse_ray.core.loop import chain_generators, run_chain
+from collapse_ray.sweep.spec import ChainConfig, load_spec, parse_spec
 from collapse_ray.tasks import LinearRegressionTask
 from collapse_ray.tracking import VALUE_GRID
 from collapse_ray.validation import SpecError
@@ -197,7 +197,7 @@ def test_the_sweeps_closing_lines_check_each_cell_against_its_own_closed_form():
     """The terminal's "(theory ...)" and "Expected" check of a value-grid cell use the
     cell's closed form (its n_real and value_synthetic), not the chain's at iteration 1
     (which ignores the synthetic rows)."""
-    from collapse_ray.cells import closed_form, sweep_cells
+    from collapse_ray.sweep.cells import closed_form, sweep_cells
 
     checked = 0
     for name, metric in (("linear_regression_value_grid_quick", "test_loss"),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse_ray.pool import ArrayPool
+from collapse_ray.core.pool import ArrayPool
 from collapse_ray.validation import SpecError
-from collapse_ray.workflows import KNOBS, PRESETS, make_workflow
+from collapse_ray.core.workflows import KNOBS, PRESETS, make_workflow
 
 N_CHAINS, N = 3, 4
 REAL = 100.0
@@ -114,7 +114,7 @@ def test_statistics_shortcuts_are_offered_only_where_exact():
 def test_one_check_of_which_knobs_a_workflow_takes(knob):
     """A spec's chain block and make_workflow refuse a knob a preset does not take with
     the same SpecError (the check lives in workflows.check_knobs only)."""
-    from collapse_ray.spec import parse_spec
+    from collapse_ray.sweep.spec import parse_spec
 
     value = {"n_train": 5, "synthetic_ratio": 0.5, "real_fraction": 0.5, "n_fresh_real": 3}[knob]
     for name, (_, takes) in PRESETS.items():
@@ -156,7 +156,7 @@ BLOCK_WORKFLOWS = [
 
 def _blocks(n_real, synthetic_sizes, n_fresh):
     """A pool's blocks as the loop adds them: real 0, then per iteration synthetic, fresh real."""
-    from collapse_ray.workflows import PoolBlocks
+    from collapse_ray.core.workflows import PoolBlocks
 
     blocks = [(0, 0, n_real)]
     for t, k in enumerate(synthetic_sizes, start=1):

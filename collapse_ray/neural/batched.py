@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .data import MAX_SEED
+from collapse_ray.neural.data import MAX_SEED
 
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validation import require
+from collapse_ray.validation import require
 
 DIGITS = "digits"
 POINT_SETS = ("moons", "swiss_roll")

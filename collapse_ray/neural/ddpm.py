@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..validation import check_min, require
-from .data import MAX_SEED
+from collapse_ray.validation import check_min, require
+from collapse_ray.neural.data import MAX_SEED
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ def training_draws(generators: Sequence[torch.Generator], n_steps: int, k: int, 
     """A training step's k timesteps (chains, k) and noises (chains, k, *shape) per chain."""
     import torch
 
-    from .batched import per_chain, standard_normal
+    from collapse_ray.neural.batched import per_chain, standard_normal
 
     t = per_chain(lambda g: torch.randint(0, n_steps, (k,), generator=g), generators)
     return t, standard_normal(generators, k, *shape)

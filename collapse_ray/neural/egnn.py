@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .batched import BatchedMLP
+from collapse_ray.neural.batched import BatchedMLP
 
 COORDINATE_RANGE = 15.0  # as Hoogeboom et al. (2022)'s EGNN
 

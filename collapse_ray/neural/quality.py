@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .data import POINT_SETS, image_split, point_set
+from collapse_ray.neural.data import POINT_SETS, image_split, point_set
 
 MEDIAN_POINTS = 500  # real rows behind a median distance
 BANDWIDTH_SEED = 0  # point sets: the kernel width comes from one fixed draw, the same for every chain

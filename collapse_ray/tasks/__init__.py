@@ -6,16 +6,16 @@ protocol.py's `OPTIONAL_HOOKS`), and list it here. The contract tests in
 tests/test_task_contract.py then cover it automatically.
 """
 
-from .conformer_diffusion import ConformerDiffusionTask
-from .diffusion import DiffusionTask
-from .discrete import DiscreteTask
-from .gaussian import GaussianTask
-from .kde import KDETask
-from .linear_regression import LinearRegressionTask
-from .pretraining import PretrainingTask
-from .protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
-from .sft import SFTTask
-from .vae import VAETask
+from collapse_ray.tasks.conformer_diffusion import ConformerDiffusionTask
+from collapse_ray.tasks.diffusion import DiffusionTask
+from collapse_ray.tasks.discrete import DiscreteTask
+from collapse_ray.tasks.gaussian import GaussianTask
+from collapse_ray.tasks.kde import KDETask
+from collapse_ray.tasks.linear_regression import LinearRegressionTask
+from collapse_ray.tasks.pretraining import PretrainingTask
+from collapse_ray.tasks.protocol import AdditiveStatisticsTask, Metrics, RealData, Rows, Task
+from collapse_ray.tasks.sft import SFTTask
+from collapse_ray.tasks.vae import VAETask
 
 TASKS: dict[str, type] = {
     "gaussian": GaussianTask,

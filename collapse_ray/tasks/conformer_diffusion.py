@@ -47,7 +47,7 @@ graph field network, 50-100 diffusion steps instead of 5,000, a split by conform
 
 Run it small:
 
-    python -c "from collapse_ray.loop import run_chain; from collapse_ray.spec import ChainConfig;
+    python -c "from collapse_ray.core.loop import run_chain; from collapse_ray.sweep.spec import ChainConfig;
     from collapse_ray.tasks.conformer_diffusion import ConformerDiffusionTask as T;
     print(run_chain(T(n_molecules=4, epochs=20), ChainConfig(workflow='replace', n_real=40, n_iterations=3),
     seeds=[0, 1]).table)"
@@ -61,15 +61,15 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..neural import ddpm, molecules
-from ..neural.data import distinct_rows, resampled_rows
-from ..validation import SpecError, check_finite_positive, check_min, describe, require
-from .protocol import Metrics, RealData, Rows
+from collapse_ray.neural import ddpm, molecules
+from collapse_ray.neural.data import distinct_rows, resampled_rows
+from collapse_ray.validation import SpecError, check_finite_positive, check_min, describe, require
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows
 
 if TYPE_CHECKING:  # torch is imported where it is used: importing the task registry stays light
     import torch
 
-    from ..neural.egnn import BatchedEGNN
+    from collapse_ray.neural.egnn import BatchedEGNN
 
 COORDINATE_SCALE = 2.0  # Angstrom per model unit: heavy-atom coordinates then have about unit spread
 SAMPLES_PER_REFERENCE = 2  # GeoDiff samples twice as many conformers as a molecule has references
@@ -217,7 +217,7 @@ class ConformerDiffusionTask:
 
     # -- the network --------------------------------------------------------------
     def _network(self, generators) -> BatchedEGNN:
-        from ..neural.egnn import BatchedEGNN
+        from collapse_ray.neural.egnn import BatchedEGNN
 
         return BatchedEGNN(molecules.N_NODE_FEATURES + ddpm.TIME_FEATURES, molecules.N_EDGE_FEATURES, self.hidden,
                            self.n_layers, generators)
@@ -243,9 +243,9 @@ class ConformerDiffusionTask:
     def fit(self, train: Rows, context: ConformerContext) -> ConformerFit:
         import torch
 
-        from ..neural.batched import seeded_generators
-        from ..neural.batched import train as train_networks
-        from ..neural.egnn import remove_mean
+        from collapse_ray.neural.batched import seeded_generators
+        from collapse_ray.neural.batched import train as train_networks
+        from collapse_ray.neural.egnn import remove_mean
 
         pos = torch.from_numpy(np.ascontiguousarray(train["pos"], dtype=np.float32)) / COORDINATE_SCALE
         mol = np.asarray(train["mol"])
@@ -277,8 +277,8 @@ class ConformerDiffusionTask:
     def _ancestral(self, net: BatchedEGNN, mol: np.ndarray, generators) -> np.ndarray:
         """DDPM ancestral sampling for conformers of molecules mol (chains, n), every
         chain at once, in the zero-CoM subspace: positions (chains, n, n_max, 3) in Angstrom."""
-        from ..neural.batched import standard_normal
-        from ..neural.egnn import remove_mean
+        from collapse_ray.neural.batched import standard_normal
+        from collapse_ray.neural.egnn import remove_mean
 
         nodes, edges, mask = self._graph(mol)
         n, n_max = mol.shape[1], self.library().n_max
@@ -288,7 +288,7 @@ class ConformerDiffusionTask:
         return (x * COORDINATE_SCALE).numpy().astype(np.float32)
 
     def sample(self, model: ConformerFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
-        from ..neural.batched import torch_generators
+        from collapse_ray.neural.batched import torch_generators
 
         mol = np.stack([rng.integers(0, self.library().n_molecules, n) for rng in rngs]).astype(np.int64)
         return {"pos": self._ancestral(model.net, mol, torch_generators(rngs)), "mol": mol}
@@ -296,7 +296,7 @@ class ConformerDiffusionTask:
     def _reference_samples(self, net: BatchedEGNN, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """SAMPLES_PER_REFERENCE conformers per held-out conformer of each molecule, from the
         chain's fixed quality seed (the same noise every iteration)."""
-        from ..neural.batched import seeded_generators
+        from collapse_ray.neural.batched import seeded_generators
 
         mol = np.repeat(self.library().test_mol, SAMPLES_PER_REFERENCE)
         mol = np.broadcast_to(mol, (len(seeds), len(mol))).copy()
@@ -329,7 +329,7 @@ class ConformerDiffusionTask:
     def iteration_artifacts(self, model: ConformerFit, context: ConformerContext) -> dict[str, bytes]:
         """samples.png: a sampled conformer (top row) and a held-out one (bottom row) of the
         first n_picture molecules, for the batch's first chain (from its fixed quality noise)."""
-        from ..neural.batched import first_chain, seeded_generators
+        from collapse_ray.neural.batched import first_chain, seeded_generators
 
         library = self.library()
         shown = np.arange(min(self.n_picture, library.n_molecules))

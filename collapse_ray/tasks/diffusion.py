@@ -56,15 +56,15 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 
-from ..neural import ddpm, quality, render
-from ..neural.data import DIGITS, check_split_size, distinct_rows, image_split, point_set, resampled_rows
-from ..validation import check_finite_positive, check_min, fail, require
-from .protocol import Metrics, RealData, Rows
+from collapse_ray.neural import ddpm, quality, render
+from collapse_ray.neural.data import DIGITS, check_split_size, distinct_rows, image_split, point_set, resampled_rows
+from collapse_ray.validation import check_finite_positive, check_min, fail, require
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows
 
 if TYPE_CHECKING:  # torch is imported where it is used: importing the task registry stays light
     import torch
 
-    from ..neural.batched import BatchedMLP
+    from collapse_ray.neural.batched import BatchedMLP
 
 Source = Literal["digits", "moons", "swiss_roll"]
 DIMS = {"digits": 64, "moons": 2, "swiss_roll": 3}
@@ -174,7 +174,7 @@ class DiffusionTask:
     def real_data(self, n_real: int, rngs: Sequence[np.random.Generator]) -> RealData:
         import torch
 
-        from ..neural.batched import as_tensor
+        from collapse_ray.neural.batched import as_tensor
 
         if self.source == DIGITS:
             images, test_images = image_split(DIGITS)[:2]
@@ -214,7 +214,7 @@ class DiffusionTask:
 
     # -- the network --------------------------------------------------------------
     def _network(self, generators: Sequence[torch.Generator]) -> BatchedMLP:
-        from ..neural.batched import BatchedMLP
+        from collapse_ray.neural.batched import BatchedMLP
 
         n_fourier = 0 if self.source == DIGITS else len(FOURIER_FREQUENCIES)
         n_in = self.dim * (1 + 2 * n_fourier) + ddpm.TIME_FEATURES
@@ -232,8 +232,8 @@ class DiffusionTask:
 
     # -- fitting ----------------------------------------------------------------
     def fit(self, train: Rows, context: DiffusionContext) -> DiffusionFit:
-        from ..neural.batched import as_tensor, seeded_generators
-        from ..neural.batched import train as train_networks
+        from collapse_ray.neural.batched import as_tensor, seeded_generators
+        from collapse_ray.neural.batched import train as train_networks
 
         data = as_tensor(self._to_model(self._flat(train[self.column])))
         # the chain's fixed seed: trained from scratch, from the same weights every iteration
@@ -255,20 +255,20 @@ class DiffusionTask:
     def _ancestral(self, net: BatchedMLP, n: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """DDPM ancestral sampling for every chain at once: (chains, n, d) in model space;
         digits' predicted x_0 are clipped to [-1, 1], where the data lie."""
-        from ..neural.batched import standard_normal
+        from collapse_ray.neural.batched import standard_normal
 
         return ddpm.ancestral(ddpm.schedule(self.n_steps, self.beta_start, self.beta_end),
                               lambda x, emb: self._predict(net, x, emb),
                               lambda: standard_normal(generators, n, self.dim), clip=self.source == DIGITS)
 
     def sample(self, model: DiffusionFit, n: int, rngs: Sequence[np.random.Generator], context=None) -> Rows:
-        from ..neural.batched import torch_generators
+        from collapse_ray.neural.batched import torch_generators
 
         return {self.column: self._to_rows(self._ancestral(model.net, n, torch_generators(rngs)))}
 
     def _fixed_samples(self, net: BatchedMLP, n: int, seeds: np.ndarray) -> np.ndarray:
         """n samples per chain from its fixed quality seed: the same noise every iteration."""
-        from ..neural.batched import seeded_generators
+        from collapse_ray.neural.batched import seeded_generators
 
         return self._to_rows(self._ancestral(net, n, seeded_generators(seeds)))
 
@@ -302,7 +302,7 @@ class DiffusionTask:
 
     def iteration_artifacts(self, model: DiffusionFit, context: DiffusionContext) -> dict[str, bytes]:
         """samples.png: n_grid samples of the batch's first chain (from its fixed quality noise)."""
-        from ..neural.batched import first_chain
+        from collapse_ray.neural.batched import first_chain
 
         samples = self._fixed_samples(first_chain(model.net, self._network), self.n_grid, context.quality_seeds[:1])[0]
         if self.source == DIGITS:

@@ -31,8 +31,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..validation import check_min, fail
-from .protocol import Metrics, RealData, Rows
+from collapse_ray.validation import check_min, fail
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows
 
 COLLAPSED_ENTROPY = 1e-8
 """(A)'s stopping threshold: below it one outcome is left (with n <= 1e5 the smallest

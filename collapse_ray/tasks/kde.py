@@ -31,8 +31,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..validation import check_finite_positive, check_min, fail
-from .protocol import Metrics, RealData, Rows
+from collapse_ray.validation import check_finite_positive, check_min, fail
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows
 
 Dataset = Literal["blobs", "circles", "moons", "swiss_roll"]
 Precision = Literal["float32", "float64"]

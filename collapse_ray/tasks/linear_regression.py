@@ -39,9 +39,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..validation import check_finite_positive, check_min, fail
-from .batched import cholesky, normals
-from .protocol import Metrics, RealData, Rows, check_value_grid
+from collapse_ray.validation import check_finite_positive, check_min, fail
+from collapse_ray.tasks.batched import cholesky, normals
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows, check_value_grid
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..text import backends, corpora, pool_steps, settings, steps
-from ..text.models import is_preset, load_tokenizer
-from ..text.settings import LanguageModelSettings
-from ..text.steps import TextContext, as_rows, chain_seed, encode
-from ..validation import fail
-from .protocol import Metrics, RealData, Rows
+from collapse_ray.text import backends, corpora, pool_steps, settings, steps
+from collapse_ray.text.models import is_preset, load_tokenizer
+from collapse_ray.text.settings import LanguageModelSettings
+from collapse_ray.text.steps import TextContext, as_rows, chain_seed, encode
+from collapse_ray.validation import fail
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows
 
 
 @dataclass(frozen=True)

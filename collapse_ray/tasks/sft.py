@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,12 +41,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..text import backends, corpora, pool_steps, settings, steps
-from ..text.models import load_tokenizer
-from ..text.settings import LanguageModelSettings
-from ..text.steps import TextContext, as_rows, chain_seed, encode
-from ..validation import SpecError, fail, require
-from .protocol import SHARED_FOLDER, Metrics, RealData, Rows, check_value_grid
+from collapse_ray import atomic
+from collapse_ray.text import backends, corpora, pool_steps, settings, steps
+from collapse_ray.text.models import load_tokenizer
+from collapse_ray.text.settings import LanguageModelSettings
+from collapse_ray.text.steps import TextContext, as_rows, chain_seed, encode
+from collapse_ray.validation import SpecError, fail, require
+from collapse_ray.tasks.protocol import SHARED_FOLDER, Metrics, RealData, Rows, check_value_grid
 
 USER, ASSISTANT = "user: ", "\nassistant: "
 MAX_SAMPLING_ROUNDS = 64
@@ -254,11 +254,9 @@ class SFTTask(LanguageModelSettings):
         tokenizer_dir = steps.prepare_tokenizer(fitter, fitter.workdir, loaded)
         train = self._fitting(load_tokenizer(tokenizer_dir), "train", self.value_pool_real, loaded)
         model = steps.fit_texts(fitter, fitter.workdir, train, TextContext(tokenizer_dir, seed))
-        tmp = folder / f".pool.parquet.tmp-{os.getpid()}"
-        with pq.ParquetWriter(tmp, pa.schema([("text", pa.string())])) as writer:  # batch by batch
-            for texts in fitter._accepted_batches(model, self.value_pool_size, seed):
+        with atomic.replacing(path) as tmp, pq.ParquetWriter(tmp, pa.schema([("text", pa.string())])) as writer:
+            for texts in fitter._accepted_batches(model, self.value_pool_size, seed):  # batch by batch
                 writer.write_table(pa.table({"text": pa.array(texts, type=pa.string())}))
-        os.replace(tmp, path)
 
     # -- protocol ----------------------------------------------------------------------
     def fit(self, train: Rows, context: Any = None):
@@ -328,7 +326,7 @@ def _local_fitting_count(source: str, model: str, max_length: int, vocab_size: i
                          response_column: str) -> int:
     """Validation rows of a local source that fit, tokenized as a chain would: by the
     model's own tokenizer, or for a preset by the one trained on the train split."""
-    from ..text.models import is_preset, train_tokenizer
+    from collapse_ray.text.models import is_preset, train_tokenizer
 
     columns = (prompt_column, response_column)
 

@@ -44,8 +44,8 @@ mean image, test loss 26.0 -> 27.1 nats; accumulate keeps drawing several digits
 
 Run it small:
 
-    python -c "from collapse_ray.loop import run_chain; from collapse_ray.tasks.vae import VAETask;
-    from collapse_ray.spec import ChainConfig;
+    python -c "from collapse_ray.core.loop import run_chain; from collapse_ray.tasks.vae import VAETask;
+    from collapse_ray.sweep.spec import ChainConfig;
     print(run_chain(VAETask(epochs=20), ChainConfig(workflow='replace', n_real=300, n_iterations=4), seeds=[0, 1]).table)"
 """
 
@@ -58,16 +58,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..neural import quality
-from ..neural.data import DIGITS, MAX_SEED, check_split_size, distinct_rows, image_split, resampled_rows
-from ..neural.render import image_grid_png
-from ..validation import check_finite_positive, check_min, fail, require
-from .protocol import Metrics, RealData, Rows
+from collapse_ray.neural import quality
+from collapse_ray.neural.data import DIGITS, MAX_SEED, check_split_size, distinct_rows, image_split, resampled_rows
+from collapse_ray.neural.render import image_grid_png
+from collapse_ray.validation import check_finite_positive, check_min, fail, require
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows
 
 if TYPE_CHECKING:  # torch is imported where it is used: importing the task registry stays light
     import torch
 
-    from ..neural.batched import BatchedMLP
+    from collapse_ray.neural.batched import BatchedMLP
 
 NOISE_CHUNK = 64  # minibatches of reparameterisation noise drawn per chain at once (one small loop per chunk)
 
@@ -205,8 +205,8 @@ class VAETask:
         starts from seed 0."""
         import torch
 
-        from ..neural.batched import BatchedMLP, as_tensor, seeded_generators, torch_generators
-        from ..neural.batched import train as train_networks
+        from collapse_ray.neural.batched import BatchedMLP, as_tensor, seeded_generators, torch_generators
+        from collapse_ray.neural.batched import train as train_networks
 
         images = train["image"]
         chains, n = images.shape[:2]
@@ -296,7 +296,7 @@ class _NoiseStream:
         self.used = 0
 
     def take(self, n: int) -> torch.Tensor:
-        from ..neural.batched import standard_normal
+        from collapse_ray.neural.batched import standard_normal
 
         if self.used + n > self.buffer.shape[1]:
             size = max(n, NOISE_CHUNK * n)

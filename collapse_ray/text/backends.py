@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..environment import environment_restored
-from .training import FIGURES_FILE, FitSettings, train_worker
+from collapse_ray.environment import environment_restored
+from collapse_ray.text.training import FIGURES_FILE, FitSettings, train_worker
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = "0.5"
@@ -149,7 +149,7 @@ def examples_dataset(examples: Sequence[np.ndarray], shuffle_seed: int, num_work
 
 def fit_ray_train_texts(settings: FitSettings, texts, placement: Placement, max_length: int, drop_long: bool,
                         held_out: Sequence[np.ndarray] | None = None) -> dict[str, float]:
-    """A fit on a Ray Dataset of `text` rows (e.g. pool.selection_dataset): Ray Data
+    """A fit on a Ray Dataset of `text` rows (e.g. readers.selection_dataset): Ray Data
     tasks tokenize them (BOS + ids + EOS, long rows cut or dropped) into the object
     store and the workers stream their shards from there; the caller never holds the
     texts or their tokens. Micro-batches are clamped to each worker's share of the
@@ -237,7 +237,7 @@ def shuffle_keys(batch, seed: int) -> np.ndarray:
     keys is a uniformly random order for each seed."""
     import hashlib
 
-    from ..pool import SOURCES
+    from collapse_ray.core.shards import SOURCES
 
     if all(c in batch.column_names for c in ("iteration", "source", "row")):
         identity = ((batch["iteration"].to_numpy().astype(np.uint64) << np.uint64(33))
@@ -262,8 +262,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, shuffle_seed: int | None, batch):
     import pyarrow as pa
 
-    from .models import load_tokenizer
-    from .steps import kept_and_encoded
+    from collapse_ray.text.models import load_tokenizer
+    from collapse_ray.text.steps import kept_and_encoded
 
     kept, examples = kept_and_encoded(load_tokenizer(tokenizer_dir), batch["text"].to_pylist(), max_length, drop_long)
     columns = {"input_ids": pa.array(examples, type=pa.list_(pa.int32()))}
@@ -368,7 +368,7 @@ def load_for_inference(model_dir: str, tokenizer_dir: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import load_tokenizer
+    from collapse_ray.text.models import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
@@ -436,7 +436,7 @@ def iter_samples(n: int, seed: int, s: SampleSettings, placement: Placement):
     if n == 0:
         return
     if placement.sampler == "vllm":  # vLLM engines as a Ray Data stage (vllm_sampler.py)
-        from . import vllm_sampler
+        from collapse_ray.text import vllm_sampler
 
         yield from vllm_sampler.iter_samples(n, seed, s, placement, s.seeding)
         return

@@ -2,7 +2,7 @@
 
 `validate` (and `run`, before anything starts) refuses a GPU spec whose fit or sampler
 needs more memory per GPU than the GPU it names (`task.gpu_memory_gb`), and
-`validate --cost` prints the same figures (collapse_ray/cost.py). The estimate:
+`validate --cost` prints the same figures (collapse_ray/sweep/cost.py). The estimate:
 - model states, counted as DeepSpeed's own estimators count them
   (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs`,
   without offload): bytes per parameter of the training weights, their gradients, the
@@ -137,7 +137,7 @@ def estimate(arch: Architecture, precision: str, zero_stage: int, workers: int, 
 def architecture(model: str, vocab_size: int) -> Architecture:
     """The model's exact parameter count and shape: a preset, a saved folder's
     config.json, or a hub model in HUB_ARCHITECTURES; ValueError otherwise."""
-    from .models import PRESETS, model_config
+    from collapse_ray.text.models import PRESETS, model_config
 
     if model in PRESETS:
         config = model_config(model, vocab_size, 0)

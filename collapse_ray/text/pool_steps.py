@@ -7,7 +7,7 @@ The trial process that runs the chain loop holds the pool's blocks, never its ro
 - fits: a `PoolSelection` handle becomes a Ray Data read of the shards it names,
   tokenized by Ray Data and streamed by the Ray Train workers (backends.fit_ray_train_texts);
 - samples: a Ray task drives Ray Data batch inference and streams the samples into
-  the iteration's shard as they come (pool.ShardWriter: hidden file, then rename);
+  the iteration's shard as they come (shards.ShardWriter: hidden file, then rename);
   the loop then records the shard and its sha256 in the pool manifest.
 With the in-process backends (`backend: local`, `sampler: local`, debugging) the same
 steps run in this process on the same files, and give the rows-path results exactly.
@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ..pool import PoolSelection, ShardTarget, ShardWriter
-from ..tasks.protocol import RealData
-from . import backends
-from .settings import LanguageModelSettings, placement
-from .steps import (FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_fit,
+from collapse_ray.core.pool import PoolSelection
+from collapse_ray.core.shards import ShardTarget, ShardWriter
+from collapse_ray.text.readers import selection_dataset_of
+from collapse_ray.core.types import RealData
+from collapse_ray.text import backends
+from collapse_ray.text.settings import LanguageModelSettings, placement
+from collapse_ray.text.steps import (FittedLM, TextContext, fit_key, fit_settings_for, fit_texts, fits_folder, initial_fit,
                     publish_fit, stored_fit)
 
 TEXT = ("text",)
@@ -74,7 +76,7 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
     def fit_into(folder: Path) -> dict | None:
         fit_settings = fit_settings_for(settings, context, folder, key, None)
         start = time.perf_counter()
-        figures = backends.fit_ray_train_texts(fit_settings, selection.dataset(TEXT), placement(settings),
+        figures = backends.fit_ray_train_texts(fit_settings, selection_dataset_of(selection, TEXT), placement(settings),
                                                settings.max_length, settings.long_rows == "drop", context.held_out)
         if not figures.get("train_examples"):  # every row dropped as too long: nothing fitted
             return None
@@ -82,7 +84,7 @@ def fit_on_disk(settings: LanguageModelSettings, workdir: Path, selection: PoolS
 
     figures = publish_fit(out, fit_into, Path(workdir))
     if figures is None:  # every row dropped: the initial model
-        from .models import load_tokenizer
+        from collapse_ray.text.models import load_tokenizer
 
         return initial_fit(settings, load_tokenizer(context.tokenizer_dir), context, out, Path(workdir))
     return FittedLM(str(out), context.tokenizer_dir, figures)

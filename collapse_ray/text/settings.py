@@ -20,8 +20,8 @@ from dataclasses import InitVar, asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from ..validation import SpecError, check_finite_positive, check_min, fail, require
-from . import backends
+from collapse_ray.validation import SpecError, check_finite_positive, check_min, fail, require
+from collapse_ray.text import backends
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def check_memory(settings: LanguageModelSettings, where: str) -> None:
     GPU (text/memory.py) within the GPU's."""
     if not settings.use_gpu or settings.gpu_memory_gb is None:
         return
-    from . import memory
+    from collapse_ray.text import memory
 
     check_finite_positive(settings.gpu_memory_gb, f"{where}.gpu_memory_gb")
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends
-from .models import is_preset, load_tokenizer, train_tokenizer
-from .settings import LanguageModelSettings, fit_digest, placement, resolved_precision, resolved_warmup_ratio
-from .training import FitSettings, token_loss
+from collapse_ray import atomic
+from collapse_ray.text import backends
+from collapse_ray.text.models import is_preset, load_tokenizer, train_tokenizer
+from collapse_ray.text.settings import LanguageModelSettings, fit_digest, placement, resolved_precision, resolved_warmup_ratio
+from collapse_ray.text.training import FitSettings, token_loss
 
 FIT_FILE = "fit.json"  # a fit's figures, in its folder: the folder is a finished fit
 
@@ -149,7 +149,7 @@ def publish_fit(out: Path, fit_into: Callable[[Path], dict | None], owner: Path)
     if out.exists() and not (out / FIT_FILE).exists():
         shutil.rmtree(out)  # a fit that stopped part-way under an earlier version (it fitted in place)
     try:
-        os.rename(attempt, out)
+        atomic.publish_folder(attempt, out)
     except OSError:
         if (figures := stored_fit(out)) is None:
             raise
@@ -212,7 +212,7 @@ def initial_fit(settings: LanguageModelSettings, tokenizer, context: TextContext
 def initial_model(settings: LanguageModelSettings, tokenizer, context: TextContext, out: Path) -> str:
     """A fit on no rows: the base model (saved/hub), or a preset's initial weights
     (seeded by the chain) saved under `out`."""
-    from .models import build_model
+    from collapse_ray.text.models import build_model
 
     if not is_preset(settings.model):
         return settings.model

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from collapse_ray import atomic
+
 IGNORE = -100  # label of padding positions
 FIGURES_FILE = "train_figures.json"  # beside the saved model: how its fit went
 ORDER_FOLDER = "data_order"  # with record_order: rank-R.json, per micro-step the row_digest of each row
@@ -127,7 +129,7 @@ def train_worker(
     began = time.perf_counter()
     import torch
 
-    from .models import build_model, load_tokenizer
+    from collapse_ray.text.models import build_model, load_tokenizer
 
     if settings.threads_per_worker:
         torch.set_num_threads(settings.threads_per_worker)
@@ -255,7 +257,7 @@ class _Engine:
         self.model = model
         self.dtype = None
         if settings.engine == "deepspeed":
-            from . import lean_deepspeed
+            from collapse_ray.text import lean_deepspeed
 
             deepspeed = lean_deepspeed.import_deepspeed()
             config = deepspeed_config(settings, world_size)
@@ -327,7 +329,7 @@ def _save(module, output_dir: str, figures: dict, files: dict[str, str], state: 
         (tmp / name).write_text(text)
     if out.exists():  # left by an attempt that crashed after saving
         shutil.rmtree(out)
-    os.replace(tmp, out)
+    atomic.publish_folder(tmp, out)
 
 
 def token_loss(model, examples: Sequence[np.ndarray], pad_id: int, batch_size: int = 32, device: str = "cpu") -> float:

@@ -132,7 +132,7 @@ def iter_token_ids(asked: Requests, s, placement, eos: int):
     import pyarrow as pa
     import ray.data
 
-    from .backends import quiet_ray_data
+    from collapse_ray.text.backends import quiet_ray_data
 
     quiet_ray_data()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -166,7 +166,7 @@ def iter_samples(n: int, seed: int, s, placement, seeding: str = "independent"):
     as the HF sampler decodes (special tokens skipped, stripped)."""
     if n == 0:
         return
-    from .models import load_tokenizer
+    from collapse_ray.text.models import load_tokenizer
 
     tokenizer = load_tokenizer(s.tokenizer_dir)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

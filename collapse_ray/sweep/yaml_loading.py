@@ -17,7 +17,7 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
-from .validation import SpecError, describe
+from collapse_ray.validation import SpecError, describe
 
 MAX_YAML_DEPTH = 32  # a spec is 3 levels deep; deeper is a mistake (and recursion in PyYAML)
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few KiB; a bigger file is a mistake (and slow YAML)
@@ -121,7 +121,7 @@ def load_yaml_file(path: Path) -> tuple[str, Any]:
     except OSError as err:
         hint = ""
         if isinstance(err, FileNotFoundError) and Path(path).parent.is_dir():  # a mistyped name: the folder's specs
-            from .validation import did_you_mean
+            from collapse_ray.validation import did_you_mean
 
             hint = did_you_mean(Path(path).name, sorted(p.name for p in Path(path).parent.glob("*.y*ml")))
         raise SpecError(f"spec file {str(path)!r} cannot be read: {err.strerror or err}{hint}") from None

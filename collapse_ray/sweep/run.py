@@ -47,9 +47,10 @@ import ray
 from ray import tune
 from ray.tune import Callback
 
-from .spec import ChainJob, SweepSpec
-from .tasks.protocol import SHARED_FOLDER, SharesFits
-from .validation import SpecError
+from collapse_ray import atomic
+from collapse_ray.sweep.spec import ChainJob, SweepSpec
+from collapse_ray.tasks.protocol import SHARED_FOLDER, SharesFits
+from collapse_ray.validation import SpecError
 
 SWEEP_FILE = "sweep.json"
 RESUMED_TAG = "collapse_ray.resumed_from_iteration"
@@ -157,14 +158,14 @@ class SweepOutcome:
     seconds: float
     disk_fault: str | None = None  # why trials failed, when it was a full or read-only disk
     experiment_id: str = ""
-    conclusion: Any = None  # collapse_ray.cells.Conclusion: the answer's lines, figures, table
+    conclusion: Any = None  # collapse_ray.sweep.cells.Conclusion: the answer's lines, figures, table
 
 
 def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
     """Ray Tune function trainable for one ChainJob (Tune's config names it by key; the
     jobs themselves come through tune.with_parameters, as the spec built them)."""
-    from .loop import checkpoint_continues, run_chain
-    from .tracking import MlflowChainSink, client_for, finish_chain_run, open_chain_run
+    from collapse_ray.core.loop import checkpoint_continues, run_chain
+    from collapse_ray.tracking import MlflowChainSink, client_for, finish_chain_run, open_chain_run
 
     started = time.time()  # wall clock: benchmarks line trials up against the driver's
     job = jobs[config["job"]["key"]]
@@ -172,7 +173,7 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
     chain = job.point.chain
     from mlflow.entities import Dataset
 
-    from .tracking import N_ITERATIONS_TAG
+    from collapse_ray.tracking import N_ITERATIONS_TAG
 
     client = client_for(ctx["tracking_uri"])
     datasets = [Dataset(**d) for d in ctx.get("datasets", [])]
@@ -296,7 +297,7 @@ def planned_jobs(spec: SweepSpec, saved: dict | None) -> list[ChainJob]:
 
 
 def _spec_of(resolved: dict) -> SweepSpec:
-    from .spec import parse_spec
+    from collapse_ray.sweep.spec import parse_spec
 
     raw = {key: value for key, value in resolved.items() if not (key == "cases" and not value)}
     return parse_spec(raw)
@@ -310,7 +311,7 @@ def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
     """A sweep folder's sweep.json, or SpecError naming what is wrong with it."""
     if not sweep_dir.is_dir():
         raise SpecError(f"--resume: {sweep_dir} is not a folder (give the sweep folder that holds {SWEEP_FILE})")
-    from .state_file import CheckpointFormatError, read_json
+    from collapse_ray.core.checkpoint import CheckpointFormatError, read_json
 
     path = sweep_dir / SWEEP_FILE
     if not path.exists():
@@ -335,7 +336,7 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are.
     `source`: where the spec came from (its file), for the sweep run's Source."""
-    from .tracking import check_reachable, credentials_in_environment, refuse_if_secret_in, resolve_tracking_uri
+    from collapse_ray.tracking import check_reachable, credentials_in_environment, refuse_if_secret_in, resolve_tracking_uri
 
     started = time.perf_counter()
     out_root = Path(out_root).resolve()
@@ -411,7 +412,7 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
     """The sweep proper, once its folder and tracking store are settled (resumed_run_id:
     the parent run of the sweep being resumed, else None for a new sweep). Fills
     `written` once sweep.json exists, so an interrupt knows whether a resume can work."""
-    from .tracking import (
+    from collapse_ray.tracking import (
         cell_run_names,
         client_for,
         default_artifact_root,
@@ -476,9 +477,9 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
     job_configs = {j.key: {"key": j.key, "run_name": run_names[j.key], "n_iterations": j.point.chain.n_iterations}
                    for j in jobs}
     searcher = None
-    if spec.search.adaptive:  # the cells an adaptive search picks, a batch at a time (collapse_ray/contour_searcher.py)
-        from .contour_searcher import ContourSearcher, mlflow_losses, open_search
-        from .contour_search import STATE_FILE
+    if spec.search.adaptive:  # the cells an adaptive search picks, a batch at a time (collapse_ray/sweep/contour_searcher.py)
+        from collapse_ray.sweep.contour_searcher import ContourSearcher, mlflow_losses, open_search
+        from collapse_ray.sweep.contour_search import STATE_FILE
 
         search = open_search(spec, jobs, sweep_dir, ray.cluster_resources().get("CPU", 1))
         searcher = ContourSearcher(search, sweep_dir / STATE_FILE, job_configs,
@@ -557,16 +558,16 @@ def _fan_out(spec: SweepSpec, jobs: list[ChainJob], resolved: dict, sweep_dir: P
 
 
 def _conclude(written: dict[str, Any]):
-    """The sweep's cell runs, saved view, per-cell table and figures (collapse_ray.cells): a
+    """The sweep's cell runs, saved view, per-cell table and figures (collapse_ray.sweep.cells): a
     convenience, which never fails a sweep; None when it could not be made."""
-    from .cells import conclude_sweep
+    from collapse_ray.sweep.cells import conclude_sweep
 
     spec, state = written["spec"], written["state"]
     jobs, contour = written["jobs"], None
     try:
         search = written.get("search")
         if search is not None:  # an adaptive search: the cells it ran, and its estimate over every cell
-            from .contour_search import STATE_FILE
+            from collapse_ray.sweep.contour_search import STATE_FILE
 
             jobs = [job for job in jobs if job.key in search.results]
             contour = search.estimate()
@@ -587,7 +588,7 @@ FIGURES_ENV = "COLLAPSE_RAY_SWEEP_FIGURES"  # 0: a sweep's end draws no figures 
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
     """The store a sweep was started with (sweep.json keeps it without credentials); a
     given URI is used instead when it names the same store, for its credentials."""
-    from .tracking import redact_uri, split_credentials
+    from collapse_ray.tracking import redact_uri, split_credentials
 
     given = given or os.environ.get("MLFLOW_TRACKING_URI")
     if given and saved in (split_credentials(given)[0], redact_uri(given)):
@@ -597,7 +598,7 @@ def _resumed_tracking_uri(saved: str, given: str | None) -> str:
 
 def _disk_fault_of(errors: list, sweep_dir: Path) -> str | None:
     """One line for the first trial error that was a full or read-only disk, else None."""
-    from .tracking import disk_fault_line, is_disk_fault
+    from collapse_ray.tracking import disk_fault_line, is_disk_fault
 
     for err in errors:
         if is_disk_fault(err):
@@ -608,7 +609,7 @@ def _disk_fault_of(errors: list, sweep_dir: Path) -> str | None:
 def _raise_if_disk_fault(err: Exception, sweep_dir: Path) -> None:
     """StorageFault naming the folder when the disk under it is full or read-only (then
     whatever failed, failed because of it)."""
-    from .tracking import StorageFault, disk_fault_line, is_disk_fault
+    from collapse_ray.tracking import StorageFault, disk_fault_line, is_disk_fault
 
     if is_disk_fault(err):
         raise StorageFault(f"{sweep_dir}: {disk_fault_line(err)}") from err
@@ -624,7 +625,7 @@ def _raise_if_disk_fault(err: Exception, sweep_dir: Path) -> None:
 def _check_chain_folders(sweep_dir: Path, jobs: list[ChainJob]) -> None:
     """Before a resume starts anything: every chain's checkpoint and pool shards must be
     readable and its own, or the error names the file (not a trial failure later)."""
-    from .loop import check_checkpoint
+    from collapse_ray.core.loop import check_checkpoint
 
     keys = {job.key: job for job in jobs}
     for folder in sorted((sweep_dir / "chains").glob("*")):
@@ -655,13 +656,7 @@ def say(message: str) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(data, indent=2))
 
 
 class ProgressCallback(Callback):

@@ -5,18 +5,15 @@ In memory the pool is column arrays of shape (chains, rows, ...). Every chain ad
 same number of rows per iteration, so the row layout (and thus `iteration` and
 `source`) is shared by all chains and rows of one iteration are contiguous.
 
-On disk the pool is hive-partitioned Parquet, one folder per iteration and source:
-    ROOT/iteration=T/source=S/part-0.parquet   (columns: chain, row, <data columns>)
-written to a hidden temporary name and renamed, so readers never see a partial shard.
-`as_ray_dataset(ROOT)` reads it as a Ray Dataset. Cheap tasks keep the pool in memory
-and write it only when checkpointing or when asked to persist it.
+On disk the pool is its shards (core/shards.py: one Parquet file per iteration and
+source). Cheap tasks keep the pool in memory (ArrayPool) and write it only when
+checkpointing or when asked to persist it; language models' pools live in their shards
+(DiskPool), and their workers read them through Ray Data (text/readers.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .workflows import BlockSelection, MixingPolicy, PoolBlocks, PoolIndex, Selection
+from collapse_ray.core.shards import (
+    SHAPES_KEY, SOURCES, ShardTarget, block_rows, check_manifest, iterations_on_disk, manifest_entry, shard_path, to_arrow,
+    write_shard,
+)
+from collapse_ray.core.workflows import BlockSelection, MixingPolicy, PoolBlocks, PoolIndex, Selection
 
-SOURCES = ("real", "synthetic")
 
 
 class ArrayPool:
@@ -127,10 +127,10 @@ class ArrayPool:
                     continue
                 block_start = int(np.flatnonzero(held == it)[0])
                 table = self._block_table(rows, block_start)
-                path = root / f"iteration={int(it)}" / f"source={source}" / SHARD_NAME
-                write_table_atomic(table, path)
+                path = shard_path(root, int(it), source)
+                write_shard(table, path)
                 self._written.add((int(it), source))
-                self._shards[(int(it), source)] = _manifest_entry(path, root, table.num_rows)
+                self._shards[(int(it), source)] = manifest_entry(path, root, table.num_rows)
                 written.append(path)
         return written
 
@@ -155,8 +155,8 @@ class ArrayPool:
         for name, col in self._columns.items():
             values = col[:, rows[0] : rows[-1] + 1]
             shapes[name] = list(values.shape[2:])
-            arrays[name] = _to_arrow(values.reshape(n_chains * k, -1) if values.ndim > 2 else values.reshape(-1))
-        return pa.table(arrays).replace_schema_metadata({"collapse_ray.shapes": json.dumps(shapes)})
+            arrays[name] = to_arrow(values.reshape(n_chains * k, -1) if values.ndim > 2 else values.reshape(-1))
+        return pa.table(arrays).replace_schema_metadata({SHAPES_KEY: json.dumps(shapes)})
 
     @classmethod
     def load(
@@ -188,133 +188,18 @@ class ArrayPool:
         for it in iterations:
             blocks = []
             for source in SOURCES:
-                path = root / f"iteration={it}" / f"source={source}" / SHARD_NAME
+                path = shard_path(root, it, source)
                 if (listed is None and path.exists()) or (listed is not None and (it, source) in listed):
                     table = pq.read_table(path)
                     pool._shards[(it, source)] = (listed[(it, source)] if listed is not None
-                                                  else _manifest_entry(path, root, table.num_rows))
+                                                  else manifest_entry(path, root, table.num_rows))
                     blocks.append((int(pc.min(table["row"]).as_py()), source, table, path))
             # an iteration can hold a synthetic and a fresh-real block: re-add them in the
             # order they were added (their row offsets), so positional selections replay
             for _, source, table, path in sorted(blocks, key=lambda b: b[0]):
-                pool.add(_block_rows(table, path, pool.chain_ids), it, source)
+                pool.add(block_rows(table, path, pool.chain_ids), it, source)
                 pool._written.add((it, source))
         return pool
-
-
-SHARD_NAME = "part-0.parquet"
-TEMPORARY_GLOB = f".{SHARD_NAME}.tmp-*"
-
-
-def remove_stale_temporaries(root: str | Path) -> int:
-    """Delete half-written shards a killed writer left (hidden, so no reader saw them)."""
-    stale = list(Path(root).glob(f"iteration=*/source=*/{TEMPORARY_GLOB}"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
-
-
-def _manifest_entry(path: Path, root: Path, rows: int) -> dict:
-    from .state_file import file_sha256
-
-    return {"path": path.relative_to(root).as_posix(), "rows": int(rows), "sha256": file_sha256(path)}
-
-
-_MANIFEST_PATH = re.compile(rf"iteration=(\d+)/source=({'|'.join(SOURCES)})/{re.escape(SHARD_NAME)}")
-
-
-def check_manifest(root: str | Path, manifest: Sequence[dict]) -> dict[tuple[int, str], dict]:
-    """Every shard a checkpoint's manifest lists must be there with its row count and
-    sha256 (else ValueError naming the file); returns them by (iteration, source)."""
-    from .state_file import file_sha256
-
-    root = Path(root)
-    listed = {}
-    for entry in manifest:
-        match = _MANIFEST_PATH.fullmatch(str(entry.get("path", ""))) if isinstance(entry, dict) else None
-        if match is None or not isinstance(entry.get("rows"), int) or not isinstance(entry.get("sha256"), str):
-            raise ValueError(f"the pool manifest of {root} has a malformed entry {str(entry)[:80]}")
-        path = root / entry["path"]
-        if not path.is_file():
-            raise ValueError(f"{path} is missing: the checkpoint's pool manifest lists it, so a resume "
-                             "cannot be exact (restore the file, or start the sweep afresh)")
-        try:
-            rows = pq.read_metadata(path).num_rows
-        except Exception as err:  # noqa: BLE001 - any reader error: the file is unusable
-            raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
-        if rows != entry["rows"] or file_sha256(path) != entry["sha256"]:
-            raise ValueError(f"{path} differs from the checkpoint's pool manifest ({rows} rows, expected "
-                             f"{entry['rows']}, or other content): it changed after the checkpoint")
-        listed[(int(match.group(1)), match.group(2))] = entry
-    return listed
-
-
-def check_shards(root: str | Path, chain_ids: Sequence[int]) -> None:
-    """Raise ValueError naming the file if the pool folder holds anything but readable
-    shards of these chains (a corrupt file, a foreign one, another chain's)."""
-    root = Path(root)
-    expected = sorted(int(c) for c in chain_ids)
-    for path in sorted(root.rglob("*")):
-        if path.is_dir() or path.name.startswith("."):
-            continue  # hidden: temporaries of an interrupted write, never read
-        parts = path.relative_to(root).parts
-        if (len(parts) != 3 or not parts[0].startswith("iteration=") or parts[1] not in
-                tuple(f"source={s}" for s in SOURCES) or parts[2] != SHARD_NAME):
-            raise ValueError(f"{path} is not a pool shard (expected iteration=T/source=S/{SHARD_NAME})")
-        try:
-            schema = pq.read_schema(path)
-        except Exception as err:  # noqa: BLE001 - any reader error: the file is unusable
-            raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
-        if (schema.metadata is None or b"collapse_ray.shapes" not in schema.metadata
-                or not {"chain", "row"} <= set(schema.names)):
-            raise ValueError(f"{path} was not written by collapse_ray's pool (no chain/row columns and shapes)")
-        try:
-            chains = np.unique(pq.read_table(path, columns=["chain"])["chain"].to_numpy())
-        except Exception as err:  # noqa: BLE001 - a footer that reads but data that does not
-            raise ValueError(f"{path} is not a readable Parquet pool shard: {str(err).splitlines()[0]}") from None
-        if chains.tolist() != expected:
-            raise ValueError(f"{path} holds chains {chains.tolist()}, expected {expected}")
-
-
-def _block_rows(table: pa.Table, path: Path, chain_ids: np.ndarray) -> dict[str, np.ndarray]:
-    shapes = json.loads(table.schema.metadata[b"collapse_ray.shapes"])
-    order = np.lexsort((table["row"].to_numpy(), table["chain"].to_numpy()))
-    chains_in_file = np.unique(table["chain"].to_numpy())
-    if not np.array_equal(chains_in_file, np.sort(chain_ids)):
-        raise ValueError(f"{path} holds chains {chains_in_file.tolist()}, expected {sorted(chain_ids.tolist())}")
-    # rows are sorted by chain id; restore the pool's chain order
-    rank = np.argsort(np.argsort(chain_ids))
-    out = {}
-    k = table.num_rows // len(chain_ids)
-    for name, shape in shapes.items():
-        col = table[name].combine_chunks()
-        values = _from_arrow(col)[order].reshape(len(chain_ids), k, *shape)
-        out[name] = values[rank]
-    return out
-
-
-def _to_arrow(values: np.ndarray) -> pa.Array:
-    if values.ndim == 1:
-        return pa.array(values)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-
-
-def _from_arrow(col: pa.Array) -> np.ndarray:
-    if pa.types.is_fixed_size_list(col.type):
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
-    return col.to_numpy(zero_copy_only=False)
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a hidden temporary file then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except Exception:  # (a kill leaves it behind; remove_stale_temporaries takes care of that)
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _n_rows(rows: dict[str, np.ndarray], n_chains: int) -> int:
@@ -330,22 +215,6 @@ def _grow(arr: np.ndarray, needed: int) -> np.ndarray:
     grown = np.empty(max(needed, 2 * len(arr)), dtype=arr.dtype)
     grown[: len(arr)] = arr
     return grown
-
-
-def iterations_on_disk(root: str | Path) -> list[int]:
-    return sorted(int(p.name.split("=", 1)[1]) for p in Path(root).glob("iteration=*") if p.is_dir())
-
-
-def as_ray_dataset(root: str | Path):
-    """The pool on disk as a Ray Dataset with int `iteration` and str `source` columns."""
-    import ray.data
-    from ray.data.datasource import Partitioning
-
-    return ray.data.read_parquet(
-        str(root),
-        partitioning=Partitioning("hive", field_types={"iteration": int}),
-        file_extensions=["parquet"],
-    )
 
 
 def selected_rows(index: PoolIndex, selection: Selection, chain: int = 0) -> dict[tuple[int, str], np.ndarray]:
@@ -370,129 +239,7 @@ def selected_rows(index: PoolIndex, selection: Selection, chain: int = 0) -> dic
     return out
 
 
-def selection_dataset(root: str | Path, index: PoolIndex, selection: Selection, chain_id: int,
-                      columns: Sequence[str], chain: int = 0):
-    """One chain's selected rows as a Ray Data read of only the shards they lie in, in
-    (iteration, source, row) order: the same rows as `take(selection)` of the pool that
-    wrote ROOT, without the caller holding them. Columns: `columns` plus chain, row,
-    iteration, source. The order is fixed (a fit on it is reproducible): this sets the
-    driver's Ray Data context to preserve order. (Per-row index and selection; a
-    DiskPool's PoolSelection.dataset reads the same from its blocks.)"""
-    wanted = selected_rows(index, selection, chain)
-    held = {(int(it), SOURCES[code]): int(n) for (it, code), n in zip(*_block_counts(index))}
-    return shards_dataset(root, {block: range(int(r[0]), int(r[0]) + len(r)) if len(r) == held[block] else r
-                                 for block, r in wanted.items()}, chain_id, columns)
-
-
-def shards_dataset(root: str | Path, rows_by_shard: dict[tuple[int, str], range | np.ndarray], chain_id: int,
-                   columns: Sequence[str]):
-    """A Ray Data read of chain `chain_id`'s rows `rows_by_shard` names ((iteration,
-    source) -> a range: the whole shard, or a sorted array of row ids), in (iteration,
-    source, row) order; see selection_dataset."""
-    import ray.data
-
-    root = Path(root)
-    if not rows_by_shard:
-        raise ValueError("the selection names no rows")
-    paths = [str(root / f"iteration={it}" / f"source={source}" / SHARD_NAME) for it, source in sorted(rows_by_shard)]
-    # shards taken whole need no row filter: the keys (8 bytes a row) are only for the rest
-    partial = {block: r for block, r in rows_by_shard.items() if not isinstance(r, range)}
-    keys = np.sort(np.concatenate([_row_keys(np.full(len(r), it), np.full(len(r), SOURCES.index(s)), r)
-                                   for (it, s), r in partial.items()] or [np.empty(0, np.int64)]))
-    partial_codes = np.asarray([(it << 1) | SOURCES.index(s) for it, s in partial], dtype=np.int64)
-
-    def keep(batch: pa.Table) -> pa.Table:
-        # the shard each row came from, by its path (iteration=T/source=S/...)
-        found = [_MANIFEST_PATH.search(p) for p in batch["path"].to_pylist()]
-        iteration = np.asarray([int(m.group(1)) for m in found], dtype=np.int64)
-        codes = np.asarray([SOURCES.index(m.group(2)) for m in found], dtype=np.int64)
-        mine = batch["chain"].to_numpy() == chain_id
-        filtered = np.isin((iteration << 1) | codes, partial_codes)
-        picked = mine & (~filtered | np.isin(_row_keys(iteration, codes, batch["row"].to_numpy()), keys))
-        return (batch.drop_columns(["path"]).append_column("iteration", pa.array(iteration))
-                .append_column("source", pa.array(np.asarray(SOURCES)[codes])).filter(pa.array(picked)))
-
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    dataset = ray.data.read_parquet(paths, columns=["chain", "row", *columns], include_paths=True, partitioning=None)
-    return dataset.map_batches(keep, batch_format="pyarrow")
-
-
-def _block_counts(index: PoolIndex):
-    """((iteration, source code) pairs, rows of each) held in the index."""
-    blocks, counts = np.unique(np.stack([index.iteration, index.source.astype(np.int64)], axis=1), axis=0,
-                               return_counts=True)
-    return [tuple(b) for b in blocks.tolist()], counts.tolist()
-
-
-def _row_keys(iteration: np.ndarray, source_code: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """One int64 per (iteration, source, row): rows under 2**32 per shard."""
-    return (np.asarray(iteration, np.int64) << 33) | (np.asarray(source_code, np.int64) << 32) | np.asarray(row, np.int64)
-
-
 # -- the pool on disk: rows in the shards, only the index in the process ---------------
-class ShardTarget:
-    """Where one (iteration, source) block of a chain's rows goes: the shard file, and
-    the `row` id its first row takes (its offset within the iteration's block, as
-    write_shards numbers rows). Whoever makes the rows writes them here (ShardWriter),
-    so they need not pass through the process that holds the pool."""
-
-    __slots__ = ("root", "iteration", "source", "chain_id", "first_row")
-
-    def __init__(self, root: str | Path, iteration: int, source: str, chain_id: int, first_row: int):
-        self.root, self.iteration, self.source = str(root), int(iteration), source
-        self.chain_id, self.first_row = int(chain_id), int(first_row)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.root) / f"iteration={self.iteration}" / f"source={self.source}" / SHARD_NAME
-
-    def __repr__(self) -> str:
-        return f"ShardTarget({self.path}, chain {self.chain_id}, first row {self.first_row})"
-
-
-class ShardWriter:
-    """Streams rows of one text-like pool shard (1-D columns) into a hidden temporary
-    file and renames it on commit: readers see all of it or none, as write_shards.
-
-        with ShardWriter(target, ("text",)) as shard:
-            shard.write({"text": batch})   # batch after batch; memory: one batch
-    """
-
-    def __init__(self, target: ShardTarget, columns: Sequence[str], types: dict[str, pa.DataType] | None = None):
-        self.target, self.rows = target, 0
-        types = types or {}
-        self.schema = pa.schema(
-            [("chain", pa.int64()), ("row", pa.int64())] + [(c, types.get(c, pa.string())) for c in columns],
-            metadata={"collapse_ray.shapes": json.dumps({c: [] for c in columns})})
-        self.path = target.path
-        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
-        self._writer = None
-
-    def __enter__(self) -> "ShardWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self.tmp, self.schema)
-        return self
-
-    def write(self, columns: dict[str, Sequence]) -> None:
-        k = len(next(iter(columns.values())))
-        if k == 0:
-            return
-        start = self.target.first_row + self.rows
-        arrays = {"chain": pa.array(np.full(k, self.target.chain_id, np.int64)),
-                  "row": pa.array(np.arange(start, start + k, dtype=np.int64))}
-        arrays.update({name: pa.array(list(values), type=self.schema.field(name).type)
-                       for name, values in columns.items()})
-        self._writer.write_table(pa.table(arrays, schema=self.schema))
-        self.rows += k
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self._writer.close()
-        if kind is None and self.rows:
-            os.replace(self.tmp, self.path)
-        else:  # failed, or nothing to write (an empty block has no shard, as in write_shards)
-            self.tmp.unlink(missing_ok=True)
-
-
 class PoolSelection:
     """A handle on one chain's selected rows in the pool's shards, given to a task in
     place of the rows: ROOT, the pool's blocks ((iteration, source, rows per chain, row
@@ -521,10 +268,6 @@ class PoolSelection:
             out[(it, source)] = range(first, first + k) if offsets is None else first + offsets
         return dict(sorted(out.items()))
 
-    def dataset(self, columns: Sequence[str]):
-        """A Ray Data read of the selected rows (shards_dataset): nothing is read here."""
-        return shards_dataset(self.root, self.rows_by_shard(), self.chain_id, columns)
-
     def read(self, columns: Sequence[str]) -> dict[str, list]:
         """The selected rows, in this process and in the selection's own order: what
         `ArrayPool.take(selection)` gives one chain (in-process backends, debugging)."""
@@ -533,7 +276,7 @@ class PoolSelection:
         values = {}  # block -> column -> this chain's values, by offset within the block
         for b in self.chosen.by_block():
             it, source, k, first = self.blocks[b]
-            path = Path(self.root) / f"iteration={it}" / f"source={source}" / SHARD_NAME
+            path = shard_path(self.root, it, source)
             table = pq.read_table(path, columns=["chain", "row", *columns], filters=[("chain", "=", self.chain_id)])
             at = np.empty(k, dtype=np.int64)
             at[table["row"].to_numpy() - first] = np.arange(table.num_rows)
@@ -630,7 +373,7 @@ class DiskPool:
         if rows % len(self.chain_ids):
             raise ValueError(f"{target.path} holds {rows} rows, not a multiple of {len(self.chain_ids)} chains")
         self._append(target.iteration, target.source, rows // len(self.chain_ids),
-                     _manifest_entry(target.path, self.root, rows))
+                     manifest_entry(target.path, self.root, rows))
 
     def add(self, rows: dict[str, np.ndarray], iteration: int, source: str) -> None:
         """Rows made in this process (fresh real rows: few), written to their shard at once."""
@@ -641,8 +384,8 @@ class DiskPool:
         staging = ArrayPool(self.chain_ids)
         staging.add(rows, iteration, source)
         table = staging._block_table(np.arange(k), -target.first_row)
-        write_table_atomic(table, target.path)
-        self._append(iteration, source, k, _manifest_entry(target.path, self.root, table.num_rows))
+        write_shard(table, target.path)
+        self._append(iteration, source, k, manifest_entry(target.path, self.root, table.num_rows))
 
     def _append(self, iteration: int, source: str, k: int, entry: dict) -> None:
         if not self.keep_history and self._blocks and iteration > self.latest_iteration:

@@ -1,5 +1,5 @@
 """The Ray Tune side of the value grid's adaptive search: a `Searcher` that hands Tune the
-jobs of the cells collapse_ray.contour_search.ContourSearch picks, and feeds it each
+jobs of the cells collapse_ray.sweep.contour_search.ContourSearch picks, and feeds it each
 finished job's per-seed test losses, read back from the job's MLflow run (so a trial that a
 resumed sweep skips, its run finished before, counts as well).
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from .contour_search import METRIC, STATE_FILE, ContourSearch, ValueGridCells, resolve_batch_size
-from .spec import ChainJob, SweepSpec
+from collapse_ray.sweep.contour_search import METRIC, STATE_FILE, ContourSearch, ValueGridCells, resolve_batch_size
+from collapse_ray.sweep.spec import ChainJob, SweepSpec
 
 Losses = tuple[list[int], list[float]]
 
@@ -93,7 +93,7 @@ def mlflow_losses(client, tracking_uri: str, experiment_id: str, sweep_run_id: s
 
     import pandas as pd
 
-    from .tracking import CHAIN_TABLE, JOB_KEY_TAG, PARENT_TAG, _local_artifact, _moved_artifact
+    from collapse_ray.tracking import CHAIN_TABLE, JOB_KEY_TAG, PARENT_TAG, _local_artifact, _moved_artifact
 
     def read(job_key: str) -> Losses | None:
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{sweep_run_id}' and "

@@ -1,6 +1,6 @@
 """The value grid's adaptive search (issue 28, 2): which cells (n_real, value_synthetic) to
 run so as to find where s synthetic rows stop helping, V(n, s) = L(n, s) - L(n, 0) = 0,
-without running the whole grid. Ray-free: collapse_ray/contour_searcher.py is the thin
+without running the whole grid. Ray-free: collapse_ray/sweep/contour_searcher.py is the thin
 Ray Tune adapter, collapse_ray/level_set.py the Gaussian process.
 
     search:                      # in a value-grid spec; absent = method grid, every cell as before
@@ -60,11 +60,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from scipy.special import ndtri
 
-from . import level_set
-from .validation import SpecError, check_min, fail, require
+from collapse_ray import atomic, level_set
+from collapse_ray.validation import SpecError, check_min, fail, require
 
 if TYPE_CHECKING:
-    from .spec import ChainJob, GridPoint
+    from collapse_ray.core.jobs import ChainJob, GridPoint
 
 STATE_FILE = "contour_search.json"
 FORMAT = "collapse_ray.contour_search/1"
@@ -149,7 +149,7 @@ class SearchConfig:
 
 
 def config_dict(config: SearchConfig) -> dict[str, Any]:
-    from .validation import as_flat_dict
+    from collapse_ray.validation import as_flat_dict
 
     return as_flat_dict(config)
 
@@ -348,16 +348,13 @@ class ContourSearch:
                 "failed": self.failed, "lse": self.lse, "stopped": self.stopped, "model": self.model}
 
     def save(self, path: Path) -> None:
-        from .state_file import _write_atomic
-
-        text = json.dumps(self.to_json(), allow_nan=False, default=_no_nan).encode()
-        _write_atomic(Path(path), lambda f: f.write(text))
+        atomic.write_text(path, json.dumps(self.to_json(), allow_nan=False, default=_no_nan))
 
     @classmethod
     def open(cls, path: Path, cells: ValueGridCells, config: SearchConfig, batch_size: int) -> ContourSearch:
         """The search saved at `path` (a resumed or grown sweep), else a new one. A saved
         batch size is kept (proposals must not change with the cluster a resume runs on)."""
-        from .state_file import CheckpointFormatError, read_json
+        from collapse_ray.core.checkpoint import CheckpointFormatError, read_json
 
         path = Path(path)
         if not path.exists():

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from .tasks.protocol import AdditiveStatisticsTask, SizesState, Task
-from .validation import check_min, require
-from .workflows import KNOBS, PRESETS, WORKFLOW_NAMES, MixingPolicy, check_knobs, make_workflow
+from collapse_ray.core.types import AdditiveStatisticsTask, Task
+from collapse_ray.validation import check_min, require
+from collapse_ray.core.workflows import KNOBS, PRESETS, WORKFLOW_NAMES, MixingPolicy, check_knobs, make_workflow
 
 MAX_SYNTHETIC_RATIO = 1e6  # synthetic rows per real row; beyond this the row count overflows
 
@@ -34,7 +34,7 @@ class ChainConfig:
     """One model-fitting chain: how much data, which workflow, how long."""
 
     workflow: WorkflowName = "replace"
-    """Training-workflow (a mixing-policy preset, see collapse_ray/workflows.py)."""
+    """Training-workflow (a mixing-policy preset, see collapse_ray/core/workflows.py)."""
     n_real: int = 100
     """Real training rows; iteration 1 fits these alone."""
     n_synthetic: int | None = None
@@ -138,9 +138,32 @@ def rows_held(task: Task, chain: ChainConfig) -> int:
     return max_rows_held(chain.policy(), task, chain.n_real, chain.n_synthetic, chain.n_iterations)
 
 
-def chain_nbytes(task: Task, chain: ChainConfig) -> int:
-    """Memory one chain needs at least: its pool at its largest, held twice (pool + the
-    selected training set), plus what the task says its fitted state takes beyond that
-    (`SizesState`, e.g. a d x d covariance), when it says."""
-    state = task.state_nbytes() if isinstance(task, SizesState) else 0
-    return 2 * rows_held(task, chain) * task.row_nbytes() + state
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the sweep runs on Ray (the `run:` block). Does not change results."""
+
+    seeds_per_trial: int | Literal["auto"] = "auto"
+    """Seeds (chains) carried by one Ray Tune trial. auto: as many as fit in
+    memory_per_trial_gb for tasks that batch chains, one for those that don't."""
+    memory_per_trial_gb: float = 1.0
+    """Pool memory budget of one trial, used by seeds_per_trial: auto."""
+    cpus_per_trial: float = 1.0
+    """CPUs Ray reserves for each trial."""
+    max_concurrent_trials: int = 0
+    """0 = as many as the cluster's CPUs allow."""
+    max_failures: int = 2
+    """Times a failed trial is retried (it resumes from its last checkpoint)."""
+
+    def validate(self, where: str) -> None:
+        if self.seeds_per_trial != "auto":
+            check_min(self.seeds_per_trial, 1, f"{where}.seeds_per_trial")
+        require(
+            math.isfinite(self.memory_per_trial_gb) and self.memory_per_trial_gb > 0,
+            f"{where}.memory_per_trial_gb", "a number in (0, inf)", self.memory_per_trial_gb,
+        )
+        require(
+            math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0,
+            f"{where}.cpus_per_trial", "a number in (0, inf)", self.cpus_per_trial,
+        )
+        check_min(self.max_concurrent_trials, 0, f"{where}.max_concurrent_trials")
+        check_min(self.max_failures, 0, f"{where}.max_failures")

@@ -29,7 +29,7 @@ layout) or an int array (chains, k), one row set per chain. For a pool on disk,
 and a subsample's drawn rows), by the same rule (`parts`) and the same random draws.
 
 Which knobs a preset accepts is checked here only (`check_knobs`, a SpecError); the
-chain config (collapse_ray/chain.py) asks this module, as does `make_workflow`.
+chain config (collapse_ray/core/chain.py) asks this module, as does `make_workflow`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import SpecError, describe, fail
+from collapse_ray.validation import SpecError, describe, fail
 
 Selection = slice | np.ndarray
 

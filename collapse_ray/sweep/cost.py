@@ -46,10 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from .validation import SpecError
+from collapse_ray.validation import SpecError
 
 PROFILE_FORMAT = "collapse_ray.throughput_profile/1"
-PROFILES = Path(__file__).parent / "profiles"
+PROFILES = Path(__file__).parent.parent / "profiles"
 DEFAULT_CPU_PROFILE = PROFILES / "cpu.json"
 DEFAULT_GPU_PROFILE = PROFILES / "gpu_h100_nominal.json"
 PROFILE_ENV = "COLLAPSE_RAY_PROFILE"  # a machine's own measured profile, instead of the checked-in one
@@ -213,7 +213,7 @@ def row_stats(task, n_rows: int) -> RowStats:
         tokens, kept, chars, basis = HUB_ROWS[task.source]
         tokens = min(tokens, task.max_length)
         return RowStats(tokens, kept if drop else 1.0, chars, float(task.max_length - 1), basis)
-    from .text.models import is_preset
+    from collapse_ray.text.models import is_preset
 
     local = task.source == "procedural" or Path(task.source).expanduser().exists()
     if not local or not (is_preset(task.model) or (Path(task.model).expanduser() / "config.json").is_file()):
@@ -229,13 +229,13 @@ def _measured_rows(name: str, kind: str, source: str, seed: int, model: str, voc
                    drop: bool, batch: int, n: int, prompt_column: str, response_column: str) -> RowStats:
     """Row lengths as the chain makes them: its tokenizer (trained on the first n real rows
     for a preset), BOS + ids + EOS, cut or dropped at max_length."""
-    from .text import corpora
-    from .text.models import is_preset, load_tokenizer, train_tokenizer
+    from collapse_ray.text import corpora
+    from collapse_ray.text.models import is_preset, load_tokenizer, train_tokenizer
 
     columns = (prompt_column, response_column) if kind == "instructions" else ("text",)
     rows = corpora.load_rows(source, kind, "train", n if source == "procedural" else None, columns, seed)
     if kind == "instructions":
-        from .tasks.sft import format_example
+        from collapse_ray.tasks.sft import format_example
 
         texts = [format_example(p, r) for p, r in zip(rows[columns[0]], rows[columns[1]])][:n]
     else:
@@ -379,7 +379,7 @@ def training_rows(chain, kept: float) -> list[int]:
     synthetic_ratio, real_fraction), without drawing the rows (a subsample's real share is
     its expectation); synthetic rows scaled by `kept`, the share a fit keeps when long rows
     are dropped (real rows are the first that fit)."""
-    from .workflows import REAL, SYNTHETIC
+    from collapse_ray.core.workflows import REAL, SYNTHETIC
 
     policy = chain.policy()
     iteration, source, rows = [0], [REAL], [chain.n_real]
@@ -402,14 +402,14 @@ def training_rows(chain, kept: float) -> list[int]:
 
 
 def _is_language_model(task) -> bool:
-    from .text.settings import LanguageModelSettings  # what every language-model task is built on
+    from collapse_ray.text.settings import LanguageModelSettings  # what every language-model task is built on
 
     return isinstance(task, LanguageModelSettings)
 
 
 def _lm_trial(profile: Profile, job, stats_of, parameters_of) -> TrialCost:
     """One language-model trial: its chain's fits and samplings (a trial runs one chain)."""
-    from .text.settings import fit_digest
+    from collapse_ray.text.settings import fit_digest
 
     task, chain = job.point.task, job.point.chain
     stats, parameters = stats_of(task), parameters_of(task)
@@ -436,7 +436,7 @@ def _lm_trial(profile: Profile, job, stats_of, parameters_of) -> TrialCost:
 def _value_pools(profile: Profile, points, stats_of, parameters_of) -> list[tuple[str, Fit, Sampling]]:
     """Fig. 5's pools, each a fine-tune on value_pool_real rows and value_pool_size samples,
     built one after another by the sweep's driver before any cell starts."""
-    from .text.settings import config_digest
+    from collapse_ray.text.settings import config_digest
 
     pools, seen = [], set()
     for point in points:
@@ -482,7 +482,7 @@ def _neural_trial(profile: Profile, job, notes: list[str]) -> TrialCost:
 
 def estimate_sweep(spec, profile: Profile) -> SweepCost:
     """The sweep's cost by trial and in total, at `profile`."""
-    from .text import memory
+    from collapse_ray.text import memory
 
     jobs = spec.jobs()
     lines: list[str] = []
@@ -595,7 +595,7 @@ def memory_lines(task) -> list[str]:
     """Per-GPU memory of a GPU task's fit and sampler against task.gpu_memory_gb; for a
     ZeRO-3 fit, what ZeRO-2 and half the workers would need (why it takes ZeRO-3 and
     that many GPUs, or that it does not)."""
-    from .text import memory
+    from collapse_ray.text import memory
 
     try:
         arch, placed, need = memory.settings_estimate(task)
@@ -626,7 +626,7 @@ def _verdict(need: float, gpu_gib: float | None) -> str:
 
 def _zero_ladder(task, placed, gpu: float) -> list[str]:
     """ZeRO-2 and ZeRO-3 at the spec's workers and half as many, at its micro-batch."""
-    from .text import memory
+    from collapse_ray.text import memory
 
     workers = placed.workers
     counts = sorted({max(1, workers // 2), workers})
@@ -793,7 +793,7 @@ def _gpu_seconds(trial: TrialCost) -> float:
 
 
 def _chain_bytes(job) -> int:
-    from .chain import chain_nbytes
+    from collapse_ray.sweep.spec import chain_nbytes
 
     return chain_nbytes(job.point.task, job.point.chain)
 
@@ -827,7 +827,7 @@ def _totals(spec, cost: SweepCost, gpu: bool) -> list[str]:
 def _disk_lines(spec, cost: SweepCost) -> list[str]:
     """The pools' text (before Parquet's compression: an upper bound) and the fits kept
     (every fit's model is kept in the sweep's shared folder, in its training precision)."""
-    from .text import memory
+    from collapse_ray.text import memory
 
     pool_bytes, fit_bytes = 0.0, 0.0
     jobs = {job.key: job for job in spec.jobs()}

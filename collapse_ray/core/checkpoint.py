@@ -19,12 +19,13 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from collapse_ray import atomic
 
 FORMAT = "collapse_ray.checkpoint/1"
 MAX_JSON_BYTES = 256 * 2**20  # far above any real chain state; a bigger file is not ours
@@ -74,28 +75,13 @@ def save(folder: Path, json_name: str, value: Any, extra: dict[str, Any], tag: s
     arrays: dict[str, np.ndarray] = {}
     encoded = _encode(value, arrays)
     arrays_name = f"state-{tag}.npz"
-    _write_atomic(folder / arrays_name, lambda f: np.savez(f, **arrays))
+    atomic.write_with(folder / arrays_name, lambda f: np.savez(f, **arrays))
     document = {"format": FORMAT, "arrays": arrays_name, "arrays_sha256": file_sha256(folder / arrays_name),
                 "state": encoded, **extra}
-    _write_atomic(folder / json_name, lambda f: f.write(json.dumps(document).encode()))
+    atomic.write_text(folder / json_name, json.dumps(document))
     for old in folder.glob("state-*.npz"):  # arrays of earlier checkpoints
         if old.name != arrays_name:
             old.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a hidden temporary file, fsync, rename; no temporary is left when the
-    write fails (a full disk)."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: Path) -> str:

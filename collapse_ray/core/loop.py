@@ -2,8 +2,8 @@
 
 Runs without Ray, so it can be debugged in a plain process:
 
-    python -c "from collapse_ray.loop import run_chain; from collapse_ray.tasks import GaussianTask;
-    from collapse_ray.chain import ChainConfig;
+    python -c "from collapse_ray.core.loop import run_chain; from collapse_ray.tasks import GaussianTask;
+    from collapse_ray.core.chain import ChainConfig;
     print(run_chain(GaussianTask(dim=2), ChainConfig(workflow='replace', n_iterations=5).resolved(), seeds=[0, 1]).table)"
 
 Per iteration t = 1..T: the workflow selects the training set, the task fits and is
@@ -54,10 +54,12 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from .pool import ArrayPool, DiskPool, remove_stale_temporaries
-from .chain import ChainConfig, max_rows_held, uses_statistics
-from .tasks import Metrics, RealData, Task
-from .tasks.protocol import DrawsIterations, KeepsFiles, PoolOnDiskTask, RecordsSubset, ReportsFitCurve, StopsEarly
+from collapse_ray.core.pool import ArrayPool, DiskPool
+from collapse_ray.core.shards import remove_stale_temporaries
+from collapse_ray.core.chain import ChainConfig, max_rows_held, uses_statistics
+from collapse_ray.core.types import (
+    DrawsIterations, KeepsFiles, Metrics, PoolOnDiskTask, RealData, RecordsSubset, ReportsFitCurve, StopsEarly, Task,
+)
 
 CHECKPOINT_FILE = "checkpoint.json"  # plus the state-*.npz it names: data only (state_file.py)
 
@@ -379,7 +381,7 @@ def check_checkpoint(checkpoint_dir: str | Path, seeds: Sequence[int]) -> None:
     """Raise ValueError naming the file if a chain folder cannot be resumed from exactly:
     an unreadable checkpoint, another number of chains, a pool shard that is missing,
     altered, corrupt or foreign."""
-    from .pool import check_manifest, check_shards
+    from collapse_ray.core.shards import check_manifest, check_shards
 
     ckpt = Path(checkpoint_dir)
     state, manifest, _ = _load_checkpoint(ckpt)
@@ -403,7 +405,7 @@ def checkpoint_continues(checkpoint_dir: str | Path) -> bool:
 
 
 def _document(ckpt: Path) -> dict:
-    from . import state_file
+    from collapse_ray.core import checkpoint as state_file
 
     if not (ckpt / CHECKPOINT_FILE).exists():
         return {}
@@ -417,7 +419,7 @@ def _document(ckpt: Path) -> dict:
 def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | None, dict]:
     """The chain state, the pool manifest stored with it and the whole JSON document
     (its "ended" and "continues" flags: see _save_state); (None, None, {}) if none."""
-    from . import state_file
+    from collapse_ray.core import checkpoint as state_file
 
     if ckpt is None or not (ckpt / CHECKPOINT_FILE).exists():
         for legacy in ckpt.glob("checkpoint.pkl") if ckpt is not None else ():
@@ -437,7 +439,7 @@ def _load_checkpoint(ckpt: Path | None) -> tuple[_State | None, list[dict] | Non
 def _save_state(ckpt: Path, state: _State, manifest: list[dict], ended: bool = False, continues: bool = False) -> None:
     """Arrays first, then the JSON naming them and the pool's shards (the commit point).
     `ended`: the chain finished; `continues`: and it can run on to more iterations."""
-    from . import state_file
+    from collapse_ray.core import checkpoint as state_file
 
     document = {"pool": manifest, "ended": ended, "continues": continues}
     try:

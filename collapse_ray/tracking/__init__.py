@@ -19,7 +19,7 @@ tag is set but not read there), so `ui_url` and `run_url` give links with
 `workflowType=machine_learning`; `ui_url`'s opens the saved view "collapse-ray" (the
 newest sweep's cell runs, one line per cell, test loss first, log axis where the values
 span decades, standard errors in a folded section; a value grid's contour), which
-`save_sweep_view` writes as an experiment tag the UI reads. Cell runs (collapse_ray.cells)
+`save_sweep_view` writes as an experiment tag the UI reads. Cell runs (collapse_ray.sweep.cells)
 are children of the sweep run tagged collapse_ray.role = cell; they hold means only, so
 `results_table` reads the chain runs alone.
 """
@@ -44,11 +44,12 @@ from urllib.parse import unquote
 
 import pandas as pd
 
-from .environment import environment_restored
-from .spec import ChainJob
-from .statistics import mean_and_se
-from .tasks import Metrics
-from .validation import SpecError, as_flat_dict
+from collapse_ray import atomic
+from collapse_ray.environment import environment_restored
+from collapse_ray.core.jobs import ChainJob
+from collapse_ray.core.aggregate import mean_and_se
+from collapse_ray.core.types import Metrics
+from collapse_ray.validation import SpecError, as_flat_dict
 
 JOB_KEY_TAG = "collapse_ray.job_key"
 SWEEP_TAG = "collapse_ray.sweep_dir"
@@ -293,12 +294,11 @@ def start_from_migrated_store(path: Path) -> None:
     template = _migrated_store_template()
     if template is None:
         return
-    hidden = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(template, hidden)
-        os.replace(hidden, path)
+        with atomic.replacing(path) as hidden:
+            shutil.copyfile(template, hidden)
     except OSError:
-        hidden.unlink(missing_ok=True)  # MLflow creates the store itself; a real disk fault surfaces there
+        pass  # MLflow creates the store itself; a real disk fault surfaces there
 
 
 def _migrated_store_template() -> Path | None:
@@ -312,15 +312,13 @@ def _migrated_store_template() -> Path | None:
         import sqlalchemy
         from mlflow.store.db.utils import _initialize_tables  # private: a moved name only costs the speed-up
 
-        cache.mkdir(parents=True, exist_ok=True)
-        hidden = cache / f".{template.name}.{os.getpid()}.tmp"
-        hidden.unlink(missing_ok=True)
-        engine = sqlalchemy.create_engine(f"{SQLITE}{hidden}")
-        try:
-            _initialize_tables(engine)
-        finally:
-            engine.dispose()
-        os.replace(hidden, template)
+        with atomic.replacing(template) as hidden:
+            hidden.unlink(missing_ok=True)
+            engine = sqlalchemy.create_engine(f"{SQLITE}{hidden}")
+            try:
+                _initialize_tables(engine)
+            finally:
+                engine.dispose()
     except Exception:  # noqa: BLE001 - any failure: MLflow migrates the store itself
         return None
     return template if _is_empty_store(template) else None
@@ -484,7 +482,7 @@ def save_sweep_view(client, experiment_id: str, sweep_run_id: str, metric_keys: 
         "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": [*(["tags.`workflow`"] if "chain.workflow" not in swept else []),
                             *(f"params.`{key}`" for key in swept), f"tags.`{CELL_SEEDS_TAG}`",
-                            *(["tags.`collapse_ray.contour_search`", f"metrics.`{contour_metric}`"]
+                            *(["tags.`collapse_ray.sweep.contour_search`", f"metrics.`{contour_metric}`"]
                               if contour_metric else [])],
         "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": charts, "compareRunSections": sections, "viewMaximized": False,
@@ -591,7 +589,7 @@ def git_commit(folder: Path | None = None) -> str | None:
 
 def run_provenance(source: str | None) -> dict[str, str]:
     """Tags every sweep run gets: package version, git commit, source (the spec file)."""
-    from . import __version__
+    from collapse_ray import __version__
 
     tags = {VERSION_TAG: __version__, **SOURCE_TAGS}
     if source:

@@ -1,5 +1,5 @@
 """A sweep's answer: its cells (grid points, the seed blocks of one combined), their means
-over seeds per iteration (collapse_ray.statistics, the one rule), the last iteration's
+over seeds per iteration (collapse_ray.core.aggregate, the one rule), the last iteration's
 table with the closed forms, and the lines `collapse-ray run` ends with.
 
 A cell is every swept axis but the seeds and Fig. 5's synthetic pools (`task.value_pool`,
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import statistics
-from .spec import ChainJob
+from collapse_ray.core import aggregate
+from collapse_ray.sweep.spec import ChainJob
 
 REPLICATE_AXES = ("task.value_pool",)  # averaged over like seeds
 NOT_METRICS = frozenset({"seed", "iteration", "run_id", "sweep_run_id"})
@@ -70,7 +70,7 @@ def sweep_cells(jobs: Sequence[ChainJob]) -> list[Cell]:
 
 
 def metric_columns(table: pd.DataFrame, jobs: Sequence[ChainJob]) -> list[str]:
-    from .tracking import job_params
+    from collapse_ray.tracking import job_params
 
     settings = {key for job in jobs for key in job_params(job)}
     return [c for c in table.columns if c not in settings | NOT_METRICS and pd.api.types.is_numeric_dtype(table[c])]
@@ -85,7 +85,7 @@ def cell_means(table: pd.DataFrame, cells: Sequence[Cell], metrics: Sequence[str
         keyed = pd.DataFrame({"cell": rows["run_key"].map(index).to_numpy(), "iteration": rows["iteration"].to_numpy(),
                               "value": rows[metric].astype(np.float64).to_numpy()})
         grouped = keyed.groupby(["cell", "iteration"], sort=True)
-        stats = statistics.mean_se(keyed["value"].to_numpy(), grouped.ngroup().to_numpy(), grouped.ngroups)
+        stats = aggregate.mean_se(keyed["value"].to_numpy(), grouped.ngroup().to_numpy(), grouped.ngroups)
         out = grouped.size().index.to_frame(index=False)
         out["metric"], out["mean"], out["se"], out["count"], out["total"] = (
             metric, stats.mean, stats.se, stats.count, stats.total)
@@ -98,7 +98,7 @@ def cell_means(table: pd.DataFrame, cells: Sequence[Cell], metrics: Sequence[str
 def closed_form(cell: Cell, metric: str, iteration: int) -> float | None:
     """E[metric] at `iteration` where a closed form is known (analysis.closed_forms)."""
     from analysis import closed_forms
-    from .tracking import job_params
+    from collapse_ray.tracking import job_params
 
     cfg = job_params(cell.job)
     try:
@@ -258,7 +258,7 @@ def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence
     the run id of each cell by name."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from .tracking import (CELL_SEEDS_TAG, MAX_METRICS_PER_BATCH, N_ITERATIONS_TAG, PARENT_TAG, ROLE_TAG, CELL_ROLE,
+    from collapse_ray.tracking import (CELL_SEEDS_TAG, MAX_METRICS_PER_BATCH, N_ITERATIONS_TAG, PARENT_TAG, ROLE_TAG, CELL_ROLE,
                            cell_filter, chain_run_params)
 
     for old in client.search_runs([experiment_id], filter_string=cell_filter(sweep_run_id), max_results=5000):
@@ -309,15 +309,15 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
     """At a sweep's end (finished, failed or interrupted): its cell runs, the saved view over
     them, the last iteration's per-cell table and the figures (in the sweep folder and on
     the sweep run), and the lines the terminal shows. `contour`: an adaptive search's
-    estimate (collapse_ray.contour_search.ContourEstimate), shown with them (`jobs` are then
+    estimate (collapse_ray.sweep.contour_search.ContourEstimate), shown with them (`jobs` are then
     the ones it ran)."""
     import json
     import tempfile
     from pathlib import Path
 
-    from .tracking import (LOGGED_ARTIFACTS_TAG, VALUE_GRID, results_table, save_sweep_view, sweep_view_inputs)
+    from collapse_ray.tracking import (LOGGED_ARTIFACTS_TAG, VALUE_GRID, results_table, save_sweep_view, sweep_view_inputs)
 
-    from .validation import SpecError
+    from collapse_ray.validation import SpecError
 
     try:
         table = results_table(tracking_uri, experiment, sweep_run_id)
@@ -370,7 +370,7 @@ def log_contour(client, experiment_id: str, sweep_run_id: str, cells: Sequence[C
     P(s synthetic rows hurt) (`p_synthetic_hurts`; the contour is its 0.5 level, the cells
     between 1 - confidence and confidence are undecided) and the posterior mean and sd of
     the modelled value; the cells that ran carry it on their own cell runs (tag
-    collapse_ray.contour_search = ran), the others get a run of their own with only these
+    collapse_ray.sweep.contour_search = ran), the others get a run of their own with only these
     (= estimated), so the saved view's contour of p_synthetic_hurts covers the whole grid
     while test_loss's covers the cells that ran. The per-cell table goes on the sweep run
     as contour.json."""
@@ -381,7 +381,7 @@ def log_contour(client, experiment_id: str, sweep_run_id: str, cells: Sequence[C
 
     from mlflow.entities import Metric, Param, RunTag
 
-    from .tracking import CELL_ROLE, LOGGED_ARTIFACTS_TAG, PARENT_TAG, ROLE_TAG
+    from collapse_ray.tracking import CELL_ROLE, LOGGED_ARTIFACTS_TAG, PARENT_TAG, ROLE_TAG
 
     now = int(time.time() * 1000)
     ran_runs = {}

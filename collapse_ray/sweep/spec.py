@@ -16,8 +16,8 @@ A spec (see sweeps/quickstart.yaml):
 Every grid point is validated up front, so a bad value anywhere fails before Ray starts.
 
 This module is the sweep: its records (grid points, jobs, the `run:` block), `--set`
-and grid expansion. A chain's own config and rules live in collapse_ray/chain.py, the
-hardened YAML reading in collapse_ray/yaml_loading.py. Each grid cell's chain is built
+and grid expansion. A chain's own config and rules live in collapse_ray/core/chain.py, the
+hardened YAML reading in collapse_ray/sweep/yaml_loading.py. Each grid cell's chain is built
 and resolved once, here; its jobs carry it to the trials.
 """
 
@@ -33,106 +33,34 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from .chain import MAX_SYNTHETIC_RATIO, ChainConfig, WorkflowName, chain_nbytes, rows_held
-from .contour_search import SearchConfig
-from .tasks import TASKS, Task
-from .tasks.protocol import ChecksChain, ChecksRun, FitsEmptyTrainingSet, offers
-from .validation import (
+from collapse_ray.core.chain import MAX_SYNTHETIC_RATIO, ChainConfig, ExecutionConfig, WorkflowName, rows_held
+from collapse_ray.core.jobs import ChainJob, GridPoint
+from collapse_ray.sweep.contour_search import SearchConfig
+from collapse_ray.tasks import TASKS, Task
+from collapse_ray.tasks.protocol import ChecksChain, ChecksRun, FitsEmptyTrainingSet, SizesState, offers
+from collapse_ray.validation import (
     INT_BITS,
     SpecError,
     as_flat_dict,
     did_you_mean,
-    check_min,
     describe,
     fail,
     from_mapping,
     key_name,
     require,
 )
-from .yaml_loading import MAX_SPEC_BYTES, MAX_YAML_DEPTH, load_yaml, load_yaml_file, yaml_problem
+from collapse_ray.sweep.yaml_loading import MAX_SPEC_BYTES, MAX_YAML_DEPTH, load_yaml, load_yaml_file, yaml_problem
 
 # Re-exported for the modules that import them from here (chain.py and yaml_loading.py are their home).
 __all__ = [
     "MAX_SPEC_BYTES", "MAX_SYNTHETIC_RATIO", "MAX_YAML_DEPTH", "ChainConfig", "ChainJob", "ExecutionConfig",
     "GridPoint", "SpecError", "SweepSpec", "WorkflowName", "build_task", "header_comment", "load_spec", "load_yaml",
-    "parse_override", "parse_spec", "task_to_dict",
+    "job_from_dict", "job_to_dict", "parse_override", "parse_spec", "task_to_dict",
 ]
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    """How the sweep runs on Ray (the `run:` block). Does not change results."""
-
-    seeds_per_trial: int | Literal["auto"] = "auto"
-    """Seeds (chains) carried by one Ray Tune trial. auto: as many as fit in
-    memory_per_trial_gb for tasks that batch chains, one for those that don't."""
-    memory_per_trial_gb: float = 1.0
-    """Pool memory budget of one trial, used by seeds_per_trial: auto."""
-    cpus_per_trial: float = 1.0
-    """CPUs Ray reserves for each trial."""
-    max_concurrent_trials: int = 0
-    """0 = as many as the cluster's CPUs allow."""
-    max_failures: int = 2
-    """Times a failed trial is retried (it resumes from its last checkpoint)."""
-
-    def validate(self, where: str) -> None:
-        if self.seeds_per_trial != "auto":
-            check_min(self.seeds_per_trial, 1, f"{where}.seeds_per_trial")
-        require(
-            math.isfinite(self.memory_per_trial_gb) and self.memory_per_trial_gb > 0,
-            f"{where}.memory_per_trial_gb", "a number in (0, inf)", self.memory_per_trial_gb,
-        )
-        require(
-            math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0,
-            f"{where}.cpus_per_trial", "a number in (0, inf)", self.cpus_per_trial,
-        )
-        check_min(self.max_concurrent_trials, 0, f"{where}.max_concurrent_trials")
-        check_min(self.max_failures, 0, f"{where}.max_failures")
-
-
-@dataclass(frozen=True)
-class GridPoint:
-    """One cell of the grid: a fully validated task and chain."""
-
-    key: str  # e.g. gaussian__replace__dim10__n_real100
-    swept: tuple[tuple[str, Any], ...]  # the grid's (dotted key, value) at this cell
-    task: Task
-    chain: ChainConfig  # resolved, once, by _grid_point (with its policy: chain.py)
-
-
-@dataclass(frozen=True)
-class ChainJob:
-    """What one Ray Tune trial runs: a grid point for a block of seeds. Handed to the
-    trial as it is (it pickles with its resolved chain); to_dict/from_dict are for
-    reading it back from files."""
-
-    key: str
-    point: GridPoint
-    seeds: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "point_key": self.point.key,
-            "swept": [list(kv) for kv in self.point.swept],
-            "task": task_to_dict(self.point.task),
-            "chain": as_flat_dict(self.point.chain),
-            "seeds": list(self.seeds),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ChainJob:
-        point = GridPoint(
-            key=data["point_key"],
-            swept=tuple((k, v) for k, v in data["swept"]),
-            task=build_task(data["task"], "task"),
-            chain=from_mapping(ChainConfig, data["chain"], "chain"),
-        )
-        return cls(key=data["key"], point=point, seeds=tuple(data["seeds"]))
 
 
 @dataclass(frozen=True)
@@ -148,7 +76,7 @@ class SweepSpec:
     # the spec file's header comment (its question and expected result), for the MLflow
     # sweep run's description; not part of the resolved spec a resume compares
     description: str = dataclasses.field(default="", compare=False)
-    # which cells run: every one (method grid, the default) or an adaptive search's (collapse_ray/contour_search.py)
+    # which cells run: every one (method grid, the default) or an adaptive search's (collapse_ray/sweep/contour_search.py)
     search: SearchConfig = SearchConfig()
 
     def jobs(self) -> list[ChainJob]:
@@ -466,3 +394,33 @@ def _seed_blocks(seeds: tuple[int, ...], per_trial: int) -> list[tuple[int, ...]
         blocks.append(seeds[start : start + size])
         start += size
     return blocks
+
+
+def chain_nbytes(task: Task, chain: ChainConfig) -> int:
+    """Memory one chain needs at least: its pool at its largest, held twice (pool + the
+    selected training set), plus what the task says its fitted state takes beyond that
+    (`SizesState`, e.g. a d x d covariance), when it says."""
+    state = task.state_nbytes() if isinstance(task, SizesState) else 0
+    return 2 * rows_held(task, chain) * task.row_nbytes() + state
+
+
+def job_to_dict(job: ChainJob) -> dict[str, Any]:
+    """A chain job as plain data (job_from_dict reads it back)."""
+    return {
+        "key": job.key,
+        "point_key": job.point.key,
+        "swept": [list(kv) for kv in job.point.swept],
+        "task": task_to_dict(job.point.task),
+        "chain": as_flat_dict(job.point.chain),
+        "seeds": list(job.seeds),
+    }
+
+
+def job_from_dict(data: Mapping[str, Any]) -> ChainJob:
+    point = GridPoint(
+        key=data["point_key"],
+        swept=tuple((k, v) for k, v in data["swept"]),
+        task=build_task(data["task"], "task"),
+        chain=from_mapping(ChainConfig, data["chain"], "chain"),
+    )
+    return ChainJob(key=data["key"], point=point, seeds=tuple(data["seeds"]))
