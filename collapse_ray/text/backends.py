@@ -30,22 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from collapse_ray.environment import environment_restored
+from collapse_ray.text.placement import Placement, quiet_ray_data
 from collapse_ray.text.training import FIGURES_FILE, FitSettings, train_worker
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = "0.5"
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where fits and samples run (the task's backend fields)."""
-
-    backend: str  # ray_train | local
-    num_workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    sampler: str  # ray_data | local
-    sampling_concurrency: int
 
 
 # -- fitting ---------------------------------------------------------------------------
@@ -262,8 +251,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def _tokenize_batch(tokenizer_dir: str, max_length: int, drop_long: bool, shuffle_seed: int | None, batch):
     import pyarrow as pa
 
-    from collapse_ray.text.models import load_tokenizer
-    from collapse_ray.text.steps import kept_and_encoded
+    from collapse_ray.text.models import kept_and_encoded, load_tokenizer
 
     kept, examples = kept_and_encoded(load_tokenizer(tokenizer_dir), batch["text"].to_pylist(), max_length, drop_long)
     columns = {"input_ids": pa.array(examples, type=pa.list_(pa.int32()))}
@@ -301,13 +289,6 @@ def _train_on_dataset(settings: FitSettings, dataset, n_examples: int, placement
     # rank 0 leaves its figures beside the model (a report without a checkpoint does
     # not reach Result.metrics in Ray Train V2)
     return {**json.loads((out / FIGURES_FILE).read_text()), "train_examples": float(n_examples)}
-
-
-def quiet_ray_data() -> None:
-    """No progress bars from Ray Data: the sweep prints its own progress."""
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 # -- sampling --------------------------------------------------------------------------

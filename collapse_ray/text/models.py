@@ -7,12 +7,16 @@ same `from_pretrained` call. (B)'s sizes with their 8000-token vocabulary:
     gpt2_9m 8,890,880, llama2_12m 12,488,960, llama2_42m 41,755,136, llama2_126m 125,553,408
 parameters (tests check these counts exactly). `tiny` fits a generation in about a minute on 2 CPU cores;
 `tiny_wide` (twice as wide) stands in for a larger model in the quick variants.
+`encode` turns texts into a fit's examples with a tokenizer (BOS + ids + EOS, long ones cut or
+dropped): the rows path's fits and Ray Data's tokenize tasks (backends.py) alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 # preset -> (architecture, config keywords); the vocabulary comes from the tokenizer
 PRESETS: dict[str, tuple[str, dict]] = {
@@ -95,3 +99,28 @@ def load_tokenizer(name_or_path: str | Path):
 
 def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarray]:
+    """BOS + token ids + EOS; longer examples are cut to max_length or dropped.
+
+    The BOS makes the first tokens learnable: sampling starts from BOS alone."""
+    return kept_and_encoded(tokenizer, texts, max_length, drop_long)[1]
+
+
+def kept_and_encoded(tokenizer, texts, max_length: int, drop_long: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """encode's examples, and the positions in `texts` they came from."""
+    if len(texts) == 0:
+        return np.empty(0, dtype=np.int64), []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    kept, out = [], []
+    for i, ids in enumerate(encoded):
+        ids = [bos] + ids + [tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            if drop_long:
+                continue
+            ids = ids[:max_length]
+        kept.append(i)
+        out.append(np.asarray(ids, dtype=np.int32))
+    return np.asarray(kept, dtype=np.int64), out

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from collapse_ray.validation import SpecError, check_finite_positive, check_min, fail, require
-from collapse_ray.text import backends
+from collapse_ray.text.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -297,9 +297,9 @@ def with_shared_dir(settings, shared_dir: str | Path):
     return replace(settings, workdir=settings.workdir, shared_dir=Path(shared_dir))
 
 
-def placement(settings: LanguageModelSettings) -> backends.Placement:
-    return backends.Placement(settings.backend, settings.num_workers, settings.use_gpu, settings.cpus_per_worker,
-                              settings.sampler, settings.sampling_concurrency)
+def placement(settings: LanguageModelSettings) -> Placement:
+    return Placement(settings.backend, settings.num_workers, settings.use_gpu, settings.cpus_per_worker,
+                     settings.sampler, settings.sampling_concurrency)
 
 
 def resolved_warmup_ratio(settings: LanguageModelSettings) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 
 from collapse_ray import atomic
 from collapse_ray.text import backends
-from collapse_ray.text.models import is_preset, load_tokenizer, train_tokenizer
+from collapse_ray.text.models import encode, is_preset, load_tokenizer, train_tokenizer
 from collapse_ray.text.settings import LanguageModelSettings, fit_digest, placement, resolved_precision, resolved_warmup_ratio
 from collapse_ray.text.training import FitSettings, token_loss
 
@@ -61,31 +61,6 @@ def prepare_tokenizer(settings: LanguageModelSettings, workdir: Path, train_text
         train_tokenizer(train_texts, settings.vocab_size).save_pretrained(tmp)
         tmp.replace(folder)
     return str(folder)
-
-
-def encode(tokenizer, texts, max_length: int, drop_long: bool) -> list[np.ndarray]:
-    """BOS + token ids + EOS; longer examples are cut to max_length or dropped.
-
-    The BOS makes the first tokens learnable: sampling starts from BOS alone."""
-    return kept_and_encoded(tokenizer, texts, max_length, drop_long)[1]
-
-
-def kept_and_encoded(tokenizer, texts, max_length: int, drop_long: bool) -> tuple[np.ndarray, list[np.ndarray]]:
-    """encode's examples, and the positions in `texts` they came from."""
-    if len(texts) == 0:
-        return np.empty(0, dtype=np.int64), []
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    kept, out = [], []
-    for i, ids in enumerate(encoded):
-        ids = [bos] + ids + [tokenizer.eos_token_id]
-        if len(ids) > max_length:
-            if drop_long:
-                continue
-            ids = ids[:max_length]
-        kept.append(i)
-        out.append(np.asarray(ids, dtype=np.int32))
-    return np.asarray(kept, dtype=np.int64), out
 
 
 def fit_texts(settings: LanguageModelSettings, workdir: Path, texts, context: TextContext) -> FittedLM:

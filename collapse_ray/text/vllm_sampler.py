@@ -132,7 +132,7 @@ def iter_token_ids(asked: Requests, s, placement, eos: int):
     import pyarrow as pa
     import ray.data
 
-    from collapse_ray.text.backends import quiet_ray_data
+    from collapse_ray.text.placement import quiet_ray_data
 
     quiet_ray_data()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
