@@ -19,14 +19,9 @@ from typing import Literal
 
 from collapse_ray.core.types import AdditiveStatisticsTask, Task
 from collapse_ray.validation import check_min, require
-from collapse_ray.core.workflows import KNOBS, PRESETS, WORKFLOW_NAMES, MixingPolicy, check_knobs, make_workflow
+from collapse_ray.core.workflows import KNOBS, PRESETS, MixingPolicy, WorkflowName, check_knobs, make_workflow
 
 MAX_SYNTHETIC_RATIO = 1e6  # synthetic rows per real row; beyond this the row count overflows
-
-WorkflowName = Literal[
-    "replace", "accumulate", "accumulate_subsample", "fresh_data", "iterative_retraining", "real_fraction"
-]
-assert WorkflowName.__args__ == WORKFLOW_NAMES  # one spelling everywhere
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -106,27 +106,42 @@ class MixingPolicy:
             synthetic = synthetic & (it == iteration - 1)
         return real, synthetic
 
+    @property
+    def draws_per_part(self) -> bool:
+        """Are the parts sized and drawn each on its own (real_fraction, synthetic_ratio)? Then
+        a training set is its real part's rows, then its synthetic part's; else their union,
+        in pool order (n_train: a subsample of it)."""
+        return self.real_fraction is not None or self.synthetic_ratio is not None
+
+    def training_size(self, n_real: int, n_synthetic: int, iteration: int) -> TrainingSize:
+        """The one size rule: how many rows iteration `iteration`'s training set takes from
+        a real part of n_real eligible rows and a synthetic part of n_synthetic (`parts`).
+        Iteration 1, and policies without a size knob, take both parts whole."""
+        if iteration > 1 and self.real_fraction is not None:
+            k_real = min(n_real, int(round(self.real_fraction * self.n_train)))
+            return TrainingSize(k_real, min(n_synthetic, self.n_train - k_real))
+        if iteration > 1 and self.synthetic_ratio is not None:
+            return TrainingSize(n_real, min(n_synthetic, int(round(self.synthetic_ratio * n_real))))
+        if iteration > 1 and self.n_train is not None and self.n_train < n_real + n_synthetic:
+            return TrainingSize(n_real, n_synthetic, subsample=self.n_train)
+        return TrainingSize(n_real, n_synthetic)
+
     def select(self, index: PoolIndex, iteration: int, rngs: Sequence[np.random.Generator]) -> Selection:
         """Per row: the in-memory pool's selection (a slice, or row positions per chain)."""
         real, synthetic = self.parts(index.iteration, index.source, iteration)
         if iteration == 1:
             return _as_selection(np.flatnonzero(real))
         real_rows, synthetic_rows = np.flatnonzero(real), np.flatnonzero(synthetic)
-        if self.real_fraction is not None:
-            k_real, k_synthetic = self._fraction_sizes(len(real_rows), len(synthetic_rows))
+        size = self.training_size(len(real_rows), len(synthetic_rows), iteration)
+        if self.draws_per_part:  # (a part taken whole is no draw: _choose leaves the rngs alone)
             return np.concatenate(
-                [_choose(real_rows, k_real, rngs), _choose(synthetic_rows, k_synthetic, rngs)], axis=1
+                [_choose(real_rows, size.real, rngs), _choose(synthetic_rows, size.synthetic, rngs)], axis=1
             )
-        if self.synthetic_ratio is not None:
-            k = self._ratio_size(len(real_rows), len(synthetic_rows))
-            synthetic_part = _choose(synthetic_rows, k, rngs)
-            real_part = np.broadcast_to(real_rows, (len(rngs), len(real_rows)))
-            return np.concatenate([real_part, synthetic_part], axis=1)
         # The parts are disjoint, so their union in index order is one flatnonzero (the
         # sorted concatenation it replaces; np.union1d's unique pass cost ~385 ms at 100k rows).
         rows = np.flatnonzero(real | synthetic)
-        if self.n_train is not None and self.n_train < len(rows):
-            return _choose(rows, self.n_train, rngs)
+        if size.subsample is not None:
+            return _choose(rows, size.subsample, rngs)
         return _as_selection(rows)
 
     def select_blocks(self, blocks: PoolBlocks, iteration: int,
@@ -141,31 +156,32 @@ class MixingPolicy:
         real, synthetic = self.parts(np.asarray(blocks.iteration)[held], np.asarray(blocks.source)[held], iteration)
         real_blocks, synthetic_blocks = held[real], held[synthetic]
         n_real, n_synthetic = int(sizes[real_blocks].sum()), int(sizes[synthetic_blocks].sum())
-
-        def whole(b: np.ndarray) -> tuple[np.ndarray, None]:
-            return (b, None)
-
         if iteration == 1:
-            return [BlockSelection(sizes, (whole(real_blocks),)) for _ in rngs]
-        if self.real_fraction is not None:
-            k_real, k_synthetic = self._fraction_sizes(n_real, n_synthetic)
-            real_parts = _choose_blocks(real_blocks, sizes, k_real, rngs)
-            synthetic_parts = _choose_blocks(synthetic_blocks, sizes, k_synthetic, rngs)
+            return [BlockSelection(sizes, ((real_blocks, None),)) for _ in rngs]
+        size = self.training_size(n_real, n_synthetic, iteration)
+        if self.draws_per_part:
+            real_parts = _choose_blocks(real_blocks, sizes, size.real, rngs)
+            synthetic_parts = _choose_blocks(synthetic_blocks, sizes, size.synthetic, rngs)
             return [BlockSelection(sizes, (r, s)) for r, s in zip(real_parts, synthetic_parts)]
-        if self.synthetic_ratio is not None:
-            synthetic_parts = _choose_blocks(synthetic_blocks, sizes, self._ratio_size(n_real, n_synthetic), rngs)
-            return [BlockSelection(sizes, (whole(real_blocks), s)) for s in synthetic_parts]
         union = np.sort(np.concatenate([real_blocks, synthetic_blocks]))  # blocks in index order
-        if self.n_train is not None and self.n_train < n_real + n_synthetic:
-            return [BlockSelection(sizes, (p,)) for p in _choose_blocks(union, sizes, self.n_train, rngs)]
-        return [BlockSelection(sizes, (whole(union),)) for _ in rngs]
+        if size.subsample is not None:
+            return [BlockSelection(sizes, (p,)) for p in _choose_blocks(union, sizes, size.subsample, rngs)]
+        return [BlockSelection(sizes, ((union, None),)) for _ in rngs]
 
-    def _fraction_sizes(self, n_real: int, n_synthetic: int) -> tuple[int, int]:
-        k_real = min(n_real, int(round(self.real_fraction * self.n_train)))
-        return k_real, min(n_synthetic, self.n_train - k_real)
 
-    def _ratio_size(self, n_real: int, n_synthetic: int) -> int:
-        return min(n_synthetic, int(round(self.synthetic_ratio * n_real)))
+@dataclass(frozen=True)
+class TrainingSize:
+    """A training set's size by part (MixingPolicy.training_size): `real` rows of the real
+    part and `synthetic` of the synthetic part, or, with `subsample`, that many rows drawn
+    from the union of both whole parts (not stratified: the split between them is random)."""
+
+    real: int
+    synthetic: int
+    subsample: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.subsample if self.subsample is not None else self.real + self.synthetic
 
 
 @dataclass(frozen=True)
@@ -255,7 +271,8 @@ def _choose_blocks(blocks: np.ndarray, sizes: np.ndarray, k: int,
     return out
 
 
-# preset name -> (policy components, knobs it takes beyond the sizes)
+# preset name -> (policy components, knobs it takes beyond the sizes): the one place the
+# workflow names are spelled; WORKFLOW_NAMES and the WorkflowName type follow from it
 PRESETS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "replace": ({"real": "none", "synthetic": "latest"}, ()),
     "accumulate": ({"real": "all", "synthetic": "all"}, ("n_fresh_real",)),
@@ -265,6 +282,9 @@ PRESETS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "real_fraction": ({"real": "initial", "synthetic": "latest"}, ("n_train", "real_fraction")),
 }
 WORKFLOW_NAMES = tuple(PRESETS)
+# The names as a type (ChainConfig.workflow: a spec's value is checked against its
+# arguments). Made from the tuple at run time, so a static type checker sees no names.
+WorkflowName = Literal[WORKFLOW_NAMES]
 KNOBS = ("n_train", "synthetic_ratio", "real_fraction", "n_fresh_real")
 
 
