@@ -274,7 +274,8 @@ def _validate(args) -> int:
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
     if args.cost:
-        from collapse_ray.sweep.cost import choose_profile, report
+        from collapse_ray.sweep.cost import report
+        from collapse_ray.sweep.cost_profile import choose_profile
 
         print("\n".join(report(spec, choose_profile(spec, args.profile))))
         return 0

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.sweep import cost
+from collapse_ray.sweep import cost, cost_estimate, cost_profile, cost_rows
 from collapse_ray.sweep.spec import load_spec, parse_spec
 from collapse_ray.text import memory
 
@@ -24,7 +24,7 @@ NOW = datetime.datetime(2026, 12, 6, 16, 0, tzinfo=datetime.timezone.utc)
 def profile_file(folder: Path, **changes) -> Path:
     """A measured CPU profile with round numbers, so the times below are hand-computable."""
     data = {
-        "format": cost.PROFILE_FORMAT, "name": "test-cpu", "device": "cpu", "measured": True,
+        "format": cost_profile.PROFILE_FORMAT, "name": "test-cpu", "device": "cpu", "measured": True,
         "measured_at": "2026-12-06T13:00:00Z", "machine": {"cpu": "test CPU", "cores": 2, "load_average": [1.0, 2.0]},
         "sweep_start_s": 10.0, "toy_trial_s": 0.5, "lm_trial_s": {"local": 4.0, "ray": 6.0},
         "fit": {"local": {"models": {"tiny": {"train_tokens_per_s": 1000.0, "eval_tokens_per_s": 4000.0,
@@ -57,17 +57,17 @@ def test_tokens_flops_and_time_of_a_small_spec_by_hand(tmp_path):
     2 epochs, 6 N FLOPs a token; samples after iterations 1 and 2 only, 2 N a token;
     iteration 1's fit made once for the three workflows; times from the profile's rates."""
     spec = parse_spec(SMALL)
-    profile = cost.load_profile(profile_file(tmp_path))
+    profile = cost_profile.load_profile(profile_file(tmp_path))
     n = 149_248  # GPT-2 of d 64, 2 layers, 512 tokens, 256 positions: V d + P d + L (12 d^2 + 13 d) + 2 d
     assert memory.architecture("tiny", 512).parameters == 64 * 512 + 64 * 256 + 2 * (12 * 64**2 + 13 * 64) + 2 * 64 == n
     by_workflow = {p.chain.workflow: p.chain for p in spec.points}
-    assert cost.training_rows(by_workflow["replace"], 1.0) == [100, 100, 100]
-    assert cost.training_rows(by_workflow["accumulate"], 1.0) == [100, 200, 300]
-    assert cost.training_rows(by_workflow["accumulate_subsample"], 1.0) == [100, 100, 100]
+    assert cost_rows.training_rows(by_workflow["replace"], 1.0) == [100, 100, 100]
+    assert cost_rows.training_rows(by_workflow["accumulate"], 1.0) == [100, 200, 300]
+    assert cost_rows.training_rows(by_workflow["accumulate_subsample"], 1.0) == [100, 100, 100]
 
-    rows = cost.row_stats(spec.points[0].task, 100)
+    rows = cost_rows.row_stats(spec.points[0].task, 100)
     assert 20 < rows.tokens <= 64 and rows.kept == 1.0 and rows.basis.startswith("measured on")
-    estimate = cost.estimate_sweep(spec, profile)
+    estimate = cost_estimate.estimate_sweep(spec, profile)
     trials = {t.key.split("__")[1]: t for t in estimate.trials}
     # each worker takes (rows // 2) // 8 micro-batches of 8 an epoch: 96 rows of 100, 96 of 200... 288 of 300
     used = {"replace": [96, 96, 96], "accumulate": [96, 192, 288], "accumulate_subsample": [96, 96, 96]}
@@ -95,7 +95,7 @@ def test_tokens_flops_and_time_of_a_small_spec_by_hand(tmp_path):
     ("fresh_data", {}), ("iterative_retraining", {"synthetic_ratio": 0.5}),
     ("real_fraction", {"n_train": 120, "real_fraction": 0.3})])
 def test_training_rows_are_what_the_workflows_block_selection_selects(workflow, knobs):
-    """The sizes cost.training_rows derives without drawing rows are the lengths of the
+    """The sizes cost_rows.training_rows derives without drawing rows are the lengths of the
     selections the chain loop makes (MixingPolicy.select_blocks) on a pool of those sizes."""
     import numpy as np
 
@@ -108,7 +108,7 @@ def test_training_rows_are_what_the_workflows_block_selection_selects(workflow, 
         blocks = PoolBlocks(np.asarray(iteration), np.asarray(source, dtype=np.int8), np.asarray(rows))
         selected.append(len(policy.select_blocks(blocks, t, [np.random.default_rng(t)])[0]))
         iteration, source, rows = iteration + [t, t], source + [SYNTHETIC, REAL], rows + [80, policy.n_fresh_real]
-    assert cost.training_rows(chain, 1.0) == selected
+    assert cost_rows.training_rows(chain, 1.0) == selected
 
 
 def test_a_value_grid_cell_trains_on_n_real_plus_its_synthetic_rows_and_pools_are_costed_once(tmp_path):
@@ -120,7 +120,7 @@ def test_a_value_grid_cell_trains_on_n_real_plus_its_synthetic_rows_and_pools_ar
         "chain": {"n_iterations": 1}, "seeds": 1,
         "grid": {"chain.n_real": [0, 50], "task.value_synthetic": [0, 100], "task.value_pool": [0, 1]},
         "run": {"cpus_per_trial": 1, "max_concurrent_trials": 1}})
-    estimate = cost.estimate_sweep(spec, cost.load_profile(profile_file(tmp_path)))
+    estimate = cost_estimate.estimate_sweep(spec, cost_profile.load_profile(profile_file(tmp_path)))
     rows = {(t.key.split("__")[2], t.key.split("__")[3], t.key.split("__")[4]): t.fits[0].rows for t in estimate.trials}
     assert rows[("n_real50", "value_synthetic100", "value_pool1")] == 150
     assert rows[("n_real0", "value_synthetic0", "value_pool0")] == 0
@@ -178,14 +178,14 @@ def test_the_27b_fit_shows_why_it_takes_zero3():
 
 
 def test_the_profile_says_which_it_is_and_how_old(tmp_path):
-    measured = cost.load_profile(profile_file(tmp_path))
+    measured = cost_profile.load_profile(profile_file(tmp_path))
     line = measured.provenance(NOW)
     assert line.startswith("profile test-cpu (") and "profile.json" in line
     assert "measured 2026-12-06 13:00 UTC, 3.0 h old on test CPU, 2 cores, load average 1-2 while measuring" in line
-    placeholder = cost.load_profile(cost.DEFAULT_GPU_PROFILE)
+    placeholder = cost_profile.load_profile(cost_profile.DEFAULT_GPU_PROFILE)
     assert not placeholder.measured and "NOT MEASURED, stated placeholder" in placeholder.provenance(NOW)
     assert "ASSUMED model FLOPs utilisation" in placeholder.provenance(NOW)
-    checked_in = cost.load_profile(cost.DEFAULT_CPU_PROFILE)
+    checked_in = cost_profile.load_profile(cost_profile.DEFAULT_CPU_PROFILE)
     assert checked_in.measured and checked_in.device == "cpu" and " old on " in checked_in.provenance()
 
 
