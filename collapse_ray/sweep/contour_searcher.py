@@ -18,7 +18,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from collapse_ray.sweep.contour_search import METRIC, STATE_FILE, ContourSearch, ValueGridCells, resolve_batch_size
+from collapse_ray.sweep.contour_grid import METRIC, ValueGridCells
+from collapse_ray.sweep.contour_search import STATE_FILE, ContourSearch, resolve_batch_size
 from collapse_ray.sweep.spec import ChainJob, SweepSpec
 
 Losses = tuple[list[int], list[float]]
