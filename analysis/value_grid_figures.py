@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from collapse_ray import theory
 
-from analysis import drawing, lm_figures, style
+from analysis import drawing, lm_figures, style, tables
 
 TOY_VALUE_TASKS = ("linear_regression", "gaussian")
 LOSS_LABEL = {"linear_regression": "test MSE (noise-free held-out points)", "gaussian": "test NLL (held-out real rows)"}
@@ -77,14 +77,15 @@ def plot_grid(frame: pd.DataFrame, task: str) -> Figure:
 
 
 def value_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
-    """L(n, s) - L(n, 0) per cell: mean and s.e. of the per-seed-and-pool differences."""
+    """L(n, s) - L(n, 0) per cell: mean and s.e. of the per-seed-and-pool differences (the
+    one mean/SE rule, tables.mean_se)."""
     keys = ["n_real", "value_pool", "seed"]
     base = frame[frame.value_synthetic == 0].set_index(keys)["test_loss"]
     paired = frame[frame.value_synthetic > 0].join(base.rename("base"), on=keys)
-    paired = paired.assign(value=paired.test_loss - paired.base).dropna(subset=["value"])
-    paired = paired[np.isfinite(paired.value)]
-    grouped = paired.groupby(["n_real", "value_synthetic"])["value"]
-    return grouped.agg(mean="mean", se=lambda v: v.std(ddof=1) / np.sqrt(len(v))).reset_index()
+    paired = paired.assign(difference=paired.test_loss - paired.base).dropna(subset=["difference"])
+    paired = paired[np.isfinite(paired.difference)]
+    summary = tables.mean_se(paired, ["n_real", "value_synthetic"], "difference")
+    return summary[["n_real", "value_synthetic", "mean", "se"]]
 
 
 def plot_sign(frame: pd.DataFrame, task: str) -> Figure:
