@@ -97,7 +97,8 @@ def plot_sample_grids(pictures: dict[tuple[str, int], Path], title: str) -> Figu
 def fetch_pictures(rows: pd.DataFrame, tracking_uri: str, folder: Path) -> dict[tuple[str, int], Path]:
     """The logged samples.png of iterations 1, 5 and the last, for the first run (lowest
     seeds) of replace and accumulate."""
-    from collapse_ray.tracking import SAMPLES, client_for, iteration_folder
+    from collapse_ray.tracking.sink import SAMPLES, iteration_folder
+    from collapse_ray.tracking.store import client_for
 
     client = client_for(tracking_uri)
     last = int(rows["iteration"].max())

@@ -2,7 +2,7 @@
 figures drawn from that table are logged so the MLflow UI shows them beside the runs.
 
 The parent run is the one `collapse-ray run` opened for the sweep (tagged
-`collapse_ray.sweep_dir`, see collapse_ray/tracking/__init__.py); its chain runs point to it
+`collapse_ray.sweep_dir`, see collapse_ray/tracking/layout.py); its chain runs point to it
 with `mlflow.parentRunId`, and the results table names it in `sweep_run_id`.
 """
 
@@ -31,7 +31,8 @@ def tracking_uri_for(results_dir: str | Path, tracking_uri: str | None) -> str:
     """The store a sweep logged to: --tracking-uri, else $MLFLOW_TRACKING_URI, else
     results_dir/mlflow.db (what `collapse-ray run --out results_dir` wrote). A SQLite
     store that does not exist is refused (MLflow would create an empty one)."""
-    from collapse_ray.tracking import redact_uri, resolve_tracking_uri, sqlite_path
+    from collapse_ray.tracking.credentials import redact_uri
+    from collapse_ray.tracking.store import resolve_tracking_uri, sqlite_path
     from collapse_ray.validation import SpecError
 
     try:
@@ -47,7 +48,7 @@ def tracking_uri_for(results_dir: str | Path, tracking_uri: str | None) -> str:
 
 def read_sweep(tracking_uri: str, experiment: str) -> Sweep:
     """The newest sweep of `experiment`: its results table and its parent run."""
-    from collapse_ray.tracking import results_table
+    from collapse_ray.tracking.results import results_table
     from collapse_ray.validation import SpecError
 
     try:
@@ -63,7 +64,8 @@ def read_sweep(tracking_uri: str, experiment: str) -> Sweep:
 def log_figures(sweep: Sweep, paths: Sequence[Path], pdf: bool = False) -> list[str]:
     """Each figure (and, with `pdf`, the PDF beside it) as an artifact of the sweep's
     parent run, under figures/; returns the artifact paths."""
-    from collapse_ray.tracking import SWEEP_TAG, client_for
+    from collapse_ray.tracking.layout import SWEEP_TAG
+    from collapse_ray.tracking.store import client_for
 
     client = client_for(sweep.tracking_uri)
     if not client.get_run(sweep.parent_run_id).data.tags.get(SWEEP_TAG):
@@ -79,7 +81,8 @@ def log_figures(sweep: Sweep, paths: Sequence[Path], pdf: bool = False) -> list[
 def sweep_folder(sweep: Sweep, results_dir: Path) -> Path:
     """The sweep's own folder (its run's collapse_ray.sweep_dir tag), where `collapse-ray
     run` drew its figures; RESULTS_DIR/<experiment>/<run id> when that folder is not here."""
-    from collapse_ray.tracking import SWEEP_TAG, client_for
+    from collapse_ray.tracking.layout import SWEEP_TAG
+    from collapse_ray.tracking.store import client_for
 
     recorded = client_for(sweep.tracking_uri).get_run(sweep.parent_run_id).data.tags.get(SWEEP_TAG)
     if recorded and Path(recorded).is_dir():

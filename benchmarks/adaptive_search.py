@@ -116,7 +116,7 @@ def fig5(out: Path, replay: bool = False, full_grid: Path | None = None, overrid
     import pandas as pd
 
     from analysis.value_grid_figures import value_per_cell
-    from collapse_ray.tracking import results_table
+    from collapse_ray.tracking.results import results_table
 
     spec = ROOT / "sweeps" / "fig5_value_grid_dense.yaml"
     if full_grid is None:

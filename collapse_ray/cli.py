@@ -30,8 +30,10 @@ from pathlib import Path
 
 from collapse_ray import __version__
 from collapse_ray.environment import environment_restored
+from collapse_ray.faults import StorageFault, disk_fault_line, is_disk_fault
 from collapse_ray.sweep.spec import SweepSpec, load_spec
-from collapse_ray.tracking import StorageFault, TrackingUnavailable, disk_fault_line, is_disk_fault, scrub
+from collapse_ray.tracking.credentials import scrub
+from collapse_ray.tracking.store import TrackingUnavailable
 from collapse_ray.validation import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 # Ray 2.60 has no bind option: its servers bind to loopback only when the node IP is a
 # loopback address, and it rewrites an explicit 127.0.0.1 to the routable address. With
 # this set to 0 before `ray` is first imported, the node IP is localhost (Ray's switch
-# for macOS and Windows, undocumented on Linux: sweep.py checks the node IP after start).
+# for macOS and Windows, undocumented on Linux: sweep/cluster.py checks the node IP after start).
 LOOPBACK_KNOB = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"  # Ray reads RAY_AUTH_TOKEN, then this file, then ~/.ray/auth_token
 
@@ -306,8 +308,10 @@ def _check_out(out: str) -> None:
 def _run(args) -> int:
     spec = load_spec(args.spec, args.overrides)  # validate everything before Ray starts
     _check_out(args.out)
-    from collapse_ray.sweep.run import NotOnLoopback, SweepInterrupted, run_sweep
-    from collapse_ray.tracking import resolve_tracking_uri
+    from collapse_ray.sweep.cluster import NotOnLoopback
+    from collapse_ray.sweep.interrupts import SweepInterrupted
+    from collapse_ray.sweep.run import run_sweep
+    from collapse_ray.tracking.store import resolve_tracking_uri
 
     if not args.resume:
         resolve_tracking_uri(args.tracking_uri, args.out)  # a bad URI fails here, before Ray
@@ -335,7 +339,7 @@ def _run(args) -> int:
             print(f"  {line}")
     print(f"  sweep folder : {outcome.sweep_dir}")
     print(f"  MLflow store : {ui_uri} (experiment {outcome.experiment!r}, sweep run {outcome.sweep_run_id})")
-    from collapse_ray.tracking import run_url, ui_url
+    from collapse_ray.tracking.view import run_url, ui_url
 
     port = _free_ui_port()
     if ui_uri.startswith("sqlite:"):
@@ -384,14 +388,9 @@ def _free_ui_port(preferred: int = 5000) -> int:
 def _results(args) -> int:
     if Path(args.out).suffix not in TABLE_SUFFIXES:  # before anything is read or downloaded
         raise SpecError(f"--out must end in one of {{{', '.join(TABLE_SUFFIXES)}}}; got {args.out!r}")
-    from collapse_ray.tracking import (
-        check_reachable,
-        credentials_in_environment,
-        resolve_tracking_uri,
-        results_table,
-        sqlite_path,
-        write_table,
-    )
+    from collapse_ray.tracking.credentials import credentials_in_environment
+    from collapse_ray.tracking.results import results_table, write_table
+    from collapse_ray.tracking.store import check_reachable, resolve_tracking_uri, sqlite_path
 
     with credentials_in_environment(resolve_tracking_uri(args.tracking_uri, args.results_dir)) as uri:
         if sqlite_path(uri) is not None and not sqlite_path(uri).exists():

@@ -18,7 +18,7 @@ from analysis import fig1_gaussian as fig1
 from analysis import figures
 from collapse_ray.core.loop import run_chain
 from collapse_ray.sweep.spec import parse_spec
-from collapse_ray.tracking import job_params
+from collapse_ray.tracking.params import job_params
 
 ROOT = Path(__file__).parent.parent
 
@@ -171,7 +171,9 @@ def test_a_sweeps_figures_are_logged_on_its_parent_run(tmp_path, local_ray, caps
     figure command pointed at it draws the figures and logs them on the parent run."""
     from collapse_ray import cli
     from collapse_ray import theory
-    from collapse_ray.tracking import CELL_SEEDS_TAG, PARENT_TAG, SWEEP_TAG, cell_filter, client_for, read_view_state
+    from collapse_ray.tracking.layout import CELL_SEEDS_TAG, PARENT_TAG, SWEEP_TAG
+    from collapse_ray.tracking.store import client_for
+    from collapse_ray.tracking.view import cell_filter, read_view_state
 
     out = tmp_path / "results"
     monkeypatch.setenv("COLLAPSE_RAY_SWEEP_FIGURES", "1")  # as a user's run draws them (conftest turns them off)

@@ -17,7 +17,7 @@ import yaml
 import collapse_ray
 from collapse_ray import cli
 from collapse_ray.sweep.spec import job_to_dict, load_spec, parse_spec
-from collapse_ray.tracking import TABLE_NAME_WIDTH, cell_run_names
+from collapse_ray.tracking.params import TABLE_NAME_WIDTH, cell_run_names
 
 TINY = {"name": "clitiny", "task": {"name": "gaussian", "dim": 2}, "chain": {"n_real": 20, "n_iterations": 2},
         "seeds": 2, "grid": {"chain.workflow": ["replace", "accumulate"]}}
@@ -103,7 +103,7 @@ def test_results_from_a_server_has_no_progress_bars_unless_verbose(tmp_path, loc
 
     # MLflow prints two "View run ... at" lines for every run it ends on a server; each
     # trial ends one, so they would flood the driver. Ours leave them out, MLflow's own prints
-    from collapse_ray.tracking import SUPPRESS_RUN_LINKS, client_for
+    from collapse_ray.tracking.store import SUPPRESS_RUN_LINKS, client_for
 
     ours = client_for(uri)
     experiment_id = client.get_experiment_by_name("clitiny").experiment_id

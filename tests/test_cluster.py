@@ -24,7 +24,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from collapse_ray.tracking import client_for, results_table
+from collapse_ray.tracking.results import results_table
+from collapse_ray.tracking.store import client_for
 from tests.helpers import free_ports
 from tests.test_loopback import NOT_INHERITED, describe, processes_of, sample_while
 

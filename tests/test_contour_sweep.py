@@ -18,7 +18,10 @@ import yaml
 from collapse_ray import cli
 from collapse_ray.sweep.contour_search import STATE_FILE, ContourSearch, ValueGridCells
 from collapse_ray.sweep.spec import load_spec
-from collapse_ray.tracking import PARENT_TAG, ROLE_TAG, client_for, read_view_state, results_table
+from collapse_ray.tracking.layout import PARENT_TAG, ROLE_TAG
+from collapse_ray.tracking.results import results_table
+from collapse_ray.tracking.store import client_for
+from collapse_ray.tracking.view import read_view_state
 
 SPEC = {
     "name": "toy_contour",

@@ -29,12 +29,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from collapse_ray.core.loop import CHECKPOINT_FILE, _load_state, run_chain
+from collapse_ray.core.chain_state import load_state
+from collapse_ray.core.loop import CHECKPOINT_FILE, run_chain
 from collapse_ray.core.shards import check_shards
 from collapse_ray.sweep.spec import ChainConfig
-from collapse_ray.sweep.run import RESUMED_TAG
+from collapse_ray.sweep.trainable import RESUMED_TAG
 from collapse_ray.tasks import GaussianTask
-from collapse_ray.tracking import JOB_KEY_TAG, client_for, results_table
+from collapse_ray.tracking.layout import JOB_KEY_TAG
+from collapse_ray.tracking.results import results_table
+from collapse_ray.tracking.store import client_for
 
 pytestmark = pytest.mark.ray
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
@@ -72,7 +75,7 @@ def checkpointed_iterations(out: Path, name: str) -> dict[str, int]:
     found = {}
     for path in out.glob(f"{name}/*/chains/*/{CHECKPOINT_FILE}"):
         try:
-            found[path.parent.name] = _load_state(path.parent).iteration
+            found[path.parent.name] = load_state(path.parent).iteration
         except ValueError:  # being replaced right now (os.replace is atomic, but be safe)
             continue
     return found
@@ -264,7 +267,7 @@ def test_a_shard_write_killed_part_way_leaves_no_partial_shard_visible(tmp_path)
         check_shards(pool_dir, [0, 1, 2])  # every visible shard is whole and ours
         visible = pads.dataset(pool_dir, format="parquet", partitioning="hive")  # hidden files are skipped
         assert visible.count_rows() == sum(pq.read_metadata(p).num_rows for p in pool_dir.rglob("part-0.parquet"))
-        state = _load_state(folder)
+        state = load_state(folder)
         on_disk = sorted(int(p.name.split("=")[1]) for p in pool_dir.glob("iteration=*") if any(p.rglob("part-0.parquet")))
         assert state is None or set(range(state.iteration)) <= set(on_disk), (state.iteration, on_disk)
 

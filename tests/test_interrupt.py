@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from collapse_ray.tracking import client_for, results_table
+from collapse_ray.tracking.results import results_table
+from collapse_ray.tracking.store import client_for
 from tests.test_faults import (
     ENV,
     SLOW_CHAIN,

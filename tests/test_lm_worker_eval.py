@@ -141,13 +141,14 @@ def test_pure_bf16_keeps_weights_and_adam_states_in_bf16_and_fits_save_in_their_
 
 
 def test_the_curve_is_logged_once_per_iteration_to_the_chain_run(tmp_path, sqlite_uri):
-    from collapse_ray import tracking
+    from collapse_ray.tracking.sink import MlflowChainSink
+    from collapse_ray.tracking.store import client_for
 
-    client = tracking.client_for(sqlite_uri)
+    client = client_for(sqlite_uri)
     run_id = client.create_run(client.create_experiment("curve")).info.run_id
     task = PretrainingTask(**LOCAL, eval_steps=2, epochs=1)
     chain = ChainConfig(workflow="replace", n_real=32, n_iterations=2)
-    sink = tracking.MlflowChainSink(client, run_id)
+    sink = MlflowChainSink(client, run_id)
     run_chain(task, chain, [0], checkpoint_dir=tmp_path / "chain", sink=sink)
     for t in (1, 2):
         history = client.get_metric_history(run_id, f"fit_test_loss/iteration_{t:03d}")

@@ -26,20 +26,12 @@ import pytest
 import collapse_ray
 from collapse_ray import cli
 from collapse_ray.sweep.spec import parse_spec
-from collapse_ray.sweep.run import check_growable
-from collapse_ray.tracking import (
-    CELL_SEEDS_TAG,
-    JOB_KEY_TAG,
-    PER_SEED_TABLE,
-    VIEW_TAG,
-    chain_run_params,
-    cell_filter,
-    client_for,
-    read_view_state,
-    run_url,
-    sweep_params,
-    ui_url,
-)
+from collapse_ray.sweep.plan import check_growable
+from collapse_ray.tracking.layout import CELL_SEEDS_TAG, JOB_KEY_TAG
+from collapse_ray.tracking.params import chain_run_params, sweep_params
+from collapse_ray.tracking.runs import PER_SEED_TABLE
+from collapse_ray.tracking.store import client_for
+from collapse_ray.tracking.view import VIEW_TAG, cell_filter, read_view_state, run_url, ui_url
 from collapse_ray.validation import SpecError
 from tests.helpers import free_ports, mlflow_server_env
 
@@ -77,7 +69,7 @@ def test_the_real_data_is_named_by_its_source_a_folder_a_hub_id_or_the_task(tmp_
     import warnings
     from types import SimpleNamespace
 
-    from collapse_ray.tracking import real_data_datasets
+    from collapse_ray.tracking.runs import real_data_datasets
 
     (tmp_path / "helpsteer2").mkdir()
     points = [SimpleNamespace(task=SimpleNamespace(name="sft", source=str(tmp_path / "helpsteer2"))),
@@ -329,7 +321,10 @@ def log_fig5_standin(uri: str) -> tuple[str, str]:
     view), from a per-chain table of stand-in losses; returns (experiment id, sweep run id)."""
     from collapse_ray.sweep.cells import cell_means, is_value_grid, log_cell_runs, sweep_cells
     from collapse_ray.sweep.spec import load_spec
-    from collapse_ray.tracking import SWEEP_TAG, VALUE_GRID, ensure_experiment, job_params, save_sweep_view, sweep_view_inputs
+    from collapse_ray.tracking.layout import SWEEP_TAG
+    from collapse_ray.tracking.params import job_params
+    from collapse_ray.tracking.store import ensure_experiment
+    from collapse_ray.tracking.view import VALUE_GRID, save_sweep_view, sweep_view_inputs
 
     spec = load_spec(ROOT / "sweeps" / "fig5_value_grid_quick.yaml")
     jobs = spec.jobs()

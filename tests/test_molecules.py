@@ -248,7 +248,7 @@ def test_quick_sweep_end_to_end_replace_loses_the_conformers_accumulate_keeps(sw
     """
     import pyarrow.parquet as pq
 
-    from collapse_ray.tracking import client_for
+    from collapse_ray.tracking.store import client_for
 
     run = sweep_once("diffusion_molecules_quick")
     table, out = run.table(), run.out

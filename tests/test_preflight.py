@@ -186,7 +186,7 @@ def test_every_credential_form_is_redacted_in_the_error_line(uri, tmp_path, caps
     line names the store without them."""
     from urllib.parse import unquote
 
-    from collapse_ray.tracking import uri_secrets
+    from collapse_ray.tracking.credentials import uri_secrets
 
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(SPEC))

@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from collapse_ray.sweep.spec import load_spec
-from collapse_ray.tracking import client_for
+from collapse_ray.tracking.store import client_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "rehearse.sh"

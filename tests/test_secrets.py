@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from collapse_ray.tracking import client_for
+from collapse_ray.tracking.store import client_for
 from tests.helpers import TrackingServer
 
 pytestmark = pytest.mark.ray

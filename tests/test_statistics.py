@@ -11,7 +11,8 @@ import pytest
 
 from analysis import tables
 from collapse_ray.core import aggregate as statistics
-from collapse_ray.tracking import MlflowChainSink, client_for
+from collapse_ray.tracking.sink import MlflowChainSink
+from collapse_ray.tracking.store import client_for
 
 
 def test_the_mlflow_charts_and_the_figures_take_the_same_mean_and_se_of_finite_values(tmp_path, migrated_store):

@@ -1,11 +1,11 @@
-"""A new SQLite store starts from a migrated empty template (tracking.start_from_migrated_store)."""
+"""A new SQLite store starts from a migrated empty template (tracking.store.start_from_migrated_store)."""
 
 from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
 
-from collapse_ray.tracking import check_reachable, client_for, ensure_experiment
+from collapse_ray.tracking.store import check_reachable, client_for, ensure_experiment
 
 
 def test_a_new_store_is_a_copy_of_the_template_and_works_as_one_mlflow_made(tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.tracking import JOB_KEY_TAG, client_for
+from collapse_ray.tracking.layout import JOB_KEY_TAG
+from collapse_ray.tracking.store import client_for
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.ray
@@ -46,7 +47,7 @@ def test_quickstart_sweep_end_to_end(tmp_path, local_ray, capsys):
     steps = metric_steps(uri, "quickstart")
     assert len(steps) == 6 and all(s == list(range(1, 13)) for s in steps.values())
     # each chain run names the Ray node it ran on (one node here)
-    from collapse_ray.sweep.run import NODE_TAG
+    from collapse_ray.sweep.trainable import NODE_TAG
 
     exp = client_for(uri).get_experiment_by_name("quickstart")
     chain_runs = client_for(uri).search_runs([exp.experiment_id], filter_string="tags.`collapse_ray.job_key` != ''")

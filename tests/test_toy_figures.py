@@ -10,7 +10,7 @@ import pytest
 
 from collapse_ray.core.loop import run_chain
 from collapse_ray.sweep.spec import parse_spec
-from collapse_ray.tracking import job_params
+from collapse_ray.tracking.params import job_params
 
 from analysis import figures
 from analysis import tables as shaping
