@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from collapse_ray.core import checkpoint as state_file
-from collapse_ray.core.loop import CHECKPOINT_FILE, _load_state, _State, check_checkpoint, run_chain
+from collapse_ray.core.chain_state import ChainState, load_state
+from collapse_ray.core.loop import CHECKPOINT_FILE, check_checkpoint, run_chain
 from collapse_ray.sweep.spec import ChainConfig
 from collapse_ray.tasks import GaussianTask, KDETask
 from tests.helpers import WithoutStatistics
@@ -90,19 +91,19 @@ def test_a_flipped_bit_in_a_shard_is_refused_naming_the_file(tmp_path):
 
 
 def test_chain_state_round_trips_as_data_only(tmp_path):
-    """Every kind of value a _State field may hold comes back equal, generators included
+    """Every kind of value a ChainState field may hold comes back equal, generators included
     (they continue the same stream), from files that are JSON and .npz only."""
     rng = np.random.Generator(np.random.SFC64(7))
     rng.random(3)
     pcg = np.random.default_rng(3)
     stats = {"count": 5, "mean": np.arange(6.0).reshape(2, 3), "pair": (np.int64(2), np.float32(0.5)),
              "nested": [None, {"a": np.array([True, False])}], "nan": float("nan"), "big": 2**70}
-    state = _State(iteration=3, rngs=[rng, pcg], stats=stats, records=[(1, {"test_loss": np.array([0.1, 0.2])})])
+    state = ChainState(iteration=3, rngs=[rng, pcg], stats=stats, records=[(1, {"test_loss": np.array([0.1, 0.2])})])
     state_file.save(tmp_path, "c.json", state, {"pool": []}, tag="t")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "state-t.npz"]
     back, _ = state_file.load(tmp_path / "c.json")
-    assert isinstance(back, _State) and back.iteration == 3
-    for field in dataclasses.fields(_State):  # a field added later is covered too
+    assert isinstance(back, ChainState) and back.iteration == 3
+    for field in dataclasses.fields(ChainState):  # a field added later is covered too
         assert type(getattr(back, field.name)) is type(getattr(state, field.name)), field.name
     assert [g.random() for g in back.rngs] == [g.random() for g in state.rngs]
     np.testing.assert_array_equal(back.stats["mean"], stats["mean"])
@@ -122,13 +123,13 @@ def test_task_statistics_survive_a_checkpoint(tmp_path):
 
     with pytest.raises(Stop):
         run_chain(KDETask(), chain, SEEDS, checkpoint_dir=tmp_path / "chain", progress=stop)
-    assert type(_load_state(tmp_path / "chain").stats).__name__ == "KDEStats"
+    assert type(load_state(tmp_path / "chain").stats).__name__ == "KDEStats"
     resumed = run_chain(KDETask(), chain, SEEDS, checkpoint_dir=tmp_path / "chain").table
     pd.testing.assert_frame_equal(resumed, run_chain(KDETask(), chain, SEEDS).table)
 
 
 def test_a_value_the_format_cannot_hold_is_refused_when_saving(tmp_path):
     with pytest.raises(TypeError, match="cannot hold"):
-        state_file.save(tmp_path, "c.json", _State(iteration=1, rngs=[], stats=object(), records=[]), {"pool": []}, tag="t")
+        state_file.save(tmp_path, "c.json", ChainState(iteration=1, rngs=[], stats=object(), records=[]), {"pool": []}, tag="t")
     with pytest.raises(TypeError, match="arrays of Python objects"):
-        state_file.save(tmp_path, "c.json", _State(iteration=1, rngs=[], stats=np.array([{}]), records=[]), {"pool": []}, tag="t")
+        state_file.save(tmp_path, "c.json", ChainState(iteration=1, rngs=[], stats=np.array([{}]), records=[]), {"pool": []}, tag="t")

@@ -11,6 +11,9 @@ and dicts with str keys; numpy arrays (not of object dtype) and scalars; numpy
 Generators (as their bit generator's state dict); and dataclasses of collapse_ray's own
 modules (task statistics), rebuilt field by field. Anything else is refused when
 saving, and a file holding anything but these is refused when loading.
+
+A dataclass is stored by its module and name; when one moves, RENAMED maps the name
+earlier versions wrote to where it lives now, so their checkpoints still resume.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ BIT_GENERATORS = {name: getattr(np.random, name) for name in ("SFC64", "PCG64", 
 _ARRAYS_NAME = re.compile(r"state-[0-9A-Za-z_-]{1,80}\.npz")
 _MODULE_NAME = re.compile(r"collapse_ray(\.[A-Za-z_][A-Za-z0-9_]*)+")
 _QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+RENAMED = {
+    "collapse_ray.loop:_State": "collapse_ray.core.chain_state:ChainState",  # the chain state, before issue 29
+}
 
 
 class CheckpointFormatError(ValueError):
@@ -162,6 +168,7 @@ def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
 def _build_dataclass(name: Any, fields: Any, arrays: dict[str, np.ndarray]) -> Any:
     """A dataclass of one of collapse_ray's own modules (importing our own module runs
     our code, never the file's), rebuilt from its fields."""
+    name = RENAMED.get(name, name) if isinstance(name, str) else name
     module_name, _, qualname = name.partition(":") if isinstance(name, str) else ("", "", "")
     if not _MODULE_NAME.fullmatch(module_name) or not _QUALNAME.fullmatch(qualname) or not isinstance(fields, dict):
         raise CheckpointFormatError(f"dataclass {str(name)[:80]!r} is not one of collapse_ray's")
