@@ -162,7 +162,7 @@ def test_every_optional_hook_a_task_defines_is_declared_whole(task):
 
 
 def test_no_hook_is_looked_up_that_protocol_py_does_not_declare():
-    """Every attribute the engine modules (collapse_ray/*.py) read off a task, and every
+    """Every attribute the engine modules (collapse_ray/**/*.py) read off a task, and every
     name they getattr/hasattr on one, is a `Task` member, a declared optional hook or a
     config field of some task (tracking reads `source` where a task has one): the one
     file protocol.py lists all a task may offer."""
@@ -178,7 +178,7 @@ def test_no_hook_is_looked_up_that_protocol_py_does_not_declare():
     declared = set().union(*(hook_members(h) for h in (Task, AdditiveStatisticsTask, *OPTIONAL_HOOKS)))
     assert {"name", "batched", "fit", "stop_condition", "take_chains", "validate"} <= declared
     found: dict[str, str] = {}
-    for path in sorted((Path(__file__).parents[1] / "collapse_ray").glob("*.py")):
+    for path in sorted((Path(__file__).parents[1] / "collapse_ray").rglob("*.py")):  # core/, sweep/, ... too
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and is_task(node.value):
                 found.setdefault(node.attr, path.name)
