@@ -179,10 +179,6 @@ class TrainingSize:
     synthetic: int
     subsample: int | None = None
 
-    @property
-    def rows(self) -> int:
-        return self.subsample if self.subsample is not None else self.real + self.synthetic
-
 
 @dataclass(frozen=True)
 class PoolBlocks:
