@@ -18,7 +18,7 @@ from collapse_ray import level_set, theory
 from collapse_ray.sweep.contour_search import (STATE_FILE, ContourSearch, SearchConfig, ValueGridCells, initial_batch,
                                          observe)
 from collapse_ray.sweep.spec import load_spec, parse_spec
-from collapse_ray.sweep.run import check_growable
+from collapse_ray.sweep.plan import check_growable
 from collapse_ray.validation import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collapse_ray.core.chain import ChainConfig, ExecutionConfig
 
 __all__ = [
-    "OPTIONAL_HOOKS", "SHARED_FOLDER", "AdditiveStatisticsTask", "ChecksChain", "ChecksCluster", "ChecksRun",
+    "OPTIONAL_HOOKS", "AdditiveStatisticsTask", "ChecksChain", "ChecksCluster", "ChecksRun",
     "DrawsIterations", "FitsEmptyTrainingSet", "KeepsFiles", "Metrics", "PoolOnDiskTask", "PreparesSweep",
     "RealData", "RecordsSubset", "ReportsFitCurve", "Rows", "SharesFits", "SizesState", "StopsEarly", "Task",
     "check_value_grid", "offers",
@@ -63,21 +63,19 @@ class SizesState(Protocol):
         """Spec time, in the memory pre-check: bytes a fitted state takes beyond the pool (e.g. a d x d covariance)."""
 
 
-SHARED_FOLDER = "_shared"
-"""Beside a sweep's chain folders (chains/_shared): the files its chains share (PreparesSweep, SharesFits)."""
-
-
 @runtime_checkable
 class PreparesSweep(Protocol):
     def prepare_sweep(self, shared_dir: Path) -> None:
-        """The sweep's driver, once per grid cell before any trial: write files every cell reads (e.g. sft's pools)."""
+        """The sweep's driver, once per grid cell before any trial: write files every cell reads (e.g. sft's pools)
+        into `shared_dir`, the folder the sweep gives its chains to share (the task never derives it)."""
 
 
 @runtime_checkable
 class SharesFits(Protocol):
     def with_shared_dir(self, shared_dir: Path) -> Task:
-        """A sweep's trial, before its chain starts: the task that keeps its fits in the sweep's shared folder,
-        where chains whose fits would be the same one (each workflow's iteration 1) find it."""
+        """A sweep's trial, before its chain starts: the task that keeps its fits, and reads what prepare_sweep
+        wrote, in `shared_dir`, the folder the sweep gives its chains to share, where chains whose fits would be
+        the same one (each workflow's iteration 1) find it. A task never given one keeps them in its workdir."""
 
 
 OPTIONAL_HOOKS: tuple[type, ...] = (

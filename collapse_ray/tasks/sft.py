@@ -20,8 +20,9 @@ rely on: on the file systems cluster/README.md recommends, flock holds on EFS
 (NFSv4.1; Linux emulates flock with NFS byte-range locks since 2.6.12) but not on an
 NFS mount with `nolock` or `local_lock=flock|all` (then locks are local to one node),
 on NFSv3 without a reachable lock manager (lockd/NLM), on SMB before Linux 5.5 (Azure
-Files: flock is not sent to the server), nor on S3 FUSE mounts. A chain run outside a
-sweep builds its pool itself if it is missing.
+Files: flock is not sent to the server), nor on S3 FUSE mounts. The sweep gives the
+folder the pools go in (prepare_sweep, with_shared_dir); a chain run outside a sweep
+builds its pool itself, in its own workdir, if it is missing.
 
 Quick runs (2 CPU cores): sweeps/sft_quick.yaml (Ray Train + DeepSpeed),
 sweeps/sft_models_quick.yaml (Fig. 3's line per model), sweeps/sft_fig4_subsample_quick.yaml,
@@ -47,9 +48,11 @@ from collapse_ray.text.models import load_tokenizer
 from collapse_ray.text.settings import LanguageModelSettings
 from collapse_ray.text.steps import TextContext, as_rows, chain_seed, encode
 from collapse_ray.validation import SpecError, fail, require
-from collapse_ray.tasks.protocol import SHARED_FOLDER, Metrics, RealData, Rows, check_value_grid
+from collapse_ray.tasks.protocol import Metrics, RealData, Rows, check_value_grid
 
 USER, ASSISTANT = "user: ", "\nassistant: "
+VALUE_POOLS_FOLDER = "value_pools"
+"""Where a chain run outside a sweep (no shared_dir given) keeps its value pool: in its own workdir."""
 MAX_SAMPLING_ROUNDS = 64
 """Sampling rounds before a pool that still lacks accepted samples is given up on."""
 ROUND_OVERDRAW = 4
@@ -168,9 +171,9 @@ class SFTTask(LanguageModelSettings):
         context = TextContext(tokenizer_dir, chain_seed(rngs[0]), held_out=tuple(test_examples))
         texts = train[:n_real]
         if self.value_synthetic:
-            # in a sweep the driver built the pool in the folder it gave (prepare_sweep,
-            # with_shared_dir); alone, the chain builds it beside its own chain folders
-            shared = self.shared_dir if self.shared_dir is not None else self.workdir.parent.parent / SHARED_FOLDER
+            # in a sweep the driver built the pool in the folder it gives (prepare_sweep,
+            # with_shared_dir); alone, the chain builds it in its own workdir
+            shared = self.shared_dir if self.shared_dir is not None else self.workdir / VALUE_POOLS_FOLDER
             texts = texts + self._value_pool_rows(shared, tokenizer)
         return RealData(train=as_rows(texts), test=test_examples, context=context)
 
