@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from collapse_ray.core import aggregate
-from collapse_ray.sweep.spec import ChainJob
+from collapse_ray.core.jobs import ChainJob
+from collapse_ray.sweep.layout import SweepFolder
 
 REPLICATE_AXES = ("task.value_pool",)  # averaged over like seeds
 NOT_METRICS = frozenset({"seed", "iteration", "run_id", "sweep_run_id"})
@@ -70,7 +71,7 @@ def sweep_cells(jobs: Sequence[ChainJob]) -> list[Cell]:
 
 
 def metric_columns(table: pd.DataFrame, jobs: Sequence[ChainJob]) -> list[str]:
-    from collapse_ray.tracking import job_params
+    from collapse_ray.tracking.params import job_params
 
     settings = {key for job in jobs for key in job_params(job)}
     return [c for c in table.columns if c not in settings | NOT_METRICS and pd.api.types.is_numeric_dtype(table[c])]
@@ -98,7 +99,7 @@ def cell_means(table: pd.DataFrame, cells: Sequence[Cell], metrics: Sequence[str
 def closed_form(cell: Cell, metric: str, iteration: int) -> float | None:
     """E[metric] at `iteration` where a closed form is known (analysis.closed_forms)."""
     from analysis import closed_forms
-    from collapse_ray.tracking import job_params
+    from collapse_ray.tracking.params import job_params
 
     cfg = job_params(cell.job)
     try:
@@ -223,7 +224,6 @@ def claim_line(last: pd.DataFrame, description: str, metric: str) -> str:
     return f"{said} -> {verdict}: " + "; ".join(f"{what} in {held} of {of} cells" for what, held, of in checks)
 
 
-CELLS_TABLE = "cells.csv"  # the sweep run's artifact: last_iteration_table
 CELLS_JSON = "cells.json"  # the same rows in MLflow's table format, which the UI shows as a table
 
 
@@ -258,8 +258,10 @@ def log_cell_runs(client, experiment_id: str, sweep_run_id: str, cells: Sequence
     the run id of each cell by name."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from collapse_ray.tracking import (CELL_SEEDS_TAG, MAX_METRICS_PER_BATCH, N_ITERATIONS_TAG, PARENT_TAG, ROLE_TAG, CELL_ROLE,
-                           cell_filter, chain_run_params)
+    from collapse_ray.tracking.layout import CELL_ROLE, CELL_SEEDS_TAG, PARENT_TAG, ROLE_TAG
+    from collapse_ray.tracking.params import N_ITERATIONS_TAG, chain_run_params
+    from collapse_ray.tracking.sink import MAX_METRICS_PER_BATCH
+    from collapse_ray.tracking.view import cell_filter
 
     for old in client.search_runs([experiment_id], filter_string=cell_filter(sweep_run_id), max_results=5000):
         client.delete_run(old.info.run_id)
@@ -315,7 +317,9 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
     import tempfile
     from pathlib import Path
 
-    from collapse_ray.tracking import (LOGGED_ARTIFACTS_TAG, VALUE_GRID, results_table, save_sweep_view, sweep_view_inputs)
+    from collapse_ray.tracking.results import results_table
+    from collapse_ray.tracking.runs import LOGGED_ARTIFACTS_TAG
+    from collapse_ray.tracking.view import VALUE_GRID, save_sweep_view, sweep_view_inputs
 
     from collapse_ray.validation import SpecError
 
@@ -334,7 +338,7 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
                     contour_metric=P_HURTS if contour is not None else None)
     last = last_iteration_table(means, cells)
     sweep_dir = Path(sweep_dir)
-    path = sweep_dir / CELLS_TABLE
+    path = SweepFolder(sweep_dir).cells_table
     last.to_csv(path, index=False)
     client.log_artifact(sweep_run_id, str(path))
     with tempfile.TemporaryDirectory() as tmp:
@@ -349,9 +353,9 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
         client.set_tag(sweep_run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*logged, entry]))
     drawn: list[str] = []
     if figures:
-        drawn = [str(p) for p in draw_sweep_figures(client, table, sweep_dir / "figures", sweep_run_id, tracking_uri)]
+        drawn = [str(p) for p in draw_sweep_figures(client, table, SweepFolder(sweep_dir).figures, sweep_run_id, tracking_uri)]
         if contour is not None:
-            drawn.append(str(draw_contour_figure(client, contour, jobs[0], sweep_dir / "figures", sweep_run_id)))
+            drawn.append(str(draw_contour_figure(client, contour, jobs[0], SweepFolder(sweep_dir).figures, sweep_run_id)))
     lines = answer_lines(last, cells, description)
     if contour is not None:
         lines.insert(0, contour.summary())
@@ -381,7 +385,8 @@ def log_contour(client, experiment_id: str, sweep_run_id: str, cells: Sequence[C
 
     from mlflow.entities import Metric, Param, RunTag
 
-    from collapse_ray.tracking import CELL_ROLE, LOGGED_ARTIFACTS_TAG, PARENT_TAG, ROLE_TAG
+    from collapse_ray.tracking.layout import CELL_ROLE, PARENT_TAG, ROLE_TAG
+    from collapse_ray.tracking.runs import LOGGED_ARTIFACTS_TAG
 
     now = int(time.time() * 1000)
     ran_runs = {}

@@ -62,9 +62,10 @@ import numpy as np
 from collapse_ray import atomic, level_set
 from collapse_ray.sweep.contour_grid import (Observation, SearchConfig, ValueGridCells, config_dict, initial_batch,
                                              observe, with_baselines)
+from collapse_ray.sweep.layout import SEARCH_STATE_FILE
 from collapse_ray.validation import SpecError
 
-STATE_FILE = "contour_search.json"
+STATE_FILE = SEARCH_STATE_FILE  # in the sweep folder (sweep/layout.py)
 FORMAT = "collapse_ray.contour_search/1"
 MAX_STATE_BYTES = 64 * 2**20
 

@@ -19,8 +19,10 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from collapse_ray.sweep.contour_grid import METRIC, ValueGridCells
-from collapse_ray.sweep.contour_search import STATE_FILE, ContourSearch, resolve_batch_size
-from collapse_ray.sweep.spec import ChainJob, SweepSpec
+from collapse_ray.sweep.contour_search import ContourSearch, resolve_batch_size
+from collapse_ray.sweep.layout import SweepFolder
+from collapse_ray.core.jobs import ChainJob
+from collapse_ray.sweep.spec import SweepSpec
 
 Losses = tuple[list[int], list[float]]
 
@@ -84,7 +86,7 @@ def open_search(spec: SweepSpec, jobs: Sequence[ChainJob], sweep_dir: Path, cpus
     trials_per_cell = max((len(j) for j in cells.jobs), default=1)
     batch = resolve_batch_size(spec.search, spec.run.max_concurrent_trials, cpus, spec.run.cpus_per_trial,
                                trials_per_cell)
-    return ContourSearch.open(sweep_dir / STATE_FILE, cells, spec.search, batch)
+    return ContourSearch.open(SweepFolder(sweep_dir).search_state, cells, spec.search, batch)
 
 
 def mlflow_losses(client, tracking_uri: str, experiment_id: str, sweep_run_id: str) -> Callable[[str], Losses | None]:
@@ -94,7 +96,8 @@ def mlflow_losses(client, tracking_uri: str, experiment_id: str, sweep_run_id: s
 
     import pandas as pd
 
-    from collapse_ray.tracking import CHAIN_TABLE, JOB_KEY_TAG, PARENT_TAG, _local_artifact, _moved_artifact
+    from collapse_ray.tracking.layout import CHAIN_TABLE, JOB_KEY_TAG, PARENT_TAG
+    from collapse_ray.tracking.results import artifact_on_disk
 
     def read(job_key: str) -> Losses | None:
         runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{sweep_run_id}' and "
@@ -102,8 +105,7 @@ def mlflow_losses(client, tracking_uri: str, experiment_id: str, sweep_run_id: s
         if not runs or runs[0].info.status != "FINISHED":
             return None
         run = runs[0]
-        found = (_local_artifact(run.info.artifact_uri, CHAIN_TABLE)
-                 or _moved_artifact(tracking_uri, run.info.artifact_uri, CHAIN_TABLE))
+        found = artifact_on_disk(tracking_uri, run.info.artifact_uri, CHAIN_TABLE)
         if found is not None:
             table = pd.read_parquet(found, columns=["seed", "iteration", METRIC])
         else:

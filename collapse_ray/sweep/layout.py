@@ -21,6 +21,9 @@ SWEEP_FILE = "sweep.json"
 CHAINS_FOLDER = "chains"
 SHARED_FOLDER = "_shared"  # starts with "_": no job key does
 TUNE_FOLDER = "tune"
+SEARCH_STATE_FILE = "contour_search.json"
+CELLS_TABLE = "cells.csv"  # also the sweep run's artifact of that name
+FIGURES_FOLDER = "figures"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class SweepFolder:
 
     @property
     def search_state(self) -> Path:
-        from collapse_ray.sweep.contour_search import STATE_FILE
+        return self.path / SEARCH_STATE_FILE
 
-        return self.path / STATE_FILE
+    @property
+    def cells_table(self) -> Path:
+        return self.path / CELLS_TABLE
+
+    @property
+    def figures(self) -> Path:
+        return self.path / FIGURES_FOLDER

@@ -23,7 +23,8 @@ from typing import Any
 
 from collapse_ray import atomic
 from collapse_ray.sweep.layout import SWEEP_FILE, SweepFolder
-from collapse_ray.sweep.spec import ChainJob, SweepSpec
+from collapse_ray.core.jobs import ChainJob
+from collapse_ray.sweep.spec import SweepSpec
 from collapse_ray.validation import SpecError
 
 SWEEP_KEYS = ("spec", "tracking_uri", "experiment", "sweep_run_id", "status")
@@ -46,7 +47,7 @@ class SweepPlan:
 def plan_sweep(spec: SweepSpec, out_root: Path, tracking_uri: str | None, resume: bool | str | Path) -> SweepPlan:
     """Where `spec` runs and which trials; on a resume, SpecError names what stops it
     before anything starts."""
-    from collapse_ray.tracking import resolve_tracking_uri
+    from collapse_ray.tracking.store import resolve_tracking_uri
 
     resolved = json.loads(json.dumps(spec.resolved_dict()))
     if not resume:
@@ -165,7 +166,7 @@ def write_sweep_file(folder: SweepFolder, state: dict[str, Any]) -> None:
 def _resumed_tracking_uri(saved: str, given: str | None) -> str:
     """The store a sweep was started with (sweep.json keeps it without credentials); a
     given URI is used instead when it names the same store, for its credentials."""
-    from collapse_ray.tracking import redact_uri, split_credentials
+    from collapse_ray.tracking.credentials import redact_uri, split_credentials
 
     given = given or os.environ.get("MLFLOW_TRACKING_URI")
     if given and saved in (split_credentials(given)[0], redact_uri(given)):

@@ -35,9 +35,8 @@ class OpenedSweep:
 def open_sweep(spec: SweepSpec, plan: SweepPlan, source: str | None) -> OpenedSweep:
     """The parent run (new, or the resumed one running again and grown to the spec), then
     sweep.json, then an adaptive search's state; says what the sweep will run."""
-    from collapse_ray.tracking import (
-        client_for, default_artifact_root, ensure_experiment, grow_sweep_run, real_data_datasets, start_sweep_run,
-    )
+    from collapse_ray.tracking.runs import grow_sweep_run, real_data_datasets, start_sweep_run
+    from collapse_ray.tracking.store import client_for, default_artifact_root, ensure_experiment
 
     client = client_for(plan.tracking_uri)
     experiment_id = ensure_experiment(client, spec.name, default_artifact_root(plan.tracking_uri))

@@ -59,7 +59,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run every job of `spec` with Ray Tune, logging to MLflow; returns where things are.
     `source`: where the spec came from (its file), for the sweep run's Source."""
-    from collapse_ray.tracking import check_reachable, credentials_in_environment, refuse_if_secret_in
+    from collapse_ray.tracking.credentials import credentials_in_environment, refuse_if_secret_in
+    from collapse_ray.tracking.store import check_reachable
 
     started = time.perf_counter()
     plan = plan_sweep(spec, Path(out_root).resolve(), tracking_uri, resume)

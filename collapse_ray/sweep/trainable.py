@@ -20,7 +20,7 @@ import ray
 from ray import tune
 
 from collapse_ray.sweep.layout import SweepFolder
-from collapse_ray.sweep.spec import ChainJob
+from collapse_ray.core.jobs import ChainJob
 from collapse_ray.tasks.protocol import SharesFits, offers
 
 RESUMED_TAG = "collapse_ray.resumed_from_iteration"
@@ -35,7 +35,10 @@ def chain_trial(config: dict[str, Any], jobs: Mapping[str, ChainJob]) -> None:
 
     from collapse_ray.core.chain_state import checkpoint_continues
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.tracking import N_ITERATIONS_TAG, MlflowChainSink, client_for, finish_chain_run, open_chain_run
+    from collapse_ray.tracking.params import N_ITERATIONS_TAG
+    from collapse_ray.tracking.runs import finish_chain_run, open_chain_run
+    from collapse_ray.tracking.sink import MlflowChainSink
+    from collapse_ray.tracking.store import client_for
 
     started = time.time()  # wall clock: benchmarks line trials up against the driver's
     job = jobs[config["job"]["key"]]

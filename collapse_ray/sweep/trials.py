@@ -51,7 +51,7 @@ def run_trials(opened: OpenedSweep, sweep_started: float) -> TrialsRan:
 
 def _tuner(opened: OpenedSweep, sweep_started: float) -> tune.Tuner:
     """The Tuner of the sweep's trials: a grid search over its jobs, or the adaptive search's searcher."""
-    from collapse_ray.tracking import cell_run_names
+    from collapse_ray.tracking.params import cell_run_names
 
     spec, plan, jobs = opened.spec, opened.plan, opened.plan.jobs
     run_names = cell_run_names(jobs)
@@ -104,7 +104,7 @@ def _searcher(opened: OpenedSweep, job_configs: dict[str, dict]):
 
 def _disk_fault_of(errors: list, sweep_dir: Path) -> str | None:
     """One line for the first trial error that was a full or read-only disk, else None."""
-    from collapse_ray.tracking import disk_fault_line, is_disk_fault
+    from collapse_ray.faults import disk_fault_line, is_disk_fault
 
     for err in errors:
         if is_disk_fault(err):
@@ -115,7 +115,7 @@ def _disk_fault_of(errors: list, sweep_dir: Path) -> str | None:
 def _raise_if_disk_fault(err: Exception, sweep_dir: Path) -> None:
     """StorageFault naming the folder when the disk under it is full or read-only (then
     whatever failed, failed because of it)."""
-    from collapse_ray.tracking import StorageFault, disk_fault_line, is_disk_fault
+    from collapse_ray.faults import disk_fault_line, is_disk_fault, StorageFault
 
     if is_disk_fault(err):
         raise StorageFault(f"{sweep_dir}: {disk_fault_line(err)}") from err
