@@ -167,7 +167,7 @@ def run_trial(rows: int, on_disk: bool, folder: str) -> dict[str, Any]:
     import resource
 
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
 
     task = StandInTextTask() if on_disk else RowsPath(StandInTextTask())
     chain = ChainConfig(workflow="accumulate", n_real=rows // 2, n_synthetic=rows - rows // 2, n_iterations=2,
@@ -231,7 +231,7 @@ def fit_breakdown() -> None:
     import ray
 
     from collapse_ray.core.loop import chain_generators
-    from collapse_ray.core.pool import DiskPool
+    from collapse_ray.core.disk_pool import DiskPool
     from collapse_ray.tasks import PretrainingTask
     from collapse_ray.core.workflows import make_workflow
 

@@ -224,7 +224,7 @@ def test_both_fit_paths_hand_the_workers_their_rows_in_a_seeded_random_order(tmp
 # -- the chain loop with the pool on disk (loop.PoolOnDiskTask) ----------------------------
 def _disk_toy_pool(root, workflow, n_iterations=3):
     """The same pool as _toy_pool, each block written to its shard as it is added."""
-    from collapse_ray.core.pool import DiskPool
+    from collapse_ray.core.disk_pool import DiskPool
 
     pool = DiskPool(root, CHAINS, keep_history=workflow.needs_history)
     pool.add(_rows(0, "real", 6), 0, "real")
@@ -239,7 +239,7 @@ def _disk_toy_pool(root, workflow, n_iterations=3):
 def test_a_disk_pool_selects_and_reads_what_the_array_pool_takes(tmp_path, name, knobs):
     """Index, manifest and rows (in the selection's own order) as the in-memory pool's;
     a reload from the manifest gives the same index. No Ray: the in-process read."""
-    from collapse_ray.core.pool import DiskPool
+    from collapse_ray.core.disk_pool import DiskPool
 
     workflow = make_workflow(name, **knobs)
     memory = _toy_pool(tmp_path / "memory", workflow)
@@ -273,7 +273,7 @@ def test_a_selection_of_a_disk_pool_is_the_same_size_whatever_the_pool_holds():
     import pickle
     import tracemalloc
 
-    from collapse_ray.core.pool import DiskPool
+    from collapse_ray.core.disk_pool import DiskPool
 
     def grown_pool(rows):
         pool = DiskPool("/nonexistent", [0])
@@ -367,9 +367,10 @@ def test_the_loop_on_disk_never_builds_the_per_row_index(tmp_path, monkeypatch, 
     per-row handles forbidden: the same table, bit for bit, as the rows path (an
     ArrayPool and MixingPolicy.select), and the same shards."""
     from benchmarks.lm_pool_memory import RowsPath
+    from collapse_ray.core import disk_pool
     from collapse_ray.core import pool as pool_module
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
 
     chain = ChainConfig(workflow=name, n_real=6, n_synthetic=5, n_iterations=5, **knobs)
     rows_path = run_chain(RowsPath(_TextToy()), chain, [7], checkpoint_dir=tmp_path / "rows").table
@@ -377,8 +378,8 @@ def test_the_loop_on_disk_never_builds_the_per_row_index(tmp_path, monkeypatch, 
     def forbidden(*args, **kwargs):
         pytest.fail("the pool-on-disk loop built a per-row index or selection")
 
-    monkeypatch.setattr(pool_module.DiskPool, "index", property(forbidden))
-    monkeypatch.setattr(pool_module.DiskPool, "selection", forbidden)
+    monkeypatch.setattr(disk_pool.DiskPool, "index", property(forbidden))
+    monkeypatch.setattr(disk_pool.DiskPool, "selection", forbidden)
     monkeypatch.setattr(pool_module, "selected_rows", forbidden)
     on_disk = run_chain(_TextToy(), chain, [7], checkpoint_dir=tmp_path / "disk").table
     assert len(set(on_disk["test_loss"])) > 1
@@ -396,7 +397,7 @@ LOCAL_LM = {"backend": "local", "sampler": "local", "max_length": 48, "n_test": 
 
 def _lm_chain(folder, task, stop_after=None):
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
 
     def stop(t, total):
         if t == stop_after:

@@ -30,7 +30,8 @@ import numpy as np
 from collapse_ray.core.batch import ChainBatch
 from collapse_ray.core.chain import ChainConfig, max_rows_held, uses_statistics
 from collapse_ray.core.chain_state import Checkpoint
-from collapse_ray.core.pool import ArrayPool, DiskPool
+from collapse_ray.core.disk_pool import DiskPool
+from collapse_ray.core.pool import ArrayPool
 from collapse_ray.core.shards import remove_stale_temporaries
 from collapse_ray.core.types import PoolOnDiskTask, RealData, Task
 

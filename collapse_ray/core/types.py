@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from collapse_ray.core.pool import PoolSelection
+    from collapse_ray.core.disk_pool import PoolSelection
     from collapse_ray.core.shards import ShardTarget
 
 Rows = Mapping[str, np.ndarray]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from collapse_ray.core.pool import PoolSelection
+from collapse_ray.core.disk_pool import PoolSelection
 from collapse_ray.core.shards import ShardTarget, ShardWriter
 from collapse_ray.text.readers import selection_dataset_of
 from collapse_ray.core.types import RealData

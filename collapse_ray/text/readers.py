@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from collapse_ray.core import pool
-from collapse_ray.core.pool import PoolSelection
+from collapse_ray.core.disk_pool import PoolSelection
 from collapse_ray.core.shards import SHARD_PATH, SOURCES, shard_path
 from collapse_ray.core.workflows import PoolIndex, Selection
 
