@@ -112,7 +112,7 @@ def main() -> int:
 
     print("\n== per-iteration cost vs iteration index, accumulate, d = 10, n = 100 ==")
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
     chain = ChainConfig(workflow="accumulate", n_real=100, n_iterations=1000).resolved()

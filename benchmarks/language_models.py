@@ -101,7 +101,7 @@ def main() -> None:
 
     print("\n3. peak memory of a CPU-scale chain (pretraining, 600 stories, 3 iterations, in-process)")
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
 
     chain_task = PretrainingTask(backend="local", sampler="local", max_length=96, vocab_size=512, epochs=4,
                                  learning_rate=3e-3)

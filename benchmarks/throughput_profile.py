@@ -4,7 +4,7 @@ FLOPs and tokens into seconds with.
     python benchmarks/throughput_profile.py                         # ~5 minutes on 2 CPU cores
     python benchmarks/throughput_profile.py --out ~/.cache/collapse_ray/throughput_profile.json
 
-Writes a small JSON file (plain data: collapse_ray/sweep/cost.py reads it, nothing in it runs):
+Writes a small JSON file (plain data: collapse_ray/sweep/cost_profile.py reads it, nothing in it runs):
 when and where it was measured, and
 
 - the fixed costs that dominate CPU-scale sweeps: `collapse-ray run` of a one-trial toy sweep

@@ -98,7 +98,7 @@ def reference_regression_chain(d: int, n: int, sigma2: float, workflow: str, ite
 # -- engine ---------------------------------------------------------------------------
 def engine_per_chain(task, workflow: str, n: int, iterations: int, seeds: int = 100) -> float:
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
 
     chain = ChainConfig(workflow=workflow, n_real=n, n_iterations=iterations).resolved()
     start = time.perf_counter()
@@ -134,7 +134,8 @@ def main() -> int:
     parser.add_argument("--skip-reference", action="store_true", help="engine, breakdown and floor only")
     args = parser.parse_args()
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig, load_spec
+    from collapse_ray.core.chain import ChainConfig
+    from collapse_ray.sweep.spec import load_spec
     from collapse_ray.tasks import KDETask, LinearRegressionTask
 
     spec = load_spec(ROOT / "sweeps" / f"{SPECS[args.setting]}.yaml", breakdown.seed_overrides(args.seeds))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from collapse_ray.core.loop import PHASES, run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import GaussianTask, KDETask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

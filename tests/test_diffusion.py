@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from collapse_ray.core.loop import chain_generators, run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks.diffusion import DiffusionTask
 from collapse_ray.validation import SpecError, from_mapping
 from collapse_ray.core.workflows import WORKFLOW_NAMES

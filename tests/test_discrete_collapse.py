@@ -17,7 +17,7 @@ import pytest
 
 from collapse_ray import theory
 from collapse_ray.core.loop import is_finished, run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import DiscreteTask
 from collapse_ray.tasks.discrete import COLLAPSED_ENTROPY
 

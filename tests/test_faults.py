@@ -32,7 +32,7 @@ import yaml
 from collapse_ray.core.chain_state import load_state
 from collapse_ray.core.loop import CHECKPOINT_FILE, run_chain
 from collapse_ray.core.shards import check_shards
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.sweep.trainable import RESUMED_TAG
 from collapse_ray.tasks import GaussianTask
 from collapse_ray.tracking.layout import JOB_KEY_TAG
@@ -228,7 +228,7 @@ CHAIN_RUNNER = textwrap.dedent("""
     import pyarrow.parquet as pq
     import collapse_ray.core.pool as pool
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
     kill_at, folder = int(sys.argv[1]), sys.argv[2]

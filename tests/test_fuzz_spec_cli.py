@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 
 from collapse_ray import cli
 from collapse_ray.sweep import run as sweep
-from collapse_ray.sweep.spec import TOP_LEVEL_KEYS, ChainConfig, ExecutionConfig
+from collapse_ray.core.chain import ChainConfig, ExecutionConfig
+from collapse_ray.sweep.spec import TOP_LEVEL_KEYS
 from collapse_ray.tasks import TASKS
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))

@@ -120,7 +120,7 @@ def test_fig1_density_row_draws_the_sweeps_own_chain(workflow):
     from pathlib import Path
 
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
 
     path = Path(__file__).parent.parent / "analysis" / "fig1_gaussian.py"
     spec = importlib.util.spec_from_file_location("fig1_for_density", path)

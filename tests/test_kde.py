@@ -8,7 +8,7 @@ import pytest
 from sklearn.neighbors import KernelDensity
 
 from collapse_ray.core.loop import chain_generators, run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import KDETask
 
 from .helpers import WithoutStatistics

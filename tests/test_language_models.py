@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from collapse_ray.core.loop import chain_generators, run_chain
-from collapse_ray.sweep.spec import ChainConfig, parse_spec
+from collapse_ray.core.chain import ChainConfig
+from collapse_ray.sweep.spec import parse_spec
 from collapse_ray.tasks import PretrainingTask, SFTTask
 from collapse_ray.tasks.sft import format_example, parse_example
 from collapse_ray.text import corpora

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from collapse_ray.core.loop import chain_generators, run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import PretrainingTask
 from collapse_ray.text import backends
 from collapse_ray.text.training import token_loss

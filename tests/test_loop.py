@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from collapse_ray.core.loop import run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import GaussianTask, KDETask
 
 from .helpers import WithoutStatistics

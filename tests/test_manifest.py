@@ -16,7 +16,7 @@ import pytest
 from collapse_ray.core import checkpoint as state_file
 from collapse_ray.core.chain_state import ChainState, load_state
 from collapse_ray.core.loop import CHECKPOINT_FILE, check_checkpoint, run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import GaussianTask, KDETask
 from tests.helpers import WithoutStatistics
 

@@ -18,7 +18,7 @@ RUNNER = textwrap.dedent("""
     from collapse_ray.tracking import sink
     from collapse_ray.tracking.store import client_for
     from collapse_ray.core.loop import run_chain
-    from collapse_ray.sweep.spec import ChainConfig
+    from collapse_ray.core.chain import ChainConfig
     from collapse_ray.tasks import GaussianTask
 
     uri, run_id, folder, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -12,7 +12,7 @@ import torch
 
 from collapse_ray.core.loop import chain_generators, run_chain
 from collapse_ray.neural import molecules
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks.conformer_diffusion import ConformerDiffusionTask
 from collapse_ray.validation import SpecError, from_mapping
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from collapse_ray import cli
-from collapse_ray.sweep.spec import ChainConfig, job_from_dict, job_to_dict, load_spec, parse_spec
+from collapse_ray.core.chain import ChainConfig
+from collapse_ray.sweep.spec import job_from_dict, job_to_dict, load_spec, parse_spec
 from collapse_ray.tasks import TASKS
 from collapse_ray.validation import SpecError
 

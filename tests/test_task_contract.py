@@ -111,7 +111,8 @@ def test_statistics_path_agrees_with_fitting_rows(task):
 
 
 def test_metric_names_do_not_collide_with_config_columns(task):
-    from collapse_ray.sweep.spec import ChainConfig, ChainJob, GridPoint
+    from collapse_ray.core.chain import ChainConfig
+    from collapse_ray.core.jobs import ChainJob, GridPoint
     from collapse_ray.tracking.params import job_params
 
     real = task.real_data(50, rngs([0]))

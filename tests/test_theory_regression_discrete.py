@@ -12,7 +12,7 @@ import pytest
 
 from collapse_ray import theory
 from collapse_ray.core.loop import run_chain
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks import DiscreteTask, LinearRegressionTask
 
 from .helpers import WithoutStatistics

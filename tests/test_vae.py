@@ -10,7 +10,7 @@ import pytest
 
 from collapse_ray.core.loop import chain_generators, run_chain
 from collapse_ray.neural import quality
-from collapse_ray.sweep.spec import ChainConfig
+from collapse_ray.core.chain import ChainConfig
 from collapse_ray.tasks.vae import VAETask
 from collapse_ray.validation import SpecError, from_mapping
 

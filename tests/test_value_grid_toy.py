@@ -19,7 +19,8 @@ import pytest
 from collapse_ray import theory
 from collapse_ray.sweep.cells import REPLICATE_AXES
 from collapse_ray.core.loop import chain_generators, run_chain
-from collapse_ray.sweep.spec import ChainConfig, load_spec, parse_spec
+from collapse_ray.core.chain import ChainConfig
+from collapse_ray.sweep.spec import load_spec, parse_spec
 from collapse_ray.tasks import LinearRegressionTask
 from collapse_ray.tracking.view import VALUE_GRID
 from collapse_ray.validation import SpecError

@@ -47,7 +47,7 @@ graph field network, 50-100 diffusion steps instead of 5,000, a split by conform
 
 Run it small:
 
-    python -c "from collapse_ray.core.loop import run_chain; from collapse_ray.sweep.spec import ChainConfig;
+    python -c "from collapse_ray.core.loop import run_chain; from collapse_ray.core.chain import ChainConfig;
     from collapse_ray.tasks.conformer_diffusion import ConformerDiffusionTask as T;
     print(run_chain(T(n_molecules=4, epochs=20), ChainConfig(workflow='replace', n_real=40, n_iterations=3),
     seeds=[0, 1]).table)"

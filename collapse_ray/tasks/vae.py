@@ -45,7 +45,7 @@ mean image, test loss 26.0 -> 27.1 nats; accumulate keeps drawing several digits
 Run it small:
 
     python -c "from collapse_ray.core.loop import run_chain; from collapse_ray.tasks.vae import VAETask;
-    from collapse_ray.sweep.spec import ChainConfig;
+    from collapse_ray.core.chain import ChainConfig;
     print(run_chain(VAETask(epochs=20), ChainConfig(workflow='replace', n_real=300, n_iterations=4), seeds=[0, 1]).table)"
 """
 
