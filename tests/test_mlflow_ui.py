@@ -319,7 +319,8 @@ def fig5_standin_loss(n_real: int, value_synthetic: int, pool: int) -> float:
 def log_fig5_standin(uri: str) -> tuple[str, str]:
     """The quick Fig. 5 spec's cells, logged as a sweep's end logs them (cell runs, saved
     view), from a per-chain table of stand-in losses; returns (experiment id, sweep run id)."""
-    from collapse_ray.sweep.cells import cell_means, is_value_grid, log_cell_runs, sweep_cells
+    from collapse_ray.sweep.cells import cell_means, log_cell_runs, sweep_cells
+    from collapse_ray.sweep.conclusion import is_value_grid
     from collapse_ray.sweep.spec import load_spec
     from collapse_ray.tracking.layout import SWEEP_TAG
     from collapse_ray.tracking.params import job_params

@@ -90,7 +90,7 @@ def close_interrupted(opened: OpenedSweep) -> None:
 def _conclude(opened: OpenedSweep):
     """The sweep's cell runs, saved view, per-cell table and figures (collapse_ray.sweep.cells): a
     convenience, which never fails a sweep; None when it could not be made."""
-    from collapse_ray.sweep.cells import conclude_sweep
+    from collapse_ray.sweep.conclusion import conclude_sweep
 
     spec, folder = opened.spec, opened.plan.folder
     jobs, contour = opened.plan.jobs, None

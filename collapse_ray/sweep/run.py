@@ -46,7 +46,7 @@ class SweepOutcome:
     seconds: float
     disk_fault: str | None = None  # why trials failed, when it was a full or read-only disk
     experiment_id: str = ""
-    conclusion: Any = None  # collapse_ray.sweep.cells.Conclusion: the answer's lines, figures, table
+    conclusion: Any = None  # collapse_ray.sweep.conclusion.Conclusion: the answer's lines, figures, table
 
 
 def run_sweep(
