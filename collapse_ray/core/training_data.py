@@ -11,7 +11,7 @@ each iteration fits the workflow's selection of it.
 
 Rows on disk: a task with the PoolOnDiskTask hooks (language models) never sees rows.
 Its pool is the chain's hive-partitioned Parquet (`<checkpoint_dir>/pool`, on the
-storage the sweep shares), and the loop holds only its blocks (pool.DiskPool: iteration,
+storage the sweep shares), and the loop holds only its blocks (disk_pool.DiskPool: iteration,
 source and rows per block, nothing per row): it gives the task a `ShardTarget` to write
 its real rows and each iteration's samples into, and a `PoolSelection` handle (the
 workflow's selection made block by block: whole shards, or a subsample's row ids) to
