@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from collapse_ray.core import checkpoint as state_file
+from collapse_ray.core import checkpoint as checkpoint_format
 from collapse_ray.core.shards import check_manifest, check_shards
 from collapse_ray.core.types import Metrics
 
@@ -54,8 +54,8 @@ def load_checkpoint(ckpt: Path | None) -> Checkpoint | None:
                              f"can run code); start the sweep afresh")
         return None
     try:
-        state, document = state_file.load(ckpt / CHECKPOINT_FILE)
-    except state_file.CheckpointFormatError as err:
+        state, document = checkpoint_format.load(ckpt / CHECKPOINT_FILE)
+    except checkpoint_format.CheckpointFormatError as err:
         raise ValueError(f"{ckpt / CHECKPOINT_FILE} is not a readable chain checkpoint: {err}") from None
     manifest = document.get("pool")
     if not isinstance(state, ChainState) or not isinstance(manifest, list):
@@ -67,7 +67,7 @@ def save_checkpoint(ckpt: Path, state: ChainState, manifest: list[dict], ended: 
     """Arrays first, then the JSON naming them and the pool's shards (the commit point)."""
     document = {"pool": manifest, "ended": ended, "continues": continues}
     try:
-        state_file.save(ckpt, CHECKPOINT_FILE, state, document, tag=f"{state.iteration}-{os.getpid()}")
+        checkpoint_format.save(ckpt, CHECKPOINT_FILE, state, document, tag=f"{state.iteration}-{os.getpid()}")
     except TypeError as err:  # a field of a type the data-only format does not hold
         raise TypeError(f"chain state cannot be checkpointed: {err}") from None
 
@@ -90,8 +90,8 @@ def checkpoint_continues(checkpoint_dir: str | Path) -> bool:
     if not path.exists():
         return False
     try:  # the JSON only: load_checkpoint checks the whole checkpoint (and names the file)
-        document = state_file.read_json(path, state_file.MAX_JSON_BYTES)
-    except (state_file.CheckpointFormatError, ValueError, OSError):
+        document = checkpoint_format.read_json(path, checkpoint_format.MAX_JSON_BYTES)
+    except (checkpoint_format.CheckpointFormatError, ValueError, OSError):
         return False
     return isinstance(document, dict) and bool(document.get("continues", False))
 

@@ -34,7 +34,7 @@ def is_value_grid(jobs: Sequence[ChainJob]) -> bool:
 
 
 def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: str, sweep_run_id: str,
-                   jobs: Sequence[ChainJob], swept: Sequence[str], sweep_dir, description: str = "",
+                   jobs: Sequence[ChainJob], swept: Sequence[str], folder: SweepFolder, description: str = "",
                    figures: bool = True, contour=None) -> Conclusion | None:
     """At a sweep's end (finished, failed or interrupted): its cell runs, the saved view over
     them, the last iteration's per-cell table and the figures (in the sweep folder and on
@@ -64,8 +64,7 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
                     value_grid=VALUE_GRID if is_value_grid(jobs) else None,
                     contour_metric=P_HURTS if contour is not None else None)
     last = last_iteration_table(means, cells)
-    sweep_dir = Path(sweep_dir)
-    path = SweepFolder(sweep_dir).cells_table
+    path = folder.cells_table
     last.to_csv(path, index=False)
     client.log_artifact(sweep_run_id, str(path))
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,9 +79,9 @@ def conclude_sweep(client, tracking_uri: str, experiment_id: str, experiment: st
         client.set_tag(sweep_run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*logged, entry]))
     drawn: list[str] = []
     if figures:
-        drawn = [str(p) for p in draw_sweep_figures(client, table, SweepFolder(sweep_dir).figures, sweep_run_id, tracking_uri)]
+        drawn = [str(p) for p in draw_sweep_figures(client, table, folder.figures, sweep_run_id, tracking_uri)]
         if contour is not None:
-            drawn.append(str(draw_contour_figure(client, contour, jobs[0], SweepFolder(sweep_dir).figures, sweep_run_id)))
+            drawn.append(str(draw_contour_figure(client, contour, jobs[0], folder.figures, sweep_run_id)))
     lines = answer_lines(last, cells, description)
     if contour is not None:
         lines.insert(0, contour.summary())

@@ -20,7 +20,6 @@ from ray.tune.search import Searcher
 
 from collapse_ray.sweep.contour_grid import METRIC, ValueGridCells
 from collapse_ray.sweep.contour_search import ContourSearch, resolve_batch_size
-from collapse_ray.sweep.layout import SweepFolder
 from collapse_ray.core.jobs import ChainJob
 from collapse_ray.sweep.spec import SweepSpec
 
@@ -79,14 +78,14 @@ class ContourSearcher(Searcher):
         return None
 
 
-def open_search(spec: SweepSpec, jobs: Sequence[ChainJob], sweep_dir: Path, cpus: float) -> ContourSearch:
-    """The sweep's search: saved in its folder (a resumed or grown sweep), else new, with
+def open_search(spec: SweepSpec, jobs: Sequence[ChainJob], state_path: Path, cpus: float) -> ContourSearch:
+    """The sweep's search: saved at `state_path` (a resumed or grown sweep), else new, with
     its batch size fixed now (search.batch_size, or from the sweep's concurrency)."""
     cells = ValueGridCells.from_jobs(jobs)
     trials_per_cell = max((len(j) for j in cells.jobs), default=1)
     batch = resolve_batch_size(spec.search, spec.run.max_concurrent_trials, cpus, spec.run.cpus_per_trial,
                                trials_per_cell)
-    return ContourSearch.open(SweepFolder(sweep_dir).search_state, cells, spec.search, batch)
+    return ContourSearch.open(state_path, cells, spec.search, batch)
 
 
 def mlflow_losses(client, tracking_uri: str, experiment_id: str, sweep_run_id: str) -> Callable[[str], Losses | None]:

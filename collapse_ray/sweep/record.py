@@ -1,6 +1,6 @@
 """A sweep's record, kept in step: its MLflow parent run and its sweep.json. Opened once
 Ray is up (a new run, or the resumed sweep's again), closed as finished, failed or
-interrupted, each close drawing the sweep's conclusion (collapse_ray.sweep.cells)."""
+interrupted, each close drawing the sweep's conclusion (collapse_ray.sweep.conclusion)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def open_sweep(spec: SweepSpec, plan: SweepPlan, source: str | None) -> OpenedSw
     # the cells an adaptive search picks, a batch at a time (collapse_ray/sweep/contour_searcher.py)
     from collapse_ray.sweep.contour_searcher import open_search
 
-    search = open_search(spec, plan.jobs, folder.path, ray.cluster_resources().get("CPU", 1))
+    search = open_search(spec, plan.jobs, folder.search_state, ray.cluster_resources().get("CPU", 1))
     say(f"sweep {spec.name}: contour search ({spec.search.acquisition}, {search.batch_size} cells a batch) over "
         f"{len(search.cells)} cells, {len(plan.jobs)} trials at most -> {folder.path}")
     return OpenedSweep(spec, plan, client, experiment_id, sweep_run_id, datasets, state, search)
@@ -88,7 +88,7 @@ def close_interrupted(opened: OpenedSweep) -> None:
 
 
 def _conclude(opened: OpenedSweep):
-    """The sweep's cell runs, saved view, per-cell table and figures (collapse_ray.sweep.cells): a
+    """The sweep's cell runs, saved view, per-cell table and figures (collapse_ray.sweep.conclusion): a
     convenience, which never fails a sweep; None when it could not be made."""
     from collapse_ray.sweep.conclusion import conclude_sweep
 
@@ -102,7 +102,7 @@ def _conclude(opened: OpenedSweep):
         return conclude_sweep(opened.client, opened.plan.tracking_uri, opened.experiment_id, spec.name,
                               opened.sweep_run_id, jobs,
                               list(dict.fromkeys(key for point in spec.points for key, _ in point.swept)),
-                              folder.path, spec.description,
+                              folder, spec.description,
                               figures=os.environ.get(FIGURES_ENV, "1") != "0", contour=contour)
     except Exception as err:  # noqa: BLE001
         say(f"  (could not summarise the sweep on its MLflow run: {str(err).splitlines()[0][:200]})")
